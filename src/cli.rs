@@ -1,0 +1,215 @@
+//! The `pushlite` command line. Exit status: 0 success, 1 runtime failure, 2 bad usage or
+//! bad configuration (reported before any I/O).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::{Config, ConfigError};
+use crate::domain::app::{AppParams, NewApp};
+use crate::registry::{self, AppRegistry, RegistryError};
+use crate::startup::{Server, StartupError};
+use crate::telemetry;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pushlite",
+    version,
+    about = "A real-time message broker speaking Phoenix Channels"
+)]
+struct Cli {
+    /// TOML configuration file (default: ./pushlite.toml when it exists).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a node: HTTP API, WebSocket endpoint and health checks.
+    Serve,
+    /// Apply the embedded database migrations and exit.
+    Migrate,
+    /// Create the article's test app (slug `test-app`) unless it exists.
+    Seed,
+    /// Manage apps straight on the registry; prints JSON.
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
+    /// Print the effective configuration with every secret redacted.
+    Config,
+}
+
+#[derive(Subcommand, Debug)]
+enum AppsCommand {
+    /// List every app.
+    List,
+    /// Create an app with a generated slug, key and secret.
+    Create {
+        /// The app's name (5 to 255 characters).
+        name: String,
+    },
+    /// Show one app.
+    Show { slug: String },
+    /// Delete one app.
+    Delete { slug: String },
+}
+
+/// The seeded test app of the article (`priv/repo/seeds.exs`).
+pub const TEST_APP_SLUG: &str = "test-app";
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error("app registry: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no app with slug `{0}`")]
+    NotFound(String),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+impl CliError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Config(_) | CliError::Startup(StartupError::Config(_)) => ExitCode::from(2),
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// Parses the arguments, runs the command, reports errors on stderr.
+#[must_use]
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("pushlite: {err}");
+            err.exit_code()
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    let config = Config::load(cli.config.as_deref())?;
+    if let Command::Config = cli.command {
+        print!("{}", config.redacted_toml());
+        return Ok(());
+    }
+    if let Command::Serve = cli.command {
+        config.check_exposure()?;
+    }
+    telemetry::init(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Runtime)?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(config).await,
+            Command::Migrate => {
+                registry::connect(&config.database).await?.migrate().await?;
+                eprintln!("migrations applied");
+                Ok(())
+            }
+            Command::Seed => seed(&*open(&config).await?).await,
+            Command::Apps { command } => apps(&*open(&config).await?, command).await,
+            Command::Config => Ok(()),
+        }
+    })
+}
+
+async fn serve(config: Config) -> Result<(), CliError> {
+    let server = Server::build(config).await?;
+    server.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+async fn open(config: &Config) -> Result<std::sync::Arc<dyn AppRegistry>, CliError> {
+    let registry = registry::connect(&config.database).await?;
+    if config.database.migrate_on_start {
+        registry.migrate().await?;
+    }
+    Ok(registry)
+}
+
+async fn seed(registry: &dyn AppRegistry) -> Result<(), CliError> {
+    let app = match registry.by_slug(TEST_APP_SLUG).await? {
+        Some(app) => app,
+        None => {
+            registry
+                .insert(&NewApp {
+                    name: "Test App".to_owned(),
+                    slug: TEST_APP_SLUG.to_owned(),
+                    key: "test-app-fake-key".to_owned(),
+                    secret: "test-app-fake-secret".to_owned(),
+                    active: true,
+                    allowed_origins: Vec::new(),
+                })
+                .await?
+        }
+    };
+    println!("{}", json!({ "data": app }));
+    Ok(())
+}
+
+async fn apps(registry: &dyn AppRegistry, command: AppsCommand) -> Result<(), CliError> {
+    let shown = match command {
+        AppsCommand::List => json!({ "data": registry.list().await? }),
+        AppsCommand::Create { name } => {
+            let mut fields = serde_json::Map::new();
+            fields.insert("name".to_owned(), name.into());
+            let new_app = AppParams::from_map(fields)
+                .into_new_app()
+                .map_err(|e| CliError::Invalid(json!({ "errors": e }).to_string()))?;
+            json!({ "data": registry.insert(&new_app).await? })
+        }
+        AppsCommand::Show { slug } => {
+            let app = registry.by_slug(&slug).await?;
+            json!({ "data": app.ok_or(CliError::NotFound(slug))? })
+        }
+        AppsCommand::Delete { slug } => {
+            if !registry.delete(&slug).await? {
+                return Err(CliError::NotFound(slug));
+            }
+            json!({ "deleted": slug })
+        }
+    };
+    println!("{shown}");
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! Apps: the tenants of a pushlite node, and the validation of what clients send about them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// One registered application, as stored and as shown by the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct App {
+    pub id: i64,
+    pub name: String,
+    pub slug: String,
+    pub key: String,
+    pub secret: String,
+    pub active: bool,
+    /// Origins allowed to join this app's topics; empty means any origin.
+    pub allowed_origins: Vec<String>,
+    pub inserted_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl App {
+    /// Whether a WebSocket upgrade from `origin` may join this app's topics.
+    #[must_use]
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        origin.is_some_and(|o| {
+            let o = o.trim_end_matches('/').to_ascii_lowercase();
+            self.allowed_origins.contains(&o)
+        })
+    }
+}
+
+/// A validated app ready to be inserted.
+#[derive(Debug, Clone)]
+pub struct NewApp {
+    pub name: String,
+    pub slug: String,
+    pub key: String,
+    pub secret: String,
+    pub active: bool,
+    pub allowed_origins: Vec<String>,
+}
+
+/// Validated changes to an existing app. A new name always comes with its new slug.
+#[derive(Debug, Clone, Default)]
+pub struct AppChanges {
+    pub name_and_slug: Option<(String, String)>,
+    pub active: Option<bool>,
+    pub allowed_origins: Option<Vec<String>>,
+}
+
+/// Field name → messages, rendered as Phoenix's `{"errors": {...}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ValidationErrors(pub BTreeMap<&'static str, Vec<String>>);
+
+impl ValidationErrors {
+    #[must_use]
+    pub fn single(field: &'static str, message: &str) -> Self {
+        let mut errors = ValidationErrors::default();
+        errors.add(field, message);
+        errors
+    }
+
+    pub fn add(&mut self, field: &'static str, message: &str) {
+        self.0.entry(field).or_default().push(message.to_owned());
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+const NAME_MIN: usize = 5;
+const NAME_MAX: usize = 255;
+const ORIGINS_MAX: usize = 100;
+const ORIGIN_MAX_BYTES: usize = 255;
+
+/// A fresh random credential: a v4 UUID carries 122 random bits, as the article's
+/// `SecureRandom.uuid` did.
+#[must_use]
+pub fn random_credential() -> String {
+    Uuid::new_v4().to_string()
+}
+
+/// The `app` object of an admin request, before validation. Fields the server owns (`id`,
+/// `slug`, `key`, `secret`, timestamps) are ignored, as Ecto's `cast` ignores them, so a client
+/// may send back what it read.
+#[derive(Debug, Default)]
+pub struct AppParams {
+    name: Option<Value>,
+    active: Option<Value>,
+    allowed_origins: Option<Value>,
+}
+
+impl AppParams {
+    #[must_use]
+    pub fn from_map(mut map: Map<String, Value>) -> Self {
+        AppParams {
+            name: map.remove("name"),
+            active: map.remove("active"),
+            allowed_origins: map.remove("allowed_origins"),
+        }
+    }
+
+    /// Validates a create request and generates the server-owned fields.
+    ///
+    /// # Errors
+    /// Every problem found, by field.
+    pub fn into_new_app(self) -> Result<NewApp, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let name = match &self.name {
+            None | Some(Value::Null) => {
+                errors.add("name", "can't be blank");
+                None
+            }
+            Some(value) => validate_name(value, &mut errors),
+        };
+        let active = self
+            .active
+            .as_ref()
+            .map_or(Some(true), |v| cast_bool(v, &mut errors));
+        let allowed_origins = self
+            .allowed_origins
+            .as_ref()
+            .map_or(Some(Vec::new()), |v| cast_origins(v, &mut errors));
+        match (name, active, allowed_origins) {
+            (Some((name, slug)), Some(active), Some(allowed_origins)) if errors.is_empty() => {
+                Ok(NewApp {
+                    name,
+                    slug,
+                    key: random_credential(),
+                    secret: random_credential(),
+                    active,
+                    allowed_origins,
+                })
+            }
+            _ => Err(errors),
+        }
+    }
+
+    /// Validates an update request; absent fields stay as they are.
+    ///
+    /// # Errors
+    /// Every problem found, by field.
+    pub fn into_changes(self) -> Result<AppChanges, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let changes = AppChanges {
+            name_and_slug: self
+                .name
+                .as_ref()
+                .and_then(|v| validate_name(v, &mut errors)),
+            active: self.active.as_ref().and_then(|v| cast_bool(v, &mut errors)),
+            allowed_origins: self
+                .allowed_origins
+                .as_ref()
+                .and_then(|v| cast_origins(v, &mut errors)),
+        };
+        if errors.is_empty() {
+            Ok(changes)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+fn validate_name(value: &Value, errors: &mut ValidationErrors) -> Option<(String, String)> {
+    let Value::String(name) = value else {
+        errors.add("name", "is invalid");
+        return None;
+    };
+    let chars = name.chars().count();
+    if name.trim().is_empty() {
+        errors.add("name", "can't be blank");
+        return None;
+    }
+    if chars < NAME_MIN {
+        errors.add("name", "should be at least 5 character(s)");
+        return None;
+    }
+    if chars > NAME_MAX {
+        errors.add("name", "should be at most 255 character(s)");
+        return None;
+    }
+    if name.chars().any(char::is_control) {
+        errors.add("name", "must not contain control characters");
+        return None;
+    }
+    let slug = slug::slugify(name);
+    if slug.is_empty() {
+        errors.add("name", "must contain a letter or a digit");
+        return None;
+    }
+    if slug.len() > NAME_MAX {
+        errors.add("name", "makes a slug longer than 255 characters");
+        return None;
+    }
+    Some((name.clone(), slug))
+}
+
+/// Ecto's boolean cast: JSON booleans and the strings a form can carry.
+fn cast_bool(value: &Value, errors: &mut ValidationErrors) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s == "true" || s == "1" => Some(true),
+        Value::String(s) if s == "false" || s == "0" => Some(false),
+        _ => {
+            errors.add("active", "is invalid");
+            None
+        }
+    }
+}
+
+/// A list of origins (`scheme://host[:port]`), or one comma-separated string from a form.
+fn cast_origins(value: &Value, errors: &mut ValidationErrors) -> Option<Vec<String>> {
+    let raw: Vec<&str> = match value {
+        Value::Array(items) => {
+            let strings: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
+            let Some(strings) = strings else {
+                errors.add("allowed_origins", "must be a list of strings");
+                return None;
+            };
+            strings
+        }
+        Value::String(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Value::Null => Vec::new(),
+        _ => {
+            errors.add("allowed_origins", "must be a list of strings");
+            return None;
+        }
+    };
+    if raw.len() > ORIGINS_MAX {
+        errors.add("allowed_origins", "must have at most 100 entries");
+        return None;
+    }
+    let mut origins = Vec::with_capacity(raw.len());
+    for origin in raw {
+        match normalize_origin(origin) {
+            Some(o) => {
+                if !origins.contains(&o) {
+                    origins.push(o);
+                }
+            }
+            None => {
+                errors.add(
+                    "allowed_origins",
+                    "each entry must be an origin such as https://example.com",
+                );
+                return None;
+            }
+        }
+    }
+    Some(origins)
+}
+
+fn normalize_origin(origin: &str) -> Option<String> {
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    if origin.len() > ORIGIN_MAX_BYTES {
+        return None;
+    }
+    let (scheme, host) = origin.split_once("://")?;
+    let valid_host = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    (matches!(scheme, "http" | "https") && valid_host).then_some(origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn params(v: Value) -> AppParams {
+        match v {
+            Value::Object(map) => AppParams::from_map(map),
+            _ => unreachable!("test input is an object"),
+        }
+    }
+
+    #[test]
+    fn create_generates_slug_and_credentials() {
+        let app = params(json!({"name": "Foo App", "key": "mine", "secret": "mine"}))
+            .into_new_app()
+            .expect("valid");
+        assert_eq!(app.slug, "foo-app");
+        assert!(app.active);
+        assert_ne!(app.key, "mine");
+        assert_ne!(app.secret, "mine");
+        assert_ne!(app.key, app.secret);
+        assert_eq!(app.secret.len(), 36);
+    }
+
+    #[test]
+    fn name_rules() {
+        let err = params(json!({"name": "abc"})).into_new_app().unwrap_err();
+        assert_eq!(err.0["name"], vec!["should be at least 5 character(s)"]);
+        let err = params(json!({})).into_new_app().unwrap_err();
+        assert_eq!(err.0["name"], vec!["can't be blank"]);
+        let err = params(json!({"name": "!!!!!!"}))
+            .into_new_app()
+            .unwrap_err();
+        assert!(err.0.contains_key("name"));
+        let err = params(json!({"name": "a\u{0}bcdef"}))
+            .into_new_app()
+            .unwrap_err();
+        assert!(err.0.contains_key("name"));
+        let long = "x".repeat(256);
+        assert!(params(json!({ "name": long })).into_new_app().is_err());
+    }
+
+    #[test]
+    fn casts_form_values() {
+        let app = params(json!({"name": "shop-app", "active": "false",
+                                "allowed_origins": "https://A.example.com/, http://b.test:8080"}))
+        .into_new_app()
+        .expect("valid");
+        assert!(!app.active);
+        assert_eq!(
+            app.allowed_origins,
+            vec!["https://a.example.com", "http://b.test:8080"]
+        );
+        let err = params(json!({"name": "shop-app", "active": "maybe",
+                                "allowed_origins": ["ftp://x"]}))
+        .into_new_app()
+        .unwrap_err();
+        assert!(err.0.contains_key("active") && err.0.contains_key("allowed_origins"));
+    }
+
+    #[test]
+    fn origin_check() {
+        let mut app = App {
+            id: 1,
+            name: "n".into(),
+            slug: "n".into(),
+            key: "k".into(),
+            secret: "s".into(),
+            active: true,
+            allowed_origins: vec![],
+            inserted_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        assert!(app.origin_allowed(None));
+        app.allowed_origins = vec!["https://a.com".into()];
+        assert!(app.origin_allowed(Some("https://A.com")));
+        assert!(!app.origin_allowed(Some("https://b.com")));
+        assert!(!app.origin_allowed(None));
+    }
+}

@@ -1,0 +1,3 @@
+//! Pure types with no I/O.
+
+pub mod app;

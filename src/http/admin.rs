@@ -1,0 +1,119 @@
+//! The admin Apps API under `/api/admin/apps`, behind the admin credentials.
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::json;
+
+use super::AppState;
+use super::auth::{basic_credentials, credentials_match};
+use super::body;
+use super::error::ApiError;
+use crate::domain::app::{App, AppParams, random_credential};
+
+/// Middleware applied once to every admin route.
+pub async fn require_admin(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let admin = &state.config.admin;
+    let allowed = basic_credentials(request.headers()).is_some_and(|(user, password)| {
+        credentials_match((&user, &password), (&admin.username, &admin.password))
+    });
+    if allowed {
+        Ok(next.run(request).await)
+    } else {
+        Err(ApiError::Unauthorized("admin credentials required"))
+    }
+}
+
+fn data(app: &App) -> Json<serde_json::Value> {
+    Json(json!({ "data": app }))
+}
+
+async fn find(state: &AppState, slug: &str) -> Result<App, ApiError> {
+    state
+        .registry
+        .by_slug(slug)
+        .await?
+        .ok_or(ApiError::NotFound("no app with this slug"))
+}
+
+pub async fn index(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let apps = state.registry.list().await?;
+    Ok(Json(json!({ "data": apps })))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let limit = state.config.limits.admin_body_bytes;
+    let body = body.map_err(|r| ApiError::from_body(&r, limit))?;
+    let params = AppParams::from_map(body::app_object(&headers, &body)?);
+    let new_app = params.into_new_app().map_err(ApiError::Validation)?;
+    let app = state.registry.insert(&new_app).await?;
+    tracing::info!(slug = %app.slug, "app created");
+    let mut response = (StatusCode::CREATED, data(&app)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/admin/apps/{}", app.slug)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(data(&find(&state, &slug).await?))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = state.config.limits.admin_body_bytes;
+    let body = body.map_err(|r| ApiError::from_body(&r, limit))?;
+    let params = AppParams::from_map(body::app_object(&headers, &body)?);
+    let changes = params.into_changes().map_err(ApiError::Validation)?;
+    let app = state
+        .registry
+        .update(&slug, &changes)
+        .await?
+        .ok_or(ApiError::NotFound("no app with this slug"))?;
+    tracing::info!(slug = %app.slug, "app updated");
+    Ok(data(&app))
+}
+
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let app = state
+        .registry
+        .rotate_secret(&slug, &random_credential())
+        .await?
+        .ok_or(ApiError::NotFound("no app with this slug"))?;
+    tracing::info!(slug = %app.slug, "app secret rotated");
+    Ok(data(&app))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.registry.delete(&slug).await? {
+        tracing::info!(%slug, "app deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("no app with this slug"))
+    }
+}

@@ -1,0 +1,93 @@
+//! The HTTP layer's one error type, mapped once to a status and a JSON body.
+//!
+//! Client mistakes get a 4xx naming the problem; infrastructure trouble is logged here with
+//! its cause and answered 503 without internals.
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::domain::app::ValidationErrors;
+use crate::registry::RegistryError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Missing or wrong credentials; `realm` is announced in `WWW-Authenticate`.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("validation failed")]
+    Validation(ValidationErrors),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("unsupported content type: use application/json or application/x-www-form-urlencoded")]
+    UnsupportedMediaType,
+    /// A backend is down; the cause is logged, never sent.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Validation(_) | ApiError::Unprocessable(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Maps a body read failure; `limit` is the configured maximum for this route.
+    pub fn from_body(rejection: &BytesRejection, limit: usize) -> ApiError {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::BadRequest(format!("cannot read the request body: {rejection}"))
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(err: RegistryError) -> ApiError {
+        match err {
+            RegistryError::Conflict { field } => {
+                ApiError::Validation(ValidationErrors::single(field, "has already been taken"))
+            }
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            ApiError::Validation(errors) => json!({ "errors": errors }),
+            ApiError::Unavailable(cause) => {
+                tracing::error!(%cause, "backend unavailable");
+                json!({ "errors": { "detail": "service unavailable, try again later" } })
+            }
+            other => json!({ "errors": { "detail": other.to_string() } }),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::Unauthorized(_) = self {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"pushlite\""),
+            );
+        }
+        response
+    }
+}

@@ -1,0 +1,173 @@
+//! [`AppRegistry`] on Postgres: `allowed_origins` is a `TEXT[]`, timestamps are `TIMESTAMPTZ`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use super::{AppRegistry, RegistryError, write_error};
+use crate::domain::app::{App, AppChanges, NewApp};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+pub struct PgRegistry {
+    pool: PgPool,
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: i64,
+    name: String,
+    slug: String,
+    key: String,
+    secret: String,
+    active: bool,
+    allowed_origins: Vec<String>,
+    inserted_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Row> for App {
+    fn from(r: Row) -> App {
+        App {
+            id: r.id,
+            name: r.name,
+            slug: r.slug,
+            key: r.key,
+            secret: r.secret,
+            active: r.active,
+            allowed_origins: r.allowed_origins,
+            inserted_at: r.inserted_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+impl PgRegistry {
+    /// Connects eagerly, so a wrong URL fails at startup rather than on the first request.
+    ///
+    /// # Errors
+    /// The URL cannot be parsed or the server cannot be reached.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<PgRegistry, RegistryError> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options)
+            .await?;
+        Ok(PgRegistry { pool })
+    }
+
+    async fn one(&self, sql: &'static str, arg: &str) -> Result<Option<App>, RegistryError> {
+        let row: Option<Row> = sqlx::query_as(sql)
+            .bind(arg.to_owned())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(App::from))
+    }
+}
+
+#[async_trait]
+impl AppRegistry for PgRegistry {
+    async fn migrate(&self) -> Result<(), RegistryError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), RegistryError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<App>, RegistryError> {
+        let rows: Vec<Row> =
+            sqlx::query_as(concat!("SELECT ", columns!(), " FROM apps ORDER BY id"))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(App::from).collect())
+    }
+
+    async fn by_slug(&self, slug: &str) -> Result<Option<App>, RegistryError> {
+        self.one(
+            concat!("SELECT ", columns!(), " FROM apps WHERE slug = $1"),
+            slug,
+        )
+        .await
+    }
+
+    async fn by_key(&self, key: &str) -> Result<Option<App>, RegistryError> {
+        self.one(
+            concat!("SELECT ", columns!(), " FROM apps WHERE key = $1"),
+            key,
+        )
+        .await
+    }
+
+    async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {
+        let now = Utc::now();
+        let row: Row = sqlx::query_as(concat!(
+            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING ",
+            columns!()
+        ))
+        .bind(app.name.clone())
+        .bind(app.slug.clone())
+        .bind(app.key.clone())
+        .bind(app.secret.clone())
+        .bind(app.active)
+        .bind(app.allowed_origins.clone())
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(write_error)?;
+        Ok(row.into())
+    }
+
+    async fn update(&self, slug: &str, changes: &AppChanges) -> Result<Option<App>, RegistryError> {
+        let (name, new_slug) = changes.name_and_slug.clone().unzip();
+        let row: Option<Row> = sqlx::query_as(concat!(
+            "UPDATE apps SET name = COALESCE($2, name), slug = COALESCE($3, slug), \
+             active = COALESCE($4, active), allowed_origins = COALESCE($5, allowed_origins), \
+             updated_at = $6 WHERE slug = $1 RETURNING ",
+            columns!()
+        ))
+        .bind(slug.to_owned())
+        .bind(name)
+        .bind(new_slug)
+        .bind(changes.active)
+        .bind(changes.allowed_origins.clone())
+        .bind(Utc::now())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(write_error)?;
+        Ok(row.map(App::from))
+    }
+
+    async fn rotate_secret(&self, slug: &str, secret: &str) -> Result<Option<App>, RegistryError> {
+        let row: Option<Row> = sqlx::query_as(concat!(
+            "UPDATE apps SET secret = $2, updated_at = $3 WHERE slug = $1 RETURNING ",
+            columns!()
+        ))
+        .bind(slug.to_owned())
+        .bind(secret.to_owned())
+        .bind(Utc::now())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(App::from))
+    }
+
+    async fn delete(&self, slug: &str) -> Result<bool, RegistryError> {
+        let done = sqlx::query("DELETE FROM apps WHERE slug = $1")
+            .bind(slug.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

@@ -1,0 +1,84 @@
+//! Assembles a node from its configuration: the only place that picks concrete backends.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::{Config, ConfigError};
+use crate::http::{self, AppState};
+use crate::registry::{self, RegistryError};
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("app registry: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A bound, ready node. Port 0 in the configuration picks a free port: see [`Server::local_addr`].
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    /// Connects the registry (migrating it when configured), and binds the listener.
+    ///
+    /// # Errors
+    /// Unsafe exposure, an unreachable database, failed migrations, or a busy port.
+    pub async fn build(config: Config) -> Result<Server, StartupError> {
+        config.check_exposure()?;
+        let registry = registry::connect(&config.database).await?;
+        if config.database.migrate_on_start {
+            registry.migrate().await?;
+        }
+        let addr = SocketAddr::new(config.server.host, config.server.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let state = AppState {
+            config: Arc::new(config),
+            registry,
+        };
+        Ok(Server { listener, state })
+    }
+
+    /// The address actually bound.
+    ///
+    /// # Panics
+    /// Never in practice: a bound listener always has a local address.
+    #[must_use]
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    ///
+    /// # Errors
+    /// The accept loop failed.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let addr = self.local_addr();
+        tracing::info!(%addr, "pushlite listening");
+        let app = http::router(self.state);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(StartupError::Serve)
+    }
+}

@@ -1,0 +1,127 @@
+//! Test harness: boots real nodes on port 0 against a real database.
+//!
+//! Postgres comes from `DATABASE_URL` (a server `make test` provides or starts); each test gets
+//! a fresh database on it. SQLite gets a fresh file in a temporary directory.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use pushlite::Config;
+use pushlite::Server;
+use sqlx::Connection;
+
+pub const ADMIN: (&str, &str) = ("admin-user", "admin-password-for-tests");
+
+#[derive(Debug, Clone, Copy)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub fn postgres_server_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!("DATABASE_URL must point at a Postgres server: run the suite with `make test`, which provides one")
+    })
+}
+
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| {
+        panic!("REDIS_URL must point at a Redis server: run the suite with `make test`, which provides one")
+    })
+}
+
+/// Creates an empty database on the test Postgres server and returns its URL.
+pub async fn fresh_postgres_database() -> String {
+    let server = postgres_server_url();
+    let name = format!("pushlite_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&server)
+        .await
+        .expect("connect to the test Postgres server");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    with_database(&server, &name)
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    format!("{}/{name}{query}", &base[..host_end])
+}
+
+/// A database URL of the given kind, freshly created; keep the returned guard alive.
+pub async fn fresh_database(db: Db) -> (String, Option<tempfile::TempDir>) {
+    match db {
+        Db::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}/pushlite.db", dir.path().display());
+            (url, Some(dir))
+        }
+        Db::Postgres => (fresh_postgres_database().await, None),
+    }
+}
+
+pub fn test_config(database_url: String) -> Config {
+    let mut config = Config::default();
+    config.server.port = 0;
+    config.database.url = database_url;
+    config.admin.username = ADMIN.0.to_owned();
+    config.admin.password = ADMIN.1.to_owned();
+    config
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub config: Config,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .basic_auth(ADMIN.0, Some(ADMIN.1))
+    }
+}
+
+pub async fn spawn_app(db: Db) -> TestApp {
+    spawn_app_with(db, |_| {}).await
+}
+
+pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let (url, dir) = fresh_database(db).await;
+    let mut config = test_config(url);
+    adjust(&mut config);
+    spawn_config(config, dir).await
+}
+
+pub async fn spawn_config(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
+    let server = Server::build(config.clone()).await.expect("server builds");
+    let addr = server.local_addr();
+    tokio::spawn(server.run_until(std::future::pending()));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client"),
+        config,
+        _dir: dir,
+    }
+}
