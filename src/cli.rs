@@ -11,7 +11,7 @@ use crate::config::{Config, ConfigError};
 use crate::domain::app::{AppParams, NewApp};
 use crate::registry::{self, AppRegistry, RegistryError};
 use crate::startup::{Server, StartupError};
-use crate::telemetry;
+use crate::{telemetry, token};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -42,6 +42,24 @@ enum Command {
     },
     /// Print the effective configuration with every secret redacted.
     Config,
+    /// Mint a join token for private topics, signed with the app's secret.
+    Token {
+        /// The app's slug.
+        #[arg(long)]
+        app: String,
+        /// Topic pattern the holder may join (`*` matches any suffix); repeatable.
+        #[arg(long)]
+        subscribe: Vec<String>,
+        /// Topic pattern the holder may push client events to; repeatable.
+        #[arg(long)]
+        publish: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u32,
+        /// Subject (the user id), optional.
+        #[arg(long)]
+        sub: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,6 +142,27 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Command::Seed => seed(&*open(&config).await?).await,
             Command::Apps { command } => apps(&*open(&config).await?, command).await,
+            Command::Token {
+                app,
+                subscribe,
+                publish,
+                ttl,
+                sub,
+            } => {
+                let registry = open(&config).await?;
+                let app = registry
+                    .by_slug(&app)
+                    .await?
+                    .ok_or(CliError::NotFound(app))?;
+                let claims = token::Claims {
+                    exp: chrono::Utc::now().timestamp() + i64::from(ttl),
+                    sub,
+                    subscribe,
+                    publish,
+                };
+                println!("{}", token::mint(&app.secret, &claims));
+                Ok(())
+            }
             Command::Config => Ok(()),
         }
     })

@@ -6,16 +6,26 @@
 //! - [`domain`]: apps and their validation; no I/O.
 //! - [`registry`]: the app registry trait and its Postgres and SQLite implementations.
 //! - [`http`]: the axum router, handlers and the HTTP error mapping.
+//! - [`protocol`]: the Phoenix Channels wire formats (v1 objects, v2 arrays); no I/O.
+//! - [`bus`]: the cross-node fan-out seam and its in-process implementation.
+//! - [`hub`]: this node's topic → subscriber index and the bus subscription task.
+//! - [`session`]: one WebSocket connection's channels, queue and timers.
+//! - [`token`]: HS256 join tokens for private topics.
 //! - [`startup`]: builds a node from a configuration; the only place concrete backends are chosen.
 //! - [`cli`]: the `pushlite` command line; `main.rs` only calls it.
 
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod hub;
+pub mod protocol;
 pub mod registry;
+pub mod session;
 pub mod startup;
 pub mod telemetry;
+pub mod token;
 
 pub use config::Config;
 pub use startup::Server;

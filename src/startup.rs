@@ -3,11 +3,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use tokio::net::TcpListener;
 
+use crate::bus::{Bus, LocalBus};
 use crate::config::{Config, ConfigError};
 use crate::http::{self, AppState};
+use crate::hub::{Hub, run_subscriptions};
 use crate::registry::{self, RegistryError};
 
 /// Why a node could not start or stopped with an error.
@@ -47,9 +50,15 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let (hub, ops) = Hub::new();
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hub.clone()));
+        tokio::spawn(run_subscriptions(hub.clone(), bus.clone(), ops));
         let state = AppState {
             config: Arc::new(config),
             registry,
+            bus,
+            hub,
+            conn_ids: Arc::new(AtomicU64::new(1)),
         };
         Ok(Server { listener, state })
     }

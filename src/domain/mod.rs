@@ -1,3 +1,4 @@
 //! Pure types with no I/O.
 
 pub mod app;
+pub mod event;

@@ -89,6 +89,7 @@ pub async fn update(
         .update(&slug, &changes)
         .await?
         .ok_or(ApiError::NotFound("no app with this slug"))?;
+    state.app_changed(&slug, Some(&app));
     tracing::info!(slug = %app.slug, "app updated");
     Ok(data(&app))
 }
@@ -111,6 +112,7 @@ pub async fn delete(
     Path(slug): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.registry.delete(&slug).await? {
+        state.app_changed(&slug, None);
         tracing::info!(%slug, "app deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -4,8 +4,11 @@ mod admin;
 mod auth;
 mod body;
 mod error;
+mod events;
+mod ws;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -16,7 +19,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::bus::Bus;
 use crate::config::Config;
+use crate::domain::app::App;
+use crate::domain::event::{Scope, topic_for};
+use crate::hub::{ConnId, Hub};
 use crate::registry::AppRegistry;
 
 pub use error::ApiError;
@@ -26,6 +33,26 @@ pub use error::ApiError;
 pub struct AppState {
     pub config: Arc<Config>,
     pub registry: Arc<dyn AppRegistry>,
+    pub bus: Arc<dyn Bus>,
+    pub hub: Arc<Hub>,
+    pub conn_ids: Arc<AtomicU64>,
+}
+
+impl AppState {
+    #[must_use]
+    pub fn next_conn_id(&self) -> ConnId {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// After an admin write: channels of an app that is gone, inactive or renamed are closed.
+    pub fn app_changed(&self, old_slug: &str, now: Option<&App>) {
+        let still_open = now.is_some_and(|app| app.active && app.slug == old_slug);
+        if !still_open {
+            for scope in [Scope::Public, Scope::Private] {
+                self.hub.close_topic(&topic_for(scope, old_slug));
+            }
+        }
+    }
 }
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -48,9 +75,15 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             admin::require_admin,
         ));
+    let events_limit = events::body_limit(state.config.limits.event_payload_bytes);
     Router::new()
         .route("/healthz", get(healthz))
         .nest("/api/admin/apps", admin)
+        .route(
+            "/api/apps/{app_slug}/events",
+            post(events::trigger).layer(DefaultBodyLimit::max(events_limit)),
+        )
+        .route("/socket/websocket", get(ws::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(log_request))

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod phx;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -124,4 +126,33 @@ pub async fn spawn_config(config: Config, dir: Option<tempfile::TempDir>) -> Tes
         config,
         _dir: dir,
     }
+}
+
+/// Creates an app through the admin API; returns its `data` object.
+pub async fn create_app(app: &TestApp, body: serde_json::Value) -> serde_json::Value {
+    let response = app
+        .admin(reqwest::Method::POST, "/api/admin/apps")
+        .json(&serde_json::json!({ "app": body }))
+        .send()
+        .await
+        .expect("create app");
+    assert_eq!(response.status(), 201);
+    let body: serde_json::Value = response.json().await.expect("JSON");
+    body["data"].clone()
+}
+
+/// Posts an event as the article's Rails client does (a form with `payload` as JSON text).
+pub async fn trigger_form(
+    app: &TestApp,
+    data: &serde_json::Value,
+    fields: &[(&str, &str)],
+) -> reqwest::Response {
+    let slug = data["slug"].as_str().expect("slug");
+    app.http
+        .post(app.url(&format!("/api/apps/{slug}/events")))
+        .basic_auth(data["key"].as_str().unwrap(), data["secret"].as_str())
+        .form(fields)
+        .send()
+        .await
+        .expect("trigger")
 }

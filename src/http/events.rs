@@ -1,0 +1,104 @@
+//! `POST /api/apps/:app_slug/events`: an app's server triggers an event, authenticated with the
+//! app's `key:secret` over HTTP Basic.
+
+use axum::Json;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::auth::{basic_credentials, credentials_match};
+use super::body;
+use super::error::ApiError;
+use crate::domain::event::{Event, Scope, check_name, event_name, topic_for};
+
+/// Room for the other fields and for percent-encoding (up to three bytes per payload byte).
+#[must_use]
+pub fn body_limit(payload_limit: usize) -> usize {
+    payload_limit.saturating_mul(3).saturating_add(4096)
+}
+
+pub async fn trigger(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Some((key, secret)) = basic_credentials(&headers) else {
+        return Err(ApiError::Unauthorized("app key and secret required"));
+    };
+    let app = state
+        .registry
+        .by_slug(&slug)
+        .await?
+        .filter(|app| app.active)
+        .ok_or(ApiError::NotFound("no active app with this slug"))?;
+    if !credentials_match((&key, &secret), (&app.key, &app.secret)) {
+        return Err(ApiError::Unauthorized("wrong app key or secret"));
+    }
+    let payload_limit = state.config.limits.event_payload_bytes;
+    let body = body.map_err(|r| ApiError::from_body(&r, body_limit(payload_limit)))?;
+    let fields = body::object(&headers, &body)?;
+    let event = parse_event(&slug, fields, payload_limit)?;
+    state
+        .bus
+        .publish(&event)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(json!({})))
+}
+
+fn required<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a str, ApiError> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Err(ApiError::Unprocessable(format!("`{name}` is required"))),
+        Some(Value::String(s)) => {
+            check_name(name, s).map_err(ApiError::Unprocessable)?;
+            Ok(s)
+        }
+        Some(_) => Err(ApiError::Unprocessable(format!(
+            "`{name}` must be a string"
+        ))),
+    }
+}
+
+/// Validates the article's fields and builds the event it describes.
+fn parse_event(
+    slug: &str,
+    fields: Map<String, Value>,
+    payload_limit: usize,
+) -> Result<Event, ApiError> {
+    let topic = required(&fields, "topic")?;
+    let event = required(&fields, "event")?;
+    let scope = Scope::parse(required(&fields, "scope")?).ok_or_else(|| {
+        ApiError::Unprocessable("`scope` must be `public` or `private`".to_owned())
+    })?;
+    let payload_text = match fields.get("payload") {
+        None | Some(Value::Null) => "{}".to_owned(),
+        // A form carries the payload as JSON text (`{...}.to_json` in the article).
+        Some(Value::String(text)) => text.clone(),
+        Some(value @ Value::Object(_)) => value.to_string(),
+        Some(_) => {
+            return Err(ApiError::Unprocessable(
+                "`payload` must be a JSON object".to_owned(),
+            ));
+        }
+    };
+    if payload_text.len() > payload_limit {
+        return Err(ApiError::PayloadTooLarge(payload_limit));
+    }
+    let payload: Box<RawValue> = serde_json::from_str(&payload_text)
+        .map_err(|e| ApiError::Unprocessable(format!("`payload` is not valid JSON: {e}")))?;
+    if !payload.get().trim_start().starts_with('{') {
+        return Err(ApiError::Unprocessable(
+            "`payload` must be a JSON object".to_owned(),
+        ));
+    }
+    Ok(Event {
+        topic: topic_for(scope, slug),
+        event: event_name(topic, event),
+        payload,
+    })
+}

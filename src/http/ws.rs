@@ -1,0 +1,48 @@
+//! `GET /socket/websocket`: the Phoenix Channels endpoint.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::AppState;
+use crate::protocol::phoenix::Vsn;
+use crate::session::{self, Connect};
+
+/// Per-socket buffers. tungstenite's defaults (128 KiB each) would make idle sockets expensive;
+/// frames larger than the read buffer still arrive, in several reads.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 8 * 1024;
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "errors": { "detail": "unsupported vsn: use 1.0.0 or 2.0.0" } })),
+        )
+            .into_response();
+    };
+    let token = params
+        .get("token")
+        .or_else(|| params.get("guardian_token"))
+        .cloned();
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let frame_limit = state.config.limits.ws_frame_bytes;
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(frame_limit)
+        .max_frame_size(frame_limit)
+        .on_upgrade(move |socket| session::run(socket, Connect { vsn, token, origin }, state))
+}

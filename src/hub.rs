@@ -1,0 +1,255 @@
+//! This node's index of topic → local subscribers, and the one task that turns joins and leaves
+//! into ordered, batched bus subscriptions.
+//!
+//! An event is encoded at most once per wire format and the same bytes are shared by every
+//! subscriber. Each connection has a bounded queue; a subscriber whose queue is full is told to
+//! disconnect (a slow consumer) and never slows the others down.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+// The shared frame type is axum's so the bytes go to the socket without a copy or a second
+// UTF-8 check.
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::bus::{Bus, BusError, EventSink};
+use crate::domain::event::Event;
+use crate::protocol::phoenix::{self, Vsn};
+
+/// Identifies one WebSocket connection on this node.
+pub type ConnId = u64;
+
+/// What the hub sends to a connection's session task.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A ready-to-send broadcast frame.
+    Frame(Utf8Bytes),
+    /// The topic's app was deactivated or deleted: send `phx_close` and drop the channel.
+    Close { topic: String },
+}
+
+/// The hub's handle on one connection.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub vsn: Vsn,
+    pub tx: mpsc::Sender<Outbound>,
+    /// Notified when the connection must go: its queue overflowed.
+    pub kill: Arc<Notify>,
+}
+
+enum SubOp {
+    Ensure {
+        topic: String,
+        ack: oneshot::Sender<Result<(), BusError>>,
+    },
+    Release {
+        topic: String,
+    },
+}
+
+/// Counters read by metrics and tests.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub delivered: AtomicU64,
+    pub slow_consumers: AtomicU64,
+}
+
+pub struct Hub {
+    topics: Mutex<HashMap<String, HashMap<ConnId, Subscriber>>>,
+    ops: mpsc::UnboundedSender<SubOp>,
+    pub stats: HubStats,
+}
+
+/// The receiving end of the hub's subscription operations; see [`run_subscriptions`].
+pub struct SubscriptionOps(mpsc::UnboundedReceiver<SubOp>);
+
+impl Hub {
+    #[must_use]
+    pub fn new() -> (Arc<Hub>, SubscriptionOps) {
+        let (ops, rx) = mpsc::unbounded_channel();
+        let hub = Arc::new(Hub {
+            topics: Mutex::new(HashMap::new()),
+            ops,
+            stats: HubStats::default(),
+        });
+        (hub, SubscriptionOps(rx))
+    }
+
+    fn topics(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<ConnId, Subscriber>>> {
+        self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a subscriber and returns once the bus delivers the topic to this node, so an event
+    /// triggered after a successful join reaches the new subscriber.
+    ///
+    /// # Errors
+    /// The bus could not subscribe; the subscriber has been removed again.
+    pub async fn join(
+        &self,
+        topic: &str,
+        conn: ConnId,
+        subscriber: Subscriber,
+    ) -> Result<(), BusError> {
+        self.topics()
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(conn, subscriber);
+        let (ack, done) = oneshot::channel();
+        let sent = self.ops.send(SubOp::Ensure {
+            topic: topic.to_owned(),
+            ack,
+        });
+        let result = match (sent, done.await) {
+            (Ok(()), Ok(result)) => result,
+            _ => Err(BusError::Unavailable(
+                "subscription task stopped".to_owned(),
+            )),
+        };
+        if result.is_err() {
+            self.leave(topic, conn);
+        }
+        result
+    }
+
+    /// Removes a subscriber; the last one out releases the bus subscription.
+    pub fn leave(&self, topic: &str, conn: ConnId) {
+        let mut topics = self.topics();
+        let Some(subscribers) = topics.get_mut(topic) else {
+            return;
+        };
+        subscribers.remove(&conn);
+        if subscribers.is_empty() {
+            topics.remove(topic);
+            // The subscription task only stops with the hub, so a failed send has no one to tell.
+            let _ = self.ops.send(SubOp::Release {
+                topic: topic.to_owned(),
+            });
+        }
+    }
+
+    #[must_use]
+    pub fn has_subscribers(&self, topic: &str) -> bool {
+        self.topics().contains_key(topic)
+    }
+
+    #[must_use]
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        self.topics().get(topic).map_or(0, HashMap::len)
+    }
+
+    /// Tells every subscriber of `topic` that its channel is closed by the server.
+    pub fn close_topic(&self, topic: &str) {
+        let topics = self.topics();
+        for subscriber in topics.get(topic).into_iter().flat_map(HashMap::values) {
+            let close = Outbound::Close {
+                topic: topic.to_owned(),
+            };
+            if let Err(mpsc::error::TrySendError::Full(_)) = subscriber.tx.try_send(close) {
+                subscriber.kill.notify_one();
+            }
+        }
+    }
+}
+
+impl EventSink for Hub {
+    fn deliver(&self, event: Event) {
+        let topics = self.topics();
+        let Some(subscribers) = topics.get(&event.topic) else {
+            return;
+        };
+        let mut frames: [Option<Utf8Bytes>; 2] = [None, None];
+        let mut delivered = 0;
+        for subscriber in subscribers.values() {
+            let slot = match subscriber.vsn {
+                Vsn::V1 => 0,
+                Vsn::V2 => 1,
+            };
+            let frame = frames[slot]
+                .get_or_insert_with(|| {
+                    Utf8Bytes::from(phoenix::encode_raw(
+                        subscriber.vsn,
+                        None,
+                        None,
+                        &event.topic,
+                        &event.event,
+                        event.payload.get(),
+                    ))
+                })
+                .clone();
+            match subscriber.tx.try_send(Outbound::Frame(frame)) {
+                Ok(()) => delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    subscriber.kill.notify_one();
+                }
+                // The session is ending and will leave on its own.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+    }
+}
+
+/// Applies joins and leaves to the bus in order, batching what has queued up meanwhile. The
+/// wanted state of a topic is read from the hub when the batch is applied, so a leave racing a
+/// join can never unsubscribe a topic that has subscribers.
+pub async fn run_subscriptions(hub: Arc<Hub>, bus: Arc<dyn Bus>, ops: SubscriptionOps) {
+    const BATCH: usize = 1024;
+    let mut rx = ops.0;
+    let mut active: HashSet<String> = HashSet::new();
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut touched = HashSet::new();
+        let mut acks = Vec::new();
+        for op in batch {
+            match op {
+                SubOp::Ensure { topic, ack } => {
+                    touched.insert(topic);
+                    acks.push(ack);
+                }
+                SubOp::Release { topic } => {
+                    touched.insert(topic);
+                }
+            }
+        }
+        let (mut subscribe, mut unsubscribe) = (Vec::new(), Vec::new());
+        for topic in touched {
+            match (hub.has_subscribers(&topic), active.contains(&topic)) {
+                (true, false) => subscribe.push(topic),
+                (false, true) => unsubscribe.push(topic),
+                _ => {}
+            }
+        }
+        let result = if subscribe.is_empty() {
+            Ok(())
+        } else {
+            bus.subscribe(&subscribe).await
+        };
+        if result.is_ok() {
+            active.extend(subscribe);
+        }
+        if !unsubscribe.is_empty() {
+            match bus.unsubscribe(&unsubscribe).await {
+                Ok(()) => {
+                    for topic in &unsubscribe {
+                        active.remove(topic);
+                    }
+                }
+                // Still subscribed: unwanted traffic is dropped by the hub, and the next
+                // operation on the topic retries.
+                Err(e) => tracing::warn!(error = %e, "bus unsubscribe failed"),
+            }
+        }
+        for ack in acks {
+            let _ = ack.send(result.clone());
+        }
+    }
+}
