@@ -4,7 +4,7 @@
 CARGO ?= cargo
 RUN_DIR ?= target/run
 
-.PHONY: run build test lint fmt
+.PHONY: run build test lint fmt bench js-deps
 
 ## One node on 127.0.0.1:4000, SQLite registry in target/run, in-process bus, seeded test app.
 run: build
@@ -15,7 +15,7 @@ build:
 	$(CARGO) build --bin pushlite
 
 ## The whole suite against real Postgres and Redis.
-test:
+test: js-deps
 	$(CARGO) build --tests --bins
 	scripts/with-test-services.sh $(CARGO) test --all-targets
 
@@ -25,3 +25,11 @@ lint:
 
 fmt:
 	$(CARGO) fmt
+
+## Benchmarks (release build); numbers go to the README.
+bench:
+	$(CARGO) bench --bench fanout
+
+## The official phoenix client and friends for the end-to-end test.
+js-deps:
+	cd tests/js && npm ci --no-audit --no-fund --silent
