@@ -17,7 +17,7 @@ build:
 ## The whole suite against real Postgres and Redis.
 test: js-deps
 	$(CARGO) build --tests --bins
-	scripts/with-test-services.sh $(CARGO) test --all-targets
+	scripts/with-test-services.sh $(CARGO) test --lib --bins --tests
 
 lint:
 	$(CARGO) fmt --check

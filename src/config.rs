@@ -28,6 +28,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
+    pub cache: CacheConfig,
     pub admin: AdminConfig,
     pub limits: LimitsConfig,
     pub log: LogConfig,
@@ -55,8 +56,25 @@ pub struct DatabaseConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Unset: the in-process bus (one node only).
+    /// Unset: the in-process bus (one node only). `redis://` for one Redis,
+    /// `redis-cluster://host:port?node=host2:port2` for a cluster (sharded pub/sub).
     pub url: Option<String>,
+    /// Longest wait between reconnect attempts; must stay below `resubscribe_grace_ms`.
+    pub max_reconnect_delay_ms: u64,
+    /// After a reconnect, triggers are refused (503) this long so every node can re-subscribe.
+    pub resubscribe_grace_ms: u64,
+    /// Timeout of each Redis command, publish included.
+    pub command_timeout_ms: u64,
+}
+
+/// The per-node cache of app lookups.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Seconds an app stays cached; changes made through any node invalidate it at once.
+    pub ttl_secs: u64,
+    /// Apps kept at most.
+    pub capacity: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -113,7 +131,16 @@ impl Default for Config {
                 max_connections: 10,
                 acquire_timeout_secs: 5,
             },
-            redis: RedisConfig { url: None },
+            redis: RedisConfig {
+                url: None,
+                max_reconnect_delay_ms: 400,
+                resubscribe_grace_ms: 1200,
+                command_timeout_ms: 2000,
+            },
+            cache: CacheConfig {
+                ttl_secs: 300,
+                capacity: 10_000,
+            },
             admin: AdminConfig {
                 username: DEV_ADMIN_USERNAME.to_owned(),
                 password: DEV_ADMIN_PASSWORD.to_owned(),
@@ -244,11 +271,29 @@ impl Config {
             ));
         }
         if let Some(url) = &self.redis.url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+            && !(url.starts_with("redis://") || url.starts_with("redis-cluster://"))
         {
             return Err(ConfigError::key(
                 "redis.url",
-                "must start with redis:// or rediss://",
+                "must start with redis:// or redis-cluster:// (TLS to Redis is not built in)",
+            ));
+        }
+        if self.redis.max_reconnect_delay_ms >= self.redis.resubscribe_grace_ms {
+            return Err(ConfigError::key(
+                "redis.max_reconnect_delay_ms",
+                "must be below redis.resubscribe_grace_ms, or triggers could be accepted before every node re-subscribed",
+            ));
+        }
+        if self.redis.command_timeout_ms == 0 {
+            return Err(ConfigError::key(
+                "redis.command_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.cache.capacity == 0 || self.cache.ttl_secs == 0 {
+            return Err(ConfigError::key(
+                "cache",
+                "ttl_secs and capacity must be at least 1",
             ));
         }
         let limits = [

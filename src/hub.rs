@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::bus::{Bus, BusError, EventSink};
+use crate::bus::{Bus, BusError};
 use crate::domain::event::Event;
 use crate::protocol::phoenix::{self, Vsn};
 
@@ -153,8 +153,9 @@ impl Hub {
     }
 }
 
-impl EventSink for Hub {
-    fn deliver(&self, event: Event) {
+impl Hub {
+    /// Hands an event to every local subscriber of its topic without waiting for any of them.
+    pub fn deliver(&self, event: &Event) {
         let topics = self.topics();
         let Some(subscribers) = topics.get(&event.topic) else {
             return;
@@ -197,9 +198,32 @@ impl EventSink for Hub {
 /// join can never unsubscribe a topic that has subscribers.
 pub async fn run_subscriptions(hub: Arc<Hub>, bus: Arc<dyn Bus>, ops: SubscriptionOps) {
     const BATCH: usize = 1024;
+    const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
     let mut rx = ops.0;
     let mut active: HashSet<String> = HashSet::new();
-    while let Some(first) = rx.recv().await {
+    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            op = rx.recv() => match op {
+                Some(op) => op,
+                None => break,
+            },
+            _ = reconcile.tick() => {
+                // Unsubscribes that failed (Redis down) are retried here.
+                let stale: Vec<String> = active
+                    .iter()
+                    .filter(|topic| !hub.has_subscribers(topic))
+                    .cloned()
+                    .collect();
+                if !stale.is_empty() && bus.unsubscribe(&stale).await.is_ok() {
+                    for topic in &stale {
+                        active.remove(topic);
+                    }
+                }
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match rx.try_recv() {
@@ -243,8 +267,8 @@ pub async fn run_subscriptions(hub: Arc<Hub>, bus: Arc<dyn Bus>, ops: Subscripti
                         active.remove(topic);
                     }
                 }
-                // Still subscribed: unwanted traffic is dropped by the hub, and the next
-                // operation on the topic retries.
+                // Still subscribed: unwanted traffic is dropped by the hub, and the
+                // reconcile tick retries.
                 Err(e) => tracing::warn!(error = %e, "bus unsubscribe failed"),
             }
         }

@@ -8,6 +8,7 @@
 //! - [`http`]: the axum router, handlers and the HTTP error mapping.
 //! - [`protocol`]: the Phoenix Channels wire formats (v1 objects, v2 arrays); no I/O.
 //! - [`bus`]: the cross-node fan-out seam and its in-process implementation.
+//! - [`control`]: what a node does with events and control messages from the bus.
 //! - [`hub`]: this node's topic → subscriber index and the bus subscription task.
 //! - [`session`]: one WebSocket connection's channels, queue and timers.
 //! - [`token`]: HS256 join tokens for private topics.
@@ -17,6 +18,7 @@
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod domain;
 pub mod http;
 pub mod hub;

@@ -4,14 +4,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::bus::{Bus, LocalBus};
+use crate::bus::{Bus, BusError, LocalBus, RedisBus, RedisBusConfig};
 use crate::config::{Config, ConfigError};
+use crate::control::NodeSink;
 use crate::http::{self, AppState};
 use crate::hub::{Hub, run_subscriptions};
-use crate::registry::{self, RegistryError};
+use crate::registry::{self, AppCache, AppRegistry, CachedRegistry, RegistryError};
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,8 @@ pub enum StartupError {
     Config(#[from] ConfigError),
     #[error("app registry: {0}")]
     Registry(#[from] RegistryError),
+    #[error("redis: {0}")]
+    Bus(#[from] BusError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -50,14 +54,36 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let cache = AppCache::new(
+            config.cache.capacity,
+            Duration::from_secs(config.cache.ttl_secs),
+        );
+        let registry: Arc<dyn AppRegistry> = Arc::new(CachedRegistry::new(registry, cache.clone()));
         let (hub, ops) = Hub::new();
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hub.clone()));
+        let sink = Arc::new(NodeSink {
+            hub: hub.clone(),
+            cache,
+        });
+        let bus: Arc<dyn Bus> = match &config.redis.url {
+            None => Arc::new(LocalBus::new(sink.clone())),
+            Some(url) => {
+                let redis = &config.redis;
+                let bus_config = RedisBusConfig {
+                    url: url.clone(),
+                    max_reconnect_delay: Duration::from_millis(redis.max_reconnect_delay_ms),
+                    resubscribe_grace: Duration::from_millis(redis.resubscribe_grace_ms),
+                    command_timeout: Duration::from_millis(redis.command_timeout_ms),
+                };
+                Arc::new(RedisBus::connect(&bus_config, sink.clone()).await?)
+            }
+        };
         tokio::spawn(run_subscriptions(hub.clone(), bus.clone(), ops));
         let state = AppState {
             config: Arc::new(config),
             registry,
             bus,
             hub,
+            sink,
             conn_ids: Arc::new(AtomicU64::new(1)),
         };
         Ok(Server { listener, state })

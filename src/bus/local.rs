@@ -6,17 +6,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 
-use super::{Bus, BusError, EventSink};
+use super::{Bus, BusError, BusSink, Control};
 use crate::domain::event::Event;
 
 pub struct LocalBus {
-    sink: Arc<dyn EventSink>,
+    sink: Arc<dyn BusSink>,
     topics: Mutex<HashSet<String>>,
 }
 
 impl LocalBus {
     #[must_use]
-    pub fn new(sink: Arc<dyn EventSink>) -> LocalBus {
+    pub fn new(sink: Arc<dyn BusSink>) -> LocalBus {
         LocalBus {
             sink,
             topics: Mutex::new(HashSet::new()),
@@ -35,6 +35,15 @@ impl Bus for LocalBus {
         if subscribed {
             self.sink.deliver(event.clone());
         }
+        Ok(())
+    }
+
+    async fn publish_control(&self, control: &Control) -> Result<(), BusError> {
+        self.sink.control(control.clone());
+        Ok(())
+    }
+
+    fn ready(&self) -> Result<(), BusError> {
         Ok(())
     }
 

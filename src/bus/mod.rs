@@ -1,39 +1,67 @@
 //! Cross-node fan-out. A node publishes every event to the bus (never straight to its own
 //! sockets) and delivers what the bus hands back, so each subscriber receives each event once.
+//! The bus also carries control messages (app changes) to every node.
 
 mod local;
+mod redis;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::domain::event::Event;
 
 pub use local::LocalBus;
+pub use redis::{RedisBus, RedisBusConfig};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
-    /// The transport is down or refused the command; the event was not published.
+    /// The transport is down or refused the command; nothing was published.
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    /// The transport is back, but other nodes may not have re-subscribed yet.
+    #[error("bus reconnected {0} ms ago; waiting for every node to re-subscribe")]
+    Settling(u128),
+    /// A startup misconfiguration, such as a URL the client cannot use.
+    #[error("bus configuration: {0}")]
+    Config(String),
 }
 
-/// Where a bus hands the events it receives for the topics this node subscribed.
-pub trait EventSink: Send + Sync + 'static {
+/// A message for every node, not for sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Control {
+    /// An app was updated, rotated, deactivated or deleted: drop cached copies, and when
+    /// `close` is set, close its channels.
+    AppChanged { slug: String, close: bool },
+}
+
+/// Where a bus hands what it receives.
+pub trait BusSink: Send + Sync + 'static {
+    /// An event for a topic this node subscribed.
     fn deliver(&self, event: Event);
+    /// A control message from any node, this one included.
+    fn control(&self, control: Control);
 }
 
 /// The fan-out seam, at the topic level (topics are `scope:app_slug`).
 ///
 /// Contract, for every implementation:
 /// - `publish` returns `Ok` only once the transport has accepted the event; every node
-///   subscribed to the topic at that moment will then hand it to its sink once;
+///   subscribed to the topic at that moment will then hand it to its sink exactly once;
 /// - events of one topic published by one node reach each sink in publish order;
 /// - `subscribe` returns once events for those topics are being received; `unsubscribe` stops
 ///   them. Both take batches and are idempotent. Callers serialize them (the hub's subscription
 ///   task does), so the last call for a topic wins;
-/// - a node receives nothing for topics it has not subscribed.
+/// - a node receives nothing for topics it has not subscribed;
+/// - `publish_control` reaches every node's sink, this node's included;
+/// - `ready` says whether `publish` can currently succeed with that guarantee.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, event: &Event) -> Result<(), BusError>;
+    async fn publish_control(&self, control: &Control) -> Result<(), BusError>;
     async fn subscribe(&self, topics: &[String]) -> Result<(), BusError>;
     async fn unsubscribe(&self, topics: &[String]) -> Result<(), BusError>;
+    /// # Errors
+    /// Why the bus cannot publish with its guarantee right now.
+    fn ready(&self) -> Result<(), BusError>;
 }

@@ -89,7 +89,7 @@ pub async fn update(
         .update(&slug, &changes)
         .await?
         .ok_or(ApiError::NotFound("no app with this slug"))?;
-    state.app_changed(&slug, Some(&app));
+    state.app_changed(&slug, Some(&app)).await;
     tracing::info!(slug = %app.slug, "app updated");
     Ok(data(&app))
 }
@@ -103,6 +103,7 @@ pub async fn rotate_secret(
         .rotate_secret(&slug, &random_credential())
         .await?
         .ok_or(ApiError::NotFound("no app with this slug"))?;
+    state.app_changed(&slug, Some(&app)).await;
     tracing::info!(slug = %app.slug, "app secret rotated");
     Ok(data(&app))
 }
@@ -112,7 +113,7 @@ pub async fn delete(
     Path(slug): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.registry.delete(&slug).await? {
-        state.app_changed(&slug, None);
+        state.app_changed(&slug, None).await;
         tracing::info!(%slug, "app deleted");
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -19,10 +19,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::bus::Bus;
+use crate::bus::{Bus, BusSink, Control};
 use crate::config::Config;
+use crate::control::NodeSink;
 use crate::domain::app::App;
-use crate::domain::event::{Scope, topic_for};
 use crate::hub::{ConnId, Hub};
 use crate::registry::AppRegistry;
 
@@ -35,6 +35,8 @@ pub struct AppState {
     pub registry: Arc<dyn AppRegistry>,
     pub bus: Arc<dyn Bus>,
     pub hub: Arc<Hub>,
+    /// Applies control messages locally when the bus cannot announce them.
+    pub sink: Arc<NodeSink>,
     pub conn_ids: Arc<AtomicU64>,
 }
 
@@ -44,13 +46,21 @@ impl AppState {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// After an admin write: channels of an app that is gone, inactive or renamed are closed.
-    pub fn app_changed(&self, old_slug: &str, now: Option<&App>) {
+    /// After an admin write, tells every node to drop its cached copy of the app, and to close
+    /// its channels when the app is gone, inactive or renamed.
+    pub async fn app_changed(&self, old_slug: &str, now: Option<&App>) {
         let still_open = now.is_some_and(|app| app.active && app.slug == old_slug);
-        if !still_open {
-            for scope in [Scope::Public, Scope::Private] {
-                self.hub.close_topic(&topic_for(scope, old_slug));
-            }
+        let control = Control::AppChanged {
+            slug: old_slug.to_owned(),
+            close: !still_open,
+        };
+        if let Err(e) = self.bus.publish_control(&control).await {
+            tracing::warn!(
+                error = %e,
+                slug = %old_slug,
+                "app change not announced: other nodes keep their cached copy until cache.ttl_secs"
+            );
+            self.sink.control(control);
         }
     }
 }
@@ -78,6 +88,7 @@ pub fn router(state: AppState) -> Router {
     let events_limit = events::body_limit(state.config.limits.event_payload_bytes);
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .nest("/api/admin/apps", admin)
         .route(
             "/api/apps/{app_slug}/events",
@@ -93,6 +104,28 @@ pub fn router(state: AppState) -> Router {
 async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
+
+/// Ready to take traffic: the database answers and the bus can publish with its guarantee.
+/// Says which check failed, never why (no internals to unauthenticated callers).
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    let database = tokio::time::timeout(READY_TIMEOUT, state.registry.ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let bus = state.bus.ready().is_ok();
+    let ready = database && bus;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "unavailable" },
+        "checks": { "database": database, "bus": bus },
+    });
+    (status, Json(body)).into_response()
+}
+
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such route")

@@ -11,6 +11,7 @@ macro_rules! columns {
     };
 }
 
+mod cached;
 mod postgres;
 mod sqlite;
 
@@ -22,6 +23,7 @@ use async_trait::async_trait;
 use crate::config::DatabaseConfig;
 use crate::domain::app::{App, AppChanges, NewApp};
 
+pub use cached::{AppCache, CachedRegistry};
 pub use postgres::PgRegistry;
 pub use sqlite::SqliteRegistry;
 

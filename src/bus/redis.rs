@@ -1,0 +1,364 @@
+//! The Redis bus (fred): one publisher client and one subscriber connection per node.
+//!
+//! Every event travels on the Redis channel named exactly as its topic (`public:foo-app`), as a
+//! versioned JSON envelope `{"v":1,"event":"foo-topic:msg","payload":{...}}`, so any producer
+//! can `PUBLISH` there directly. Control messages travel on `pushlite:control`. With a
+//! `redis-cluster://` URL, sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) keeps each message on the
+//! shard that owns its channel.
+//!
+//! After any reconnect, publishing is refused for a grace period: a restarted Redis has
+//! forgotten every node's subscriptions, and nodes reconnect with a backoff capped below that
+//! grace, so once it has passed every live node has re-subscribed.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use fred::clients::SubscriberClient;
+use fred::prelude::{
+    Builder, Client, ClientLike, Config, EventInterface, PubsubInterface, ReconnectPolicy,
+};
+use fred::types::config::Options;
+use fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{Bus, BusError, BusSink, Control};
+use crate::domain::event::Event;
+
+/// The channel every node subscribes for [`Control`] messages.
+pub const CONTROL_CHANNEL: &str = "pushlite:control";
+/// The envelope version this node writes and reads.
+const ENVELOPE_VERSION: u32 = 1;
+
+/// Tunables of the Redis bus.
+#[derive(Debug, Clone)]
+pub struct RedisBusConfig {
+    pub url: String,
+    /// Longest wait between reconnect attempts. Keep it below `resubscribe_grace`.
+    pub max_reconnect_delay: Duration,
+    /// How long publishing stays refused after a reconnect.
+    pub resubscribe_grace: Duration,
+    /// Timeout of every Redis command.
+    pub command_timeout: Duration,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EventEnvelope<'a> {
+    v: u32,
+    event: String,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ControlEnvelope {
+    v: u32,
+    #[serde(flatten)]
+    control: Control,
+}
+
+#[derive(Default)]
+struct Health {
+    /// The subscriber connection is up and has re-subscribed everything.
+    subscribed: AtomicBool,
+    /// When the latest reconnect (of either connection) happened.
+    reconnected_at: Mutex<Option<Instant>>,
+    /// Counts reconnects, so a publish can tell whether one happened while it was in flight.
+    epoch: AtomicU64,
+}
+
+impl Health {
+    fn mark_reconnect(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        *self
+            .reconnected_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+}
+
+pub struct RedisBus {
+    publisher: Client,
+    subscriber: SubscriberClient,
+    sharded: bool,
+    grace: Duration,
+    health: Arc<Health>,
+}
+
+fn unavailable(e: &fred::error::Error) -> BusError {
+    BusError::Unavailable(e.to_string())
+}
+
+impl RedisBus {
+    /// Connects both clients and starts the reader and reconnect tasks.
+    ///
+    /// # Errors
+    /// A URL fred cannot use, or a Redis that cannot be reached at startup.
+    pub async fn connect(
+        config: &RedisBusConfig,
+        sink: Arc<dyn BusSink>,
+    ) -> Result<RedisBus, BusError> {
+        let sharded = config.url.starts_with("redis-cluster://")
+            || config.url.starts_with("rediss-cluster://");
+        let redis_config =
+            Config::from_url(&config.url).map_err(|e| BusError::Config(e.to_string()))?;
+        let max_delay = u32::try_from(config.max_reconnect_delay.as_millis()).unwrap_or(u32::MAX);
+        let mut builder = Builder::from_config(redis_config);
+        builder
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                50,
+                max_delay.max(50),
+                2,
+            ))
+            .with_connection_config(|c| {
+                c.connection_timeout = config.command_timeout;
+                c.internal_command_timeout = config.command_timeout;
+                // A command is never re-sent after a connection drop: a retried PUBLISH could
+                // be delivered twice.
+                c.max_command_attempts = 1;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = config.command_timeout;
+                // The reader must not lag behind bursts: a lagging broadcast receiver loses
+                // messages.
+                p.broadcast_channel_capacity = 1 << 16;
+            });
+        let publisher = builder.build().map_err(|e| unavailable(&e))?;
+        let subscriber = builder
+            .build_subscriber_client()
+            .map_err(|e| unavailable(&e))?;
+        // A redis-cluster:// URL against a single Redis fails here (no CLUSTER SLOTS).
+        publisher.init().await.map_err(|e| unavailable(&e))?;
+        if !sharded {
+            let info: String = publisher
+                .custom(
+                    CustomCommand::new_static("INFO", ClusterHash::FirstKey, false),
+                    vec!["cluster"],
+                )
+                .await
+                .map_err(|e| unavailable(&e))?;
+            if info.contains("cluster_enabled:1") {
+                return Err(BusError::Config(
+                    "this Redis is a cluster node: use a redis-cluster:// URL".to_owned(),
+                ));
+            }
+        }
+        subscriber.init().await.map_err(|e| unavailable(&e))?;
+        let health = Arc::new(Health::default());
+        let bus = RedisBus {
+            publisher,
+            subscriber,
+            sharded,
+            grace: config.resubscribe_grace,
+            health,
+        };
+        bus.subscribe(&[CONTROL_CHANNEL.to_owned()]).await?;
+        bus.health.subscribed.store(true, Ordering::SeqCst);
+        bus.spawn_tasks(sink);
+        Ok(bus)
+    }
+
+    fn spawn_tasks(&self, sink: Arc<dyn BusSink>) {
+        let mut messages = self.subscriber.message_rx();
+        tokio::spawn(async move {
+            loop {
+                match messages.recv().await {
+                    Ok(message) => handle_message(&*sink, &message.channel, message.value),
+                    Err(RecvError::Lagged(lost)) => {
+                        tracing::error!(lost, "redis reader lagged: messages were lost");
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+
+        let mut errors = self.subscriber.error_rx();
+        let health = self.health.clone();
+        tokio::spawn(async move {
+            while let Ok((error, _)) = errors.recv().await {
+                health.subscribed.store(false, Ordering::SeqCst);
+                tracing::warn!(%error, "redis subscriber connection lost");
+            }
+        });
+
+        let mut reconnects = self.subscriber.reconnect_rx();
+        let subscriber = self.subscriber.clone();
+        let health = self.health.clone();
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                health.subscribed.store(false, Ordering::SeqCst);
+                health.mark_reconnect();
+                // fred remembers what this client subscribed; a new connection starts empty.
+                match subscriber.resubscribe_all().await {
+                    Ok(()) => {
+                        health.subscribed.store(true, Ordering::SeqCst);
+                        health.mark_reconnect();
+                        tracing::info!(
+                            topics = subscriber.tracked_channels().len()
+                                + subscriber.tracked_shard_channels().len(),
+                            "redis subscriber reconnected and re-subscribed"
+                        );
+                    }
+                    Err(error) => tracing::error!(%error, "redis re-subscribe failed"),
+                }
+            }
+        });
+
+        let mut reconnects = self.publisher.reconnect_rx();
+        let health = self.health.clone();
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                health.mark_reconnect();
+                tracing::info!("redis publisher reconnected");
+            }
+        });
+    }
+
+    /// Publishes only when the bus is settled, and reports failure for a publish that a
+    /// reconnect overtook: fred may hold a command written just before a connection dropped and
+    /// send it on the next connection, to a Redis whose subscribers are not back yet.
+    async fn send(&self, channel: &str, message: String) -> Result<(), BusError> {
+        self.ready()?;
+        let epoch = self.health.epoch.load(Ordering::SeqCst);
+        let publisher = self.publisher.with_options(&Options {
+            fail_fast: true,
+            max_attempts: Some(1),
+            ..Options::default()
+        });
+        let result: Result<i64, _> = if self.sharded {
+            publisher.spublish(channel, message).await
+        } else {
+            publisher.publish(channel, message).await
+        };
+        result.map_err(|e| unavailable(&e))?;
+        if self.health.epoch.load(Ordering::SeqCst) != epoch {
+            return Err(BusError::Unavailable(
+                "redis reconnected while publishing; delivery is not guaranteed".to_owned(),
+            ));
+        }
+        self.ready()
+    }
+}
+
+fn handle_message(sink: &dyn BusSink, channel: &str, value: RedisValue) {
+    let Some(text) = value.as_str() else {
+        tracing::warn!(%channel, "dropping a message that is not text");
+        return;
+    };
+    if channel == CONTROL_CHANNEL {
+        match serde_json::from_str::<ControlEnvelope>(&text) {
+            Ok(envelope) if envelope.v == ENVELOPE_VERSION => sink.control(envelope.control),
+            _ => {
+                tracing::warn!(%channel, "dropping an undecodable control message");
+            }
+        }
+        return;
+    }
+    match serde_json::from_str::<EventEnvelope<'_>>(&text) {
+        Ok(envelope)
+            if envelope.v == ENVELOPE_VERSION && envelope.payload.get().starts_with('{') =>
+        {
+            sink.deliver(Event {
+                topic: channel.to_owned(),
+                event: envelope.event,
+                payload: envelope.payload.to_owned(),
+            });
+        }
+        _ => {
+            tracing::warn!(%channel, "dropping a message that is not a version 1 envelope");
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        let envelope = EventEnvelope {
+            v: ENVELOPE_VERSION,
+            event: event.event.clone(),
+            payload: &event.payload,
+        };
+        let text =
+            serde_json::to_string(&envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        self.send(&event.topic, text).await
+    }
+
+    async fn publish_control(&self, control: &Control) -> Result<(), BusError> {
+        let envelope = ControlEnvelope {
+            v: ENVELOPE_VERSION,
+            control: control.clone(),
+        };
+        let text =
+            serde_json::to_string(&envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        self.send(CONTROL_CHANNEL, text).await
+    }
+
+    async fn subscribe(&self, topics: &[String]) -> Result<(), BusError> {
+        if !self.subscriber.is_connected() {
+            return Err(BusError::Unavailable(
+                "redis subscriber is disconnected".to_owned(),
+            ));
+        }
+        if self.sharded {
+            // One SSUBSCRIBE per channel: a batch must live in a single hash slot.
+            for topic in topics {
+                self.subscriber
+                    .ssubscribe(topic.as_str())
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+            }
+            Ok(())
+        } else {
+            self.subscriber
+                .subscribe(topics.to_vec())
+                .await
+                .map_err(|e| unavailable(&e))
+        }
+    }
+
+    async fn unsubscribe(&self, topics: &[String]) -> Result<(), BusError> {
+        if self.sharded {
+            for topic in topics {
+                self.subscriber
+                    .sunsubscribe(topic.as_str())
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+            }
+            Ok(())
+        } else {
+            self.subscriber
+                .unsubscribe(topics.to_vec())
+                .await
+                .map_err(|e| unavailable(&e))
+        }
+    }
+
+    fn ready(&self) -> Result<(), BusError> {
+        if !self.publisher.is_connected() {
+            return Err(BusError::Unavailable(
+                "redis publisher is disconnected".to_owned(),
+            ));
+        }
+        if !self.subscriber.is_connected() || !self.health.subscribed.load(Ordering::SeqCst) {
+            return Err(BusError::Unavailable(
+                "redis subscriber is not subscribed".to_owned(),
+            ));
+        }
+        let reconnected_at = *self
+            .health
+            .reconnected_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(at) = reconnected_at {
+            let since = at.elapsed();
+            if since < self.grace {
+                return Err(BusError::Settling(since.as_millis()));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,428 @@
+//! Several nodes sharing one Redis and one Postgres: cross-node delivery exactly once,
+//! per-topic subscriptions, cluster-wide app changes, Redis faults, Redis Cluster.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::phx::{self, Client, Vsn};
+use common::redis::{RedisServer, cli, free_port};
+use common::{TestApp, create_app, fresh_postgres_database, redis_url, spawn_config, test_config};
+use serde_json::{Value, json};
+
+/// `count` nodes on one Postgres database and the given Redis URL.
+async fn nodes(count: usize, redis: &str) -> Vec<TestApp> {
+    let database = fresh_postgres_database().await;
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let mut config = test_config(database.clone());
+        config.redis.url = Some(redis.to_owned());
+        nodes.push(spawn_config(config, None).await);
+    }
+    nodes
+}
+
+async fn joined(node: &TestApp, topic: &str) -> (Client, String) {
+    let mut client = phx::connect(node.addr, Vsn::V2, "", None).await;
+    let (join_ref, reply) = client.join(topic).await;
+    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    (client, join_ref)
+}
+
+async fn trigger(node: &TestApp, app: &Value, payload: Value) -> reqwest::StatusCode {
+    node.http
+        .post(node.url(&format!(
+            "/api/apps/{}/events",
+            app["slug"].as_str().unwrap()
+        )))
+        .basic_auth(app["key"].as_str().unwrap(), app["secret"].as_str())
+        .json(&json!({"topic": "t", "event": "e", "scope": "public", "payload": payload}))
+        .send()
+        .await
+        .map_or(reqwest::StatusCode::BAD_GATEWAY, |r| r.status())
+}
+
+/// A unique slug per test, since tests share the harness's Redis.
+fn unique_name(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+#[tokio::test]
+async fn three_nodes_deliver_exactly_once() {
+    let nodes = nodes(3, &redis_url()).await;
+    let app = create_app(&nodes[0], json!({"name": unique_name("trio")})).await;
+    let topic = format!("public:{}", app["slug"].as_str().unwrap());
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(joined(node, &topic).await);
+    }
+    assert_eq!(trigger(&nodes[1], &app, json!({"n": 1})).await, 200);
+    for (client, _) in &mut clients {
+        let frame = client.recv().await;
+        assert_eq!(
+            (frame.event.as_str(), frame.payload.clone()),
+            ("t:e", json!({"n": 1}))
+        );
+    }
+    // a client event from the subscriber on node C
+    let (sender, join_ref) = &mut clients[2];
+    sender
+        .push(Some(join_ref), "90", &topic, "chat", json!({"from": "c"}))
+        .await;
+    for (client, _) in &mut clients {
+        let frame = client.recv_event("chat").await;
+        assert_eq!(frame.payload, json!({"from": "c"}));
+    }
+    for (client, _) in &mut clients {
+        let extra = client.try_recv(Duration::from_millis(300)).await;
+        assert!(
+            extra.as_ref().is_none_or(|f| f.event == "phx_reply"),
+            "nothing is delivered twice: {extra:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_node_subscribes_only_to_topics_joined_on_it() {
+    let redis = RedisServer::start();
+    let nodes = nodes(2, &redis.url()).await;
+    let one = create_app(&nodes[0], json!({"name": "app-one"})).await;
+    create_app(&nodes[0], json!({"name": "app-two"})).await;
+    let numsub = |topic: &str| -> String {
+        let out = cli(redis.port, &["pubsub", "numsub", topic]);
+        out.lines().nth(1).unwrap_or_default().to_owned()
+    };
+    let (mut a, a_ref) = joined(&nodes[0], "public:app-one").await;
+    let (_b, _) = joined(&nodes[0], "public:app-one").await;
+    assert_eq!(
+        numsub("public:app-one"),
+        "1",
+        "one subscription per node, not per socket"
+    );
+    assert_eq!(numsub("public:app-two"), "0");
+    let (mut c, c_ref) = joined(&nodes[1], "public:app-one").await;
+    assert_eq!(numsub("public:app-one"), "2");
+    // no pattern subscriptions at all
+    assert_eq!(cli(redis.port, &["pubsub", "numpat"]), "0");
+    // the last local subscriber out unsubscribes the node
+    c.push(Some(&c_ref), "5", "public:app-one", "phx_leave", json!({}))
+        .await;
+    c.recv_event("phx_close").await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while numsub("public:app-one") != "1" {
+        assert!(
+            Instant::now() < deadline,
+            "node B unsubscribed after its last leave"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // and node B's sockets get nothing more for the topic
+    assert_eq!(trigger(&nodes[0], &one, json!({"n": 2})).await, 200);
+    assert_eq!(a.recv().await.payload, json!({"n": 2}));
+    assert!(c.try_recv(Duration::from_millis(300)).await.is_none());
+    drop(a_ref);
+}
+
+#[tokio::test]
+async fn app_changes_reach_every_node_within_a_second() {
+    let nodes = nodes(3, &redis_url()).await;
+    let app = create_app(&nodes[0], json!({"name": unique_name("fleet")})).await;
+    let slug = app["slug"].as_str().unwrap().to_owned();
+    let topic = format!("public:{slug}");
+    // every node has the app cached: it served a trigger and a join
+    for node in &nodes {
+        assert_eq!(trigger(node, &app, json!({})).await, 200);
+    }
+    let mut b = joined(&nodes[1], &topic).await;
+    let mut c = joined(&nodes[2], &topic).await;
+
+    // a rotated secret stops working on every node within 1 s
+    let rotated: Value = nodes[0]
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/admin/apps/{slug}/rotate_secret"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for node in &nodes[1..] {
+        loop {
+            let status = trigger(node, &app, json!({})).await;
+            if status == 401 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "old secret still accepted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(trigger(node, &rotated["data"], json!({})).await, 200);
+    }
+    // drain what the new secret delivered
+    b.0.recv_event("t:e").await;
+    c.0.recv_event("t:e").await;
+
+    // deactivating on node A closes the sockets on B and C within 1 s
+    let started = Instant::now();
+    nodes[0]
+        .admin(reqwest::Method::PATCH, &format!("/api/admin/apps/{slug}"))
+        .json(&json!({"app": {"active": false}}))
+        .send()
+        .await
+        .unwrap();
+    for (client, join_ref) in [&mut b, &mut c] {
+        let close = client.recv_event("phx_close").await;
+        assert_eq!(close.join_ref, json!(join_ref));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    for node in &nodes {
+        assert_eq!(trigger(node, &rotated["data"], json!({})).await, 404);
+    }
+}
+
+#[tokio::test]
+async fn redis_restart_loses_no_accepted_trigger() {
+    let mut redis = RedisServer::start();
+    let nodes = Arc::new(nodes(2, &redis.url()).await);
+    let app = create_app(&nodes[0], json!({"name": "fault-app"})).await;
+    let (mut a, _) = joined(&nodes[0], "public:fault-app").await;
+    let (mut b, _) = joined(&nodes[1], "public:fault-app").await;
+
+    // triggers every 20 ms on alternating nodes, recording which were accepted
+    let accepted = Arc::new(Mutex::new(Vec::<(u64, Instant)>::new()));
+    let refused = Arc::new(Mutex::new(Vec::<u16>::new()));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let producer = {
+        let (nodes, app, accepted, refused, stop) = (
+            nodes.clone(),
+            app.clone(),
+            accepted.clone(),
+            refused.clone(),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            for seq in 0u64.. {
+                let node = &nodes[(seq % 2) as usize];
+                let status = trigger(node, &app, json!({"seq": seq})).await;
+                if status == 200 {
+                    accepted.lock().unwrap().push((seq, Instant::now()));
+                } else {
+                    refused.lock().unwrap().push(status.as_u16());
+                }
+                tokio::select! {
+                    () = stop.notified() => break,
+                    () = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill9();
+    // while Redis is down: triggers refused, sockets open, /readyz says so
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let ready = nodes[0]
+        .http
+        .get(nodes[0].url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.json::<Value>().await.unwrap()["checks"]["bus"], false);
+    let up_at = redis.restart();
+    // both nodes re-subscribe within 2 s of Redis accepting connections, with no client action
+    loop {
+        let out = cli(redis.port, &["pubsub", "numsub", "public:fault-app"]);
+        if out.lines().nth(1) == Some("2") {
+            break;
+        }
+        assert!(
+            up_at.elapsed() < Duration::from_secs(2),
+            "re-subscribed within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resubscribed_after = up_at.elapsed();
+    // delivery resumes: wait for an accepted trigger after the restart
+    loop {
+        let resumed = accepted.lock().unwrap().iter().any(|(_, at)| *at > up_at);
+        if resumed {
+            break;
+        }
+        assert!(
+            up_at.elapsed() < Duration::from_secs(4),
+            "triggers accepted again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first_accepted_after = accepted
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, at)| *at > up_at)
+        .map(|(_, at)| *at - up_at);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.notify_one();
+    producer.await.unwrap();
+
+    let refused = refused.lock().unwrap().clone();
+    assert!(
+        !refused.is_empty(),
+        "some triggers were refused while Redis was down"
+    );
+    assert!(
+        refused.iter().all(|s| *s == 503),
+        "refusals are 503: {refused:?}"
+    );
+    let accepted: BTreeSet<u64> = accepted.lock().unwrap().iter().map(|(s, _)| *s).collect();
+    let mut report = Vec::new();
+    for client in [&mut a, &mut b] {
+        let mut seen: HashMap<u64, usize> = HashMap::new();
+        while let Some(frame) = client.try_recv(Duration::from_millis(500)).await {
+            if let Some(seq) = frame.payload["seq"].as_u64() {
+                *seen.entry(seq).or_default() += 1;
+            }
+        }
+        let missing: Vec<_> = accepted
+            .iter()
+            .filter(|s| !seen.contains_key(s))
+            .copied()
+            .collect();
+        let mut seen_sorted: Vec<_> = seen.keys().copied().collect();
+        seen_sorted.sort_unstable();
+        report.push((missing, seen_sorted, seen));
+    }
+    for (missing, seen_sorted, seen) in &report {
+        assert!(
+            missing.is_empty(),
+            "accepted triggers lost: {missing:?}; accepted {accepted:?}; seen {seen_sorted:?}"
+        );
+        assert!(seen.values().all(|n| *n == 1), "duplicates: {seen:?}");
+    }
+    eprintln!(
+        "re-subscribed {resubscribed_after:?} and accepting {first_accepted_after:?} after Redis restarted; {} accepted, {} refused",
+        accepted.len(),
+        refused.len()
+    );
+}
+
+#[tokio::test]
+async fn redis_cluster_uses_sharded_pubsub() {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let servers: Vec<RedisServer> = ports
+        .iter()
+        .map(|_| {
+            RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+        })
+        .collect();
+    let addrs: Vec<String> = servers
+        .iter()
+        .map(|s| format!("127.0.0.1:{}", s.port))
+        .collect();
+    let mut create = vec!["--cluster", "create"];
+    create.extend(addrs.iter().map(String::as_str));
+    create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    cli(servers[0].port, &create);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !servers
+        .iter()
+        .all(|s| cli(s.port, &["cluster", "info"]).contains("cluster_state:ok"))
+    {
+        assert!(Instant::now() < deadline, "cluster did not form");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = format!(
+        "redis-cluster://{}?node={}&node={}",
+        addrs[0], addrs[1], addrs[2]
+    );
+    let nodes = nodes(2, &url).await;
+    let app = create_app(&nodes[0], json!({"name": "shard-app"})).await;
+    let (mut a, _) = joined(&nodes[0], "public:shard-app").await;
+    let (mut b, _) = joined(&nodes[1], "public:shard-app").await;
+    for s in &servers {
+        cli(s.port, &["config", "resetstat"]);
+    }
+    assert_eq!(trigger(&nodes[0], &app, json!({"n": 7})).await, 200);
+    assert_eq!(a.recv().await.payload, json!({"n": 7}));
+    assert_eq!(b.recv().await.payload, json!({"n": 7}));
+
+    let owner_port = {
+        let slot = cli(servers[0].port, &["cluster", "keyslot", "public:shard-app"]);
+        let owner = cli(servers[0].port, &["cluster", "nodes"])
+            .lines()
+            .find(|line| {
+                line.split_whitespace().skip(8).any(|range| {
+                    let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                    let slot: u32 = slot.parse().unwrap_or(u32::MAX);
+                    lo.parse::<u32>().is_ok_and(|lo| lo <= slot)
+                        && hi.parse::<u32>().is_ok_and(|hi| slot <= hi)
+                })
+            })
+            .expect("a node owns the slot")
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned();
+        owner
+            .split(['@', ':'])
+            .nth(1)
+            .unwrap()
+            .parse::<u16>()
+            .unwrap()
+    };
+    for s in &servers {
+        let stats = cli(s.port, &["info", "commandstats"]);
+        let spublished = stats.contains("cmdstat_spublish:");
+        assert_eq!(
+            spublished,
+            s.port == owner_port,
+            "only the owning shard saw SPUBLISH"
+        );
+        assert!(
+            !stats.contains("cmdstat_publish:"),
+            "no cluster-wide PUBLISH for events"
+        );
+        let shard_subs = cli(s.port, &["pubsub", "shardnumsub", "public:shard-app"]);
+        let count = shard_subs.lines().nth(1).unwrap_or("0").to_owned();
+        let expected = if s.port == owner_port { "2" } else { "0" };
+        assert_eq!(
+            count, expected,
+            "shard subscriptions live on the owner only"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_url_for_a_single_redis_is_a_startup_error() {
+    let database = fresh_postgres_database().await;
+    let mut config = test_config(database);
+    let single = RedisServer::start();
+    config.redis.url = Some(format!("redis-cluster://127.0.0.1:{}", single.port));
+    assert!(pushlite::Server::build(config).await.is_err());
+}
+
+#[tokio::test]
+async fn a_plain_url_for_a_cluster_node_is_a_startup_error() {
+    let database = fresh_postgres_database().await;
+    let mut config = test_config(database);
+    let node = RedisServer::start_with(&["--cluster-enabled", "yes"]);
+    config.redis.url = Some(node.url());
+    let error = pushlite::Server::build(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("redis-cluster://"), "{error}");
+}
