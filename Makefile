@@ -29,6 +29,7 @@ fmt:
 ## Benchmarks (release build); numbers go to the README.
 bench:
 	$(CARGO) bench --bench fanout
+	$(CARGO) bench --bench cross_node
 
 ## The official phoenix client and friends for the end-to-end test.
 js-deps:

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::bus::{Bus, BusError, LocalBus, RedisBus, RedisBusConfig};
@@ -111,7 +112,13 @@ impl Server {
         let addr = self.local_addr();
         tracing::info!(%addr, "pushlite listening");
         let app = http::router(self.state);
-        axum::serve(self.listener, app)
+        // Frames are small and latency matters: no Nagle delay on any socket.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(StartupError::Serve)

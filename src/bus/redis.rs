@@ -120,6 +120,8 @@ impl RedisBus {
                 // A command is never re-sent after a connection drop: a retried PUBLISH could
                 // be delivered twice.
                 c.max_command_attempts = 1;
+                // Small messages must not wait for Nagle's algorithm.
+                c.tcp.nodelay = Some(true);
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = config.command_timeout;
