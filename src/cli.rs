@@ -170,7 +170,19 @@ fn run(cli: Cli) -> Result<(), CliError> {
 
 async fn serve(config: Config) -> Result<(), CliError> {
     let server = Server::build(config).await?;
-    server.run_until(shutdown_signal()).await?;
+    let (first, first_received) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = first.send(());
+        shutdown_signal().await;
+        eprintln!("pushlite: second signal, exiting now");
+        std::process::exit(1);
+    });
+    server
+        .run_until(async move {
+            let _ = first_received.await;
+        })
+        .await?;
     Ok(())
 }
 

@@ -31,6 +31,7 @@ pub struct Config {
     pub cache: CacheConfig,
     pub admin: AdminConfig,
     pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -39,6 +40,20 @@ pub struct Config {
 pub struct ServerConfig {
     pub host: IpAddr,
     pub port: u16,
+    /// After SIGTERM, how long the node keeps serving (with `/readyz` at 503) so load balancers
+    /// stop routing to it before sockets are closed.
+    pub drain_delay_ms: u64,
+    /// After SIGTERM, the longest the process takes to exit.
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A separate `host:port` for `/metrics`; unset serves it on the main port.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Distinct `app` label values before the rest are folded into `other`.
+    pub max_app_labels: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +139,8 @@ impl Default for Config {
             server: ServerConfig {
                 host: IpAddr::from([127, 0, 0, 1]),
                 port: 4000,
+                drain_delay_ms: 5000,
+                shutdown_timeout_ms: 30_000,
             },
             database: DatabaseConfig {
                 url: "sqlite://pushlite.db".to_owned(),
@@ -152,6 +169,10 @@ impl Default for Config {
                 channels_per_socket: 100,
                 outbound_queue: 1024,
                 idle_timeout_secs: 60,
+            },
+            metrics: MetricsConfig {
+                listen: None,
+                max_app_labels: 100,
             },
             log: LogConfig {
                 format: LogFormat::Text,
@@ -313,6 +334,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be at least 1"));
             }
+        }
+        if self.server.drain_delay_ms >= self.server.shutdown_timeout_ms {
+            return Err(ConfigError::key(
+                "server.drain_delay_ms",
+                "must be below server.shutdown_timeout_ms",
+            ));
         }
         if self.limits.idle_timeout_secs == 0 {
             return Err(ConfigError::key(

@@ -6,7 +6,6 @@
 //! disconnect (a slow consumer) and never slows the others down.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 // The shared frame type is axum's so the bytes go to the socket without a copy or a second
@@ -15,7 +14,8 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::bus::{Bus, BusError};
-use crate::domain::event::Event;
+use crate::domain::event::{Event, parse_topic};
+use crate::metrics::Metrics;
 use crate::protocol::phoenix::{self, Vsn};
 
 /// Identifies one WebSocket connection on this node.
@@ -49,17 +49,10 @@ enum SubOp {
     },
 }
 
-/// Counters read by metrics and tests.
-#[derive(Debug, Default)]
-pub struct HubStats {
-    pub delivered: AtomicU64,
-    pub slow_consumers: AtomicU64,
-}
-
 pub struct Hub {
     topics: Mutex<HashMap<String, HashMap<ConnId, Subscriber>>>,
     ops: mpsc::UnboundedSender<SubOp>,
-    pub stats: HubStats,
+    metrics: Metrics,
 }
 
 /// The receiving end of the hub's subscription operations; see [`run_subscriptions`].
@@ -67,12 +60,12 @@ pub struct SubscriptionOps(mpsc::UnboundedReceiver<SubOp>);
 
 impl Hub {
     #[must_use]
-    pub fn new() -> (Arc<Hub>, SubscriptionOps) {
+    pub fn new(metrics: Metrics) -> (Arc<Hub>, SubscriptionOps) {
         let (ops, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
             topics: Mutex::new(HashMap::new()),
             ops,
-            stats: HubStats::default(),
+            metrics,
         });
         (hub, SubscriptionOps(rx))
     }
@@ -161,7 +154,7 @@ impl Hub {
             return;
         };
         let mut frames: [Option<Utf8Bytes>; 2] = [None, None];
-        let mut delivered = 0;
+        let (mut delivered, mut slow, mut closed) = (0, 0, 0);
         for subscriber in subscribers.values() {
             let slot = match subscriber.vsn {
                 Vsn::V1 => 0,
@@ -182,14 +175,22 @@ impl Hub {
             match subscriber.tx.try_send(Outbound::Frame(frame)) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    slow += 1;
                     subscriber.kill.notify_one();
                 }
                 // The session is ending and will leave on its own.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => closed += 1,
             }
         }
-        self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+        drop(topics);
+        let slug = parse_topic(&event.topic).map_or("none", |(_, slug)| slug);
+        self.metrics.delivered(slug, delivered);
+        if slow > 0 {
+            self.metrics.dropped(slug, "slow_consumer", slow);
+        }
+        if closed > 0 {
+            self.metrics.dropped(slug, "closed", closed);
+        }
     }
 }
 
@@ -220,6 +221,7 @@ pub async fn run_subscriptions(hub: Arc<Hub>, bus: Arc<dyn Bus>, ops: Subscripti
                     for topic in &stale {
                         active.remove(topic);
                     }
+                    hub.metrics.bus_subscriptions(active.len());
                 }
                 continue;
             }
@@ -272,6 +274,7 @@ pub async fn run_subscriptions(hub: Arc<Hub>, bus: Arc<dyn Bus>, ops: Subscripti
                 Err(e) => tracing::warn!(error = %e, "bus unsubscribe failed"),
             }
         }
+        hub.metrics.bus_subscriptions(active.len());
         for ack in acks {
             let _ = ack.send(result.clone());
         }

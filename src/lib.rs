@@ -11,6 +11,8 @@
 //! - [`control`]: what a node does with events and control messages from the bus.
 //! - [`hub`]: this node's topic → subscriber index and the bus subscription task.
 //! - [`session`]: one WebSocket connection's channels, queue and timers.
+//! - [`metrics`]: the Prometheus metrics (names are a contract).
+//! - [`shutdown`]: draining and graceful shutdown state.
 //! - [`token`]: HS256 join tokens for private topics.
 //! - [`startup`]: builds a node from a configuration; the only place concrete backends are chosen.
 //! - [`cli`]: the `pushlite` command line; `main.rs` only calls it.
@@ -22,9 +24,11 @@ pub mod control;
 pub mod domain;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod session;
+pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 pub mod token;

@@ -16,6 +16,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::domain::event::{Event, Scope, check_name, parse_topic};
 use crate::http::AppState;
 use crate::hub::{ConnId, Outbound, Subscriber};
+use crate::metrics::CloseReason;
 use crate::protocol::phoenix::{self, DecodeError, Inbound, Status, Vsn};
 use crate::token;
 
@@ -43,6 +44,8 @@ struct Session {
     connect: Connect,
     state: AppState,
     channels: HashMap<String, Channel>,
+    /// Joined topics per app slug, for the per-app connection metrics.
+    apps: HashMap<String, usize>,
     subscriber: Subscriber,
     sink: SplitSink<WebSocket, Message>,
 }
@@ -55,9 +58,22 @@ enum Close {
     SlowConsumer,
     TooBig,
     Unsupported(String),
+    /// The node is shutting down: the client should reconnect to another node.
+    Shutdown,
 }
 
 impl Close {
+    fn reason(&self) -> CloseReason {
+        match self {
+            Close::Gone => CloseReason::Client,
+            Close::Idle => CloseReason::Idle,
+            Close::SlowConsumer => CloseReason::SlowConsumer,
+            Close::TooBig => CloseReason::TooBig,
+            Close::Unsupported(_) => CloseReason::Protocol,
+            Close::Shutdown => CloseReason::Shutdown,
+        }
+    }
+
     fn frame(&self) -> Option<CloseFrame> {
         let (code, reason) = match self {
             Close::Gone => return None,
@@ -65,6 +81,7 @@ impl Close {
             Close::SlowConsumer => (close_code::POLICY, "slow consumer"),
             Close::TooBig => (close_code::SIZE, "message too big"),
             Close::Unsupported(_) => (close_code::UNSUPPORTED, "unsupported message"),
+            Close::Shutdown => (close_code::RESTART, "server shutting down"),
         };
         Some(CloseFrame {
             code,
@@ -90,13 +107,18 @@ pub async fn run(socket: WebSocket, connect: Connect, state: AppState) {
         connect,
         state,
         channels: HashMap::new(),
+        apps: HashMap::new(),
         sink,
     };
+    let shutdown = session.state.shutdown.clone();
+    let _live = shutdown.session_started();
+    let mut closing = shutdown.closing();
     let mut deadline = Instant::now() + idle;
     let outcome = loop {
         tokio::select! {
             () = kill.notified() => break Close::SlowConsumer,
             () = sleep_until(deadline) => break Close::Idle,
+            () = async { let _ = closing.wait_for(|closing| *closing).await; } => break Close::Shutdown,
             outbound = rx.recv() => {
                 // The session holds a sender itself, so the queue never closes first.
                 let Some(outbound) = outbound else { break Close::Gone };
@@ -146,6 +168,24 @@ pub async fn run(socket: WebSocket, connect: Connect, state: AppState) {
     for topic in session.channels.keys() {
         session.state.hub.leave(topic, id);
     }
+    for app in session.apps.keys() {
+        session
+            .state
+            .metrics
+            .connection_closed(app, outcome.reason());
+    }
+}
+
+/// A bounded label for a join refusal.
+fn join_result_label(reason: &str) -> &'static str {
+    match reason {
+        "unmatched topic" => "unmatched",
+        "app not found" => "not_found",
+        "origin not allowed" => "origin",
+        "unauthorized" => "unauthorized",
+        "too many channels joined" => "limit",
+        _ => "unavailable",
+    }
 }
 
 fn read_error(error: &axum::Error) -> Close {
@@ -182,6 +222,7 @@ impl Session {
                 Outbound::Close { topic } => {
                     if let Some(channel) = self.channels.remove(&topic) {
                         self.state.hub.leave(&topic, self.id);
+                        self.topic_left(&topic, CloseReason::AppClosed);
                         let close =
                             phoenix::close(self.connect.vsn, channel.join_ref.as_deref(), &topic);
                         self.sink
@@ -252,7 +293,15 @@ impl Session {
             let close = phoenix::close(self.connect.vsn, old.join_ref.as_deref(), &topic);
             self.send(close).await?;
         }
-        match self.authorize_join(&message).await {
+        let decision = self.authorize_join(&message).await;
+        let (slug, scope) =
+            parse_topic(&topic).map_or(("none", "none"), |(scope, slug)| (slug, scope.as_str()));
+        let result = match &decision {
+            Ok(_) => "ok",
+            Err(reason) => join_result_label(reason),
+        };
+        self.state.metrics.join(slug, scope, result);
+        match decision {
             Ok(may_publish) => {
                 let subscribed = if rejoin.is_some() {
                     Ok(())
@@ -267,6 +316,9 @@ impl Session {
                     let reply = self.error(&message, join_ref.as_deref(), "unavailable");
                     return self.send(reply).await;
                 }
+                if rejoin.is_none() {
+                    self.topic_joined(&topic);
+                }
                 self.channels.insert(
                     topic,
                     Channel {
@@ -280,6 +332,7 @@ impl Session {
             Err(reason) => {
                 if rejoin.is_some() {
                     self.state.hub.leave(&topic, self.id);
+                    self.topic_left(&topic, CloseReason::Left);
                 }
                 // Phoenix answers an unrouted topic without a join_ref.
                 let reply_join_ref = if reason == "unmatched topic" {
@@ -289,6 +342,29 @@ impl Session {
                 };
                 let reply = self.error(&message, reply_join_ref, reason);
                 self.send(reply).await
+            }
+        }
+    }
+
+    fn topic_joined(&mut self, topic: &str) {
+        if let Some((_, slug)) = parse_topic(topic) {
+            let count = self.apps.entry(slug.to_owned()).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                self.state.metrics.connection_opened(slug);
+            }
+        }
+    }
+
+    fn topic_left(&mut self, topic: &str, reason: CloseReason) {
+        let Some((_, slug)) = parse_topic(topic) else {
+            return;
+        };
+        if let Some(count) = self.apps.get_mut(slug) {
+            *count -= 1;
+            if *count == 0 {
+                self.apps.remove(slug);
+                self.state.metrics.connection_closed(slug, reason);
             }
         }
     }
@@ -340,6 +416,7 @@ impl Session {
         let join_ref = channel.join_ref.clone();
         self.channels.remove(topic);
         self.state.hub.leave(topic, self.id);
+        self.topic_left(topic, CloseReason::Left);
         let reply = self.reply(message, join_ref.as_deref(), Status::Ok, &json!({}));
         self.send(reply).await?;
         let close = phoenix::close(self.connect.vsn, join_ref.as_deref(), topic);
@@ -391,7 +468,12 @@ impl Session {
             }
         };
         let reply = match self.state.bus.publish(&event).await {
-            Ok(()) => self.reply(&message, join_ref.as_deref(), Status::Ok, &json!({})),
+            Ok(()) => {
+                if let Some((_, slug)) = parse_topic(&event.topic) {
+                    self.state.metrics.published(slug, "client");
+                }
+                self.reply(&message, join_ref.as_deref(), Status::Ok, &json!({}))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "client event not published");
                 self.error(&message, join_ref.as_deref(), "unavailable")

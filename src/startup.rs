@@ -1,6 +1,6 @@
 //! Assembles a node from its configuration: the only place that picks concrete backends.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -14,7 +14,9 @@ use crate::config::{Config, ConfigError};
 use crate::control::NodeSink;
 use crate::http::{self, AppState};
 use crate::hub::{Hub, run_subscriptions};
+use crate::metrics::Metrics;
 use crate::registry::{self, AppCache, AppRegistry, CachedRegistry, RegistryError};
+use crate::shutdown::Shutdown;
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,7 @@ pub enum StartupError {
 /// A bound, ready node. Port 0 in the configuration picks a free port: see [`Server::local_addr`].
 pub struct Server {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     state: AppState,
 }
 
@@ -60,13 +63,14 @@ impl Server {
             Duration::from_secs(config.cache.ttl_secs),
         );
         let registry: Arc<dyn AppRegistry> = Arc::new(CachedRegistry::new(registry, cache.clone()));
-        let (hub, ops) = Hub::new();
+        let metrics = Metrics::new(config.metrics.max_app_labels);
+        let (hub, ops) = Hub::new(metrics.clone());
         let sink = Arc::new(NodeSink {
             hub: hub.clone(),
             cache,
         });
         let bus: Arc<dyn Bus> = match &config.redis.url {
-            None => Arc::new(LocalBus::new(sink.clone())),
+            None => Arc::new(LocalBus::new(sink.clone(), metrics.clone())),
             Some(url) => {
                 let redis = &config.redis;
                 let bus_config = RedisBusConfig {
@@ -75,10 +79,18 @@ impl Server {
                     resubscribe_grace: Duration::from_millis(redis.resubscribe_grace_ms),
                     command_timeout: Duration::from_millis(redis.command_timeout_ms),
                 };
-                Arc::new(RedisBus::connect(&bus_config, sink.clone()).await?)
+                Arc::new(RedisBus::connect(&bus_config, sink.clone(), metrics.clone()).await?)
             }
         };
         tokio::spawn(run_subscriptions(hub.clone(), bus.clone(), ops));
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let state = AppState {
             config: Arc::new(config),
             registry,
@@ -86,8 +98,14 @@ impl Server {
             hub,
             sink,
             conn_ids: Arc::new(AtomicU64::new(1)),
+            metrics,
+            shutdown: Arc::new(Shutdown::default()),
         };
-        Ok(Server { listener, state })
+        Ok(Server {
+            listener,
+            metrics_listener,
+            state,
+        })
     }
 
     /// The address actually bound.
@@ -101,26 +119,80 @@ impl Server {
             .expect("a bound TCP listener has a local address")
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    /// Serves until `signal` completes, then shuts down gracefully: `/readyz` turns 503 at
+    /// once; after `server.drain_delay_ms` new upgrades are refused and every socket is closed
+    /// (1012, so clients reconnect elsewhere); in-flight requests finish. Returns once all of
+    /// that is done or `server.shutdown_timeout_ms` after the signal, whichever comes first.
     ///
     /// # Errors
-    /// The accept loop failed.
+    /// A listener could not be served.
     pub async fn run_until(
         self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        signal: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), StartupError> {
         let addr = self.local_addr();
+        let state = self.state;
+        let shutdown = state.shutdown.clone();
+        let drain_delay = Duration::from_millis(state.config.server.drain_delay_ms);
+        let timeout = Duration::from_millis(state.config.server.shutdown_timeout_ms);
+        if let Some(metrics_listener) = self.metrics_listener {
+            let metrics_app = http::metrics_router(state.clone());
+            tracing::info!(addr = ?metrics_listener.local_addr().ok(), "metrics listening");
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(metrics_listener, metrics_app).await {
+                    tracing::error!(%error, "metrics listener failed");
+                }
+            });
+        }
         tracing::info!(%addr, "pushlite listening");
-        let app = http::router(self.state);
+        let app = http::router(state);
         // Frames are small and latency matters: no Nagle delay on any socket.
         let listener = self.listener.tap_io(|tcp| {
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
         });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(StartupError::Serve)
+        let (signalled, signal_time) = tokio::sync::oneshot::channel();
+        let draining = shutdown.clone();
+        let graceful = async move {
+            signal.await;
+            let _ = signalled.send(tokio::time::Instant::now());
+            draining.start_draining();
+            tracing::info!(
+                ?drain_delay,
+                "draining: readiness is off, closing sockets after the delay"
+            );
+            tokio::time::sleep(drain_delay).await;
+            draining.close_sessions();
+            tracing::info!(sockets = draining.live_sessions(), "closing every socket");
+        };
+        let serving = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .into_future(),
+        );
+        let Ok(signalled_at) = signal_time.await else {
+            // The server stopped without a signal: an accept loop error.
+            return match serving.await {
+                Ok(result) => result.map_err(StartupError::Serve),
+                Err(join) => Err(StartupError::Serve(std::io::Error::other(join))),
+            };
+        };
+        let finished = tokio::time::timeout_at(signalled_at + timeout, async {
+            let served = serving.await;
+            shutdown.sessions_ended().await;
+            served
+        })
+        .await;
+        match finished {
+            Ok(Ok(result)) => result.map_err(StartupError::Serve)?,
+            Ok(Err(join)) => return Err(StartupError::Serve(std::io::Error::other(join))),
+            Err(_) => tracing::warn!(
+                sockets = shutdown.live_sessions(),
+                "shutdown timeout reached; exiting with work left"
+            ),
+        }
+        tracing::info!("shutdown complete");
+        Ok(())
     }
 }

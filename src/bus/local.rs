@@ -8,17 +8,20 @@ use async_trait::async_trait;
 
 use super::{Bus, BusError, BusSink, Control};
 use crate::domain::event::Event;
+use crate::metrics::Metrics;
 
 pub struct LocalBus {
     sink: Arc<dyn BusSink>,
+    metrics: Metrics,
     topics: Mutex<HashSet<String>>,
 }
 
 impl LocalBus {
     #[must_use]
-    pub fn new(sink: Arc<dyn BusSink>) -> LocalBus {
+    pub fn new(sink: Arc<dyn BusSink>, metrics: Metrics) -> LocalBus {
         LocalBus {
             sink,
+            metrics,
             topics: Mutex::new(HashSet::new()),
         }
     }
@@ -27,12 +30,15 @@ impl LocalBus {
 #[async_trait]
 impl Bus for LocalBus {
     async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        let started = std::time::Instant::now();
         let subscribed = self
             .topics
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .contains(&event.topic);
+        self.metrics.bus_published(started.elapsed().as_secs_f64());
         if subscribed {
+            self.metrics.bus_received();
             self.sink.deliver(event.clone());
         }
         Ok(())

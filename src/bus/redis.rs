@@ -27,6 +27,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{Bus, BusError, BusSink, Control};
 use crate::domain::event::Event;
+use crate::metrics::Metrics;
 
 /// The channel every node subscribes for [`Control`] messages.
 pub const CONTROL_CHANNEL: &str = "pushlite:control";
@@ -81,6 +82,7 @@ impl Health {
 }
 
 pub struct RedisBus {
+    metrics: Metrics,
     publisher: Client,
     subscriber: SubscriberClient,
     sharded: bool,
@@ -100,6 +102,7 @@ impl RedisBus {
     pub async fn connect(
         config: &RedisBusConfig,
         sink: Arc<dyn BusSink>,
+        metrics: Metrics,
     ) -> Result<RedisBus, BusError> {
         let sharded = config.url.starts_with("redis-cluster://")
             || config.url.starts_with("rediss-cluster://");
@@ -152,6 +155,7 @@ impl RedisBus {
         subscriber.init().await.map_err(|e| unavailable(&e))?;
         let health = Arc::new(Health::default());
         let bus = RedisBus {
+            metrics,
             publisher,
             subscriber,
             sharded,
@@ -166,10 +170,14 @@ impl RedisBus {
 
     fn spawn_tasks(&self, sink: Arc<dyn BusSink>) {
         let mut messages = self.subscriber.message_rx();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             loop {
                 match messages.recv().await {
-                    Ok(message) => handle_message(&*sink, &message.channel, message.value),
+                    Ok(message) => {
+                        metrics.bus_received();
+                        handle_message(&*sink, &message.channel, message.value);
+                    }
                     Err(RecvError::Lagged(lost)) => {
                         tracing::error!(lost, "redis reader lagged: messages were lost");
                     }
@@ -190,8 +198,10 @@ impl RedisBus {
         let mut reconnects = self.subscriber.reconnect_rx();
         let subscriber = self.subscriber.clone();
         let health = self.health.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             while reconnects.recv().await.is_ok() {
+                metrics.bus_reconnected();
                 health.subscribed.store(false, Ordering::SeqCst);
                 health.mark_reconnect();
                 // fred remembers what this client subscribed; a new connection starts empty.
@@ -212,8 +222,10 @@ impl RedisBus {
 
         let mut reconnects = self.publisher.reconnect_rx();
         let health = self.health.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             while reconnects.recv().await.is_ok() {
+                metrics.bus_reconnected();
                 health.mark_reconnect();
                 tracing::info!("redis publisher reconnected");
             }
@@ -231,11 +243,13 @@ impl RedisBus {
             max_attempts: Some(1),
             ..Options::default()
         });
+        let started = Instant::now();
         let result: Result<i64, _> = if self.sharded {
             publisher.spublish(channel, message).await
         } else {
             publisher.publish(channel, message).await
         };
+        self.metrics.bus_published(started.elapsed().as_secs_f64());
         result.map_err(|e| unavailable(&e))?;
         if self.health.epoch.load(Ordering::SeqCst) != epoch {
             return Err(BusError::Unavailable(

@@ -48,6 +48,7 @@ pub async fn trigger(
         .publish(&event)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    state.metrics.published(&slug, "http");
     Ok(Json(json!({})))
 }
 

@@ -24,7 +24,9 @@ use crate::config::Config;
 use crate::control::NodeSink;
 use crate::domain::app::App;
 use crate::hub::{ConnId, Hub};
+use crate::metrics::Metrics;
 use crate::registry::AppRegistry;
+use crate::shutdown::Shutdown;
 
 pub use error::ApiError;
 
@@ -38,6 +40,8 @@ pub struct AppState {
     /// Applies control messages locally when the bus cannot announce them.
     pub sink: Arc<NodeSink>,
     pub conn_ids: Arc<AtomicU64>,
+    pub metrics: Metrics,
+    pub shutdown: Arc<Shutdown>,
 }
 
 impl AppState {
@@ -86,7 +90,11 @@ pub fn router(state: AppState) -> Router {
             admin::require_admin,
         ));
     let events_limit = events::body_limit(state.config.limits.event_payload_bytes);
-    Router::new()
+    let mut router = Router::new();
+    if state.config.metrics.listen.is_none() {
+        router = router.route("/metrics", get(metrics));
+    }
+    router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .nest("/api/admin/apps", admin)
@@ -97,8 +105,26 @@ pub fn router(state: AppState) -> Router {
         .route("/socket/websocket", get(ws::upgrade))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .with_state(state)
+}
+
+/// `/metrics` alone, for a separate metrics listener.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -112,7 +138,8 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
         .await
         .is_ok_and(|r| r.is_ok());
     let bus = state.bus.ready().is_ok();
-    let ready = database && bus;
+    let serving = !state.shutdown.is_draining();
+    let ready = database && bus && serving;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -120,7 +147,7 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
     };
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
-        "checks": { "database": database, "bus": bus },
+        "checks": { "database": database, "bus": bus, "serving": serving },
     });
     (status, Json(body)).into_response()
 }
@@ -142,7 +169,11 @@ async fn method_not_allowed() -> Response {
 /// Logs each request once, with its matched route (never the raw path with its slugs), and
 /// tags it with a request id: the caller's `x-request-id` when it sends one, else a new UUID.
 /// Headers are never logged, so neither are credentials.
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let route = request
@@ -156,6 +187,12 @@ async fn log_request(request: Request, next: Next) -> Response {
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     let mut response = next.run(request).await;
+    state.metrics.http_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     tracing::info!(
         %method,
         %route,

@@ -24,6 +24,13 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if state.shutdown.is_closing() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "errors": { "detail": "this node is shutting down; reconnect" } })),
+        )
+            .into_response();
+    }
     let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
         return (
             StatusCode::FORBIDDEN,
