@@ -29,6 +29,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub redis: RedisConfig,
     pub cache: CacheConfig,
+    pub stats: StatsConfig,
     pub admin: AdminConfig,
     pub limits: LimitsConfig,
     pub metrics: MetricsConfig,
@@ -80,6 +81,16 @@ pub struct RedisConfig {
     pub resubscribe_grace_ms: u64,
     /// Timeout of each Redis command, publish included.
     pub command_timeout_ms: u64,
+}
+
+/// The cluster directory behind `/api/admin/nodes` and the per-app stats.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsConfig {
+    /// How often a node stores its usage report in Redis.
+    pub heartbeat_ms: u64,
+    /// How long a report lives; a dead node drops out after this.
+    pub node_ttl_ms: u64,
 }
 
 /// The per-node cache of app lookups.
@@ -157,6 +168,10 @@ impl Default for Config {
             cache: CacheConfig {
                 ttl_secs: 300,
                 capacity: 10_000,
+            },
+            stats: StatsConfig {
+                heartbeat_ms: 1000,
+                node_ttl_ms: 5000,
             },
             admin: AdminConfig {
                 username: DEV_ADMIN_USERNAME.to_owned(),
@@ -334,6 +349,12 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::key(key, "must be at least 1"));
             }
+        }
+        if self.stats.heartbeat_ms == 0 || self.stats.node_ttl_ms <= self.stats.heartbeat_ms {
+            return Err(ConfigError::key(
+                "stats.node_ttl_ms",
+                "must be above stats.heartbeat_ms (which must be at least 1)",
+            ));
         }
         if self.server.drain_delay_ms >= self.server.shutdown_timeout_ms {
             return Err(ConfigError::key(

@@ -13,6 +13,7 @@
 //! - [`session`]: one WebSocket connection's channels, queue and timers.
 //! - [`metrics`]: the Prometheus metrics (names are a contract).
 //! - [`shutdown`]: draining and graceful shutdown state.
+//! - [`usage`] and [`directory`]: per-app usage and the live nodes, for the admin stats API.
 //! - [`token`]: HS256 join tokens for private topics.
 //! - [`startup`]: builds a node from a configuration; the only place concrete backends are chosen.
 //! - [`cli`]: the `pushlite` command line; `main.rs` only calls it.
@@ -21,6 +22,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod directory;
 pub mod domain;
 pub mod http;
 pub mod hub;
@@ -32,6 +34,7 @@ pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 pub mod token;
+pub mod usage;
 
 pub use config::Config;
 pub use startup::Server;

@@ -7,6 +7,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::usage::Usage;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -67,6 +68,7 @@ struct Inner {
     process_cpu: Gauge,
     max_app_labels: usize,
     labelled_apps: Mutex<HashSet<String>>,
+    usage: Usage,
 }
 
 /// Cheap to clone; always present (never optional).
@@ -229,6 +231,7 @@ impl Metrics {
             registry: r,
             max_app_labels,
             labelled_apps: Mutex::new(HashSet::new()),
+            usage: Usage::default(),
         };
         Metrics(Arc::new(inner))
     }
@@ -250,13 +253,21 @@ impl Metrics {
         "other"
     }
 
+    /// Per-app usage for the admin stats API, counted at the same points as the metrics.
+    #[must_use]
+    pub fn usage(&self) -> &Usage {
+        &self.0.usage
+    }
+
     pub fn connection_opened(&self, slug: &str) {
+        self.0.usage.connection(slug, 1);
         let app = self.app(slug);
         self.0.connections.with_label_values(&[app]).inc();
         self.0.connections_opened.with_label_values(&[app]).inc();
     }
 
     pub fn connection_closed(&self, slug: &str, reason: CloseReason) {
+        self.0.usage.connection(slug, -1);
         let app = self.app(slug);
         self.0.connections.with_label_values(&[app]).dec();
         self.0
@@ -272,6 +283,7 @@ impl Metrics {
     }
 
     pub fn published(&self, slug: &str, source: &str) {
+        self.0.usage.published(slug);
         let app = self.app(slug);
         self.0
             .events_published
@@ -280,6 +292,7 @@ impl Metrics {
     }
 
     pub fn delivered(&self, slug: &str, count: u64) {
+        self.0.usage.delivered(slug, count);
         let app = self.app(slug);
         self.0
             .messages_delivered

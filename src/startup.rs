@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use crate::bus::{Bus, BusError, LocalBus, RedisBus, RedisBusConfig};
 use crate::config::{Config, ConfigError};
 use crate::control::NodeSink;
-use crate::http::{self, AppState};
+use crate::directory::{LocalDirectory, NodeDirectory, RedisDirectory};
+use crate::http::{self, AppState, NodeInfo};
 use crate::hub::{Hub, run_subscriptions};
 use crate::metrics::Metrics;
 use crate::registry::{self, AppCache, AppRegistry, CachedRegistry, RegistryError};
@@ -69,8 +70,12 @@ impl Server {
             hub: hub.clone(),
             cache,
         });
-        let bus: Arc<dyn Bus> = match &config.redis.url {
-            None => Arc::new(LocalBus::new(sink.clone(), metrics.clone())),
+        let node_ttl = Duration::from_millis(config.stats.node_ttl_ms);
+        let (bus, directory): (Arc<dyn Bus>, Arc<dyn NodeDirectory>) = match &config.redis.url {
+            None => (
+                Arc::new(LocalBus::new(sink.clone(), metrics.clone())),
+                Arc::new(LocalDirectory),
+            ),
             Some(url) => {
                 let redis = &config.redis;
                 let bus_config = RedisBusConfig {
@@ -79,7 +84,9 @@ impl Server {
                     resubscribe_grace: Duration::from_millis(redis.resubscribe_grace_ms),
                     command_timeout: Duration::from_millis(redis.command_timeout_ms),
                 };
-                Arc::new(RedisBus::connect(&bus_config, sink.clone(), metrics.clone()).await?)
+                let redis = RedisBus::connect(&bus_config, sink.clone(), metrics.clone()).await?;
+                let directory = RedisDirectory::new(redis.client(), node_ttl);
+                (Arc::new(redis), Arc::new(directory))
             }
         };
         tokio::spawn(run_subscriptions(hub.clone(), bus.clone(), ops));
@@ -100,7 +107,10 @@ impl Server {
             conn_ids: Arc::new(AtomicU64::new(1)),
             metrics,
             shutdown: Arc::new(Shutdown::default()),
+            directory,
+            node: Arc::new(NodeInfo::default()),
         };
+        spawn_heartbeat(state.clone());
         Ok(Server {
             listener,
             metrics_listener,
@@ -195,4 +205,27 @@ impl Server {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// Stores this node's usage report on every heartbeat until shutdown, then removes it.
+fn spawn_heartbeat(state: AppState) {
+    let every = Duration::from_millis(state.config.stats.heartbeat_ms);
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        let mut closing = state.shutdown.closing();
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let report = http::stats::node_report(&state);
+                    if let Err(error) = state.directory.store(&report).await {
+                        tracing::debug!(%error, "node report not stored");
+                    }
+                }
+                _ = closing.changed() => {
+                    let _ = state.directory.remove(&state.node.id).await;
+                    break;
+                }
+            }
+        }
+    });
 }

@@ -44,6 +44,23 @@ async fn trigger(node: &TestApp, app: &Value, payload: Value) -> reqwest::Status
         .map_or(reqwest::StatusCode::BAD_GATEWAY, |r| r.status())
 }
 
+/// `pushlite_bus_messages_received_total` of a node.
+async fn bus_received(node: &TestApp) -> f64 {
+    let text = node
+        .http
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("pushlite_bus_messages_received_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the metric is exposed")
+}
+
 /// A unique slug per test, since tests share the harness's Redis.
 fn unique_name(prefix: &str) -> String {
     format!(
@@ -121,10 +138,17 @@ async fn a_node_subscribes_only_to_topics_joined_on_it() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // and node B's sockets get nothing more for the topic
+    // and node B's subscriber connection receives nothing more for the topic
+    let received_by_b = bus_received(&nodes[1]).await;
     assert_eq!(trigger(&nodes[0], &one, json!({"n": 2})).await, 200);
     assert_eq!(a.recv().await.payload, json!({"n": 2}));
     assert!(c.try_recv(Duration::from_millis(300)).await.is_none());
+    assert_eq!(
+        bus_received(&nodes[1]).await,
+        received_by_b,
+        "node B got no Redis traffic"
+    );
+    assert!(bus_received(&nodes[0]).await > 0.0);
     drop(a_ref);
 }
 
@@ -278,6 +302,21 @@ async fn redis_restart_loses_no_accepted_trigger() {
     stop.notify_one();
     producer.await.unwrap();
 
+    let reconnects = nodes[0]
+        .http
+        .get(nodes[0].url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let reconnects: f64 = reconnects
+        .lines()
+        .find_map(|l| l.strip_prefix("pushlite_bus_reconnects_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(reconnects >= 1.0, "reconnects are counted");
     let refused = refused.lock().unwrap().clone();
     assert!(
         !refused.is_empty(),

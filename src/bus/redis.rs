@@ -235,6 +235,12 @@ impl RedisBus {
     /// Publishes only when the bus is settled, and reports failure for a publish that a
     /// reconnect overtook: fred may hold a command written just before a connection dropped and
     /// send it on the next connection, to a Redis whose subscribers are not back yet.
+    /// The publisher connection, for the node directory to share.
+    #[must_use]
+    pub fn client(&self) -> Client {
+        self.publisher.clone()
+    }
+
     async fn send(&self, channel: &str, message: String) -> Result<(), BusError> {
         self.ready()?;
         let epoch = self.health.epoch.load(Ordering::SeqCst);

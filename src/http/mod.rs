@@ -5,6 +5,7 @@ mod auth;
 mod body;
 mod error;
 mod events;
+pub mod stats;
 mod ws;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use serde_json::json;
 use crate::bus::{Bus, BusSink, Control};
 use crate::config::Config;
 use crate::control::NodeSink;
+use crate::directory::NodeDirectory;
 use crate::domain::app::App;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
@@ -42,6 +44,26 @@ pub struct AppState {
     pub conn_ids: Arc<AtomicU64>,
     pub metrics: Metrics,
     pub shutdown: Arc<Shutdown>,
+    pub directory: Arc<dyn NodeDirectory>,
+    pub node: Arc<NodeInfo>,
+}
+
+/// Who this node is, for the cluster directory.
+pub struct NodeInfo {
+    /// `$HOSTNAME` (the pod name on Kubernetes) plus a random suffix, unique per process.
+    pub id: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Default for NodeInfo {
+    fn default() -> NodeInfo {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pushlite".to_owned());
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        NodeInfo {
+            id: format!("{host}-{}", &suffix[..8]),
+            started_at: chrono::Utc::now(),
+        }
+    }
 }
 
 impl AppState {
@@ -84,6 +106,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(admin::delete),
         )
         .route("/{slug}/rotate_secret", post(admin::rotate_secret))
+        .route("/{slug}/stats", get(stats::app_stats))
         .layer(DefaultBodyLimit::max(admin_limit))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -98,6 +121,13 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .nest("/api/admin/apps", admin)
+        .route(
+            "/api/admin/nodes",
+            get(stats::nodes).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                admin::require_admin,
+            )),
+        )
         .route(
             "/api/apps/{app_slug}/events",
             post(events::trigger).layer(DefaultBodyLimit::max(events_limit)),

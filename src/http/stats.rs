@@ -1,0 +1,92 @@
+//! `/api/admin/nodes` and `/api/admin/apps/:slug/stats`: usage summed over every live node.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::directory::NodeReport;
+use crate::domain::event::{Scope, topic_for};
+
+/// This node's report, fresh.
+#[must_use]
+pub fn node_report(state: &AppState) -> NodeReport {
+    let mut apps = state.metrics.usage().report();
+    for (slug, report) in &mut apps {
+        for scope in [Scope::Public, Scope::Private] {
+            let topic = topic_for(scope, slug);
+            let subscribers = state.hub.subscriber_count(&topic);
+            if subscribers > 0 {
+                report.topics.insert(topic, subscribers);
+            }
+        }
+    }
+    NodeReport {
+        id: state.node.id.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: state.node.started_at,
+        connections: state.shutdown.live_sessions(),
+        apps,
+    }
+}
+
+/// This node's fresh report and every other live node's latest one.
+async fn cluster(state: &AppState) -> Result<Vec<NodeReport>, ApiError> {
+    let mut reports = state
+        .directory
+        .reports()
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    reports.retain(|report| report.id != state.node.id);
+    reports.push(node_report(state));
+    reports.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(reports)
+}
+
+pub async fn nodes(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let nodes: Vec<Value> = cluster(&state)
+        .await?
+        .into_iter()
+        .map(|n| {
+            json!({"id": n.id, "version": n.version, "started_at": n.started_at,
+                   "connections": n.connections})
+        })
+        .collect();
+    Ok(Json(json!({ "data": nodes })))
+}
+
+pub async fn app_stats(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state
+        .registry
+        .by_slug(&slug)
+        .await?
+        .ok_or(ApiError::NotFound("no app with this slug"))?;
+    let reports = cluster(&state).await?;
+    let mut topics: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut connections, mut published, mut published_total) = (0, 0, 0);
+    let (mut delivered, mut delivered_total) = (0, 0);
+    for app in reports.iter().filter_map(|node| node.apps.get(&slug)) {
+        connections += app.connections;
+        published += app.published_last_minute;
+        published_total += app.published_total;
+        delivered += app.delivered_last_minute;
+        delivered_total += app.delivered_total;
+        for (topic, subscribers) in &app.topics {
+            *topics.entry(topic.clone()).or_default() += subscribers;
+        }
+    }
+    Ok(Json(json!({ "data": {
+        "app": slug,
+        "nodes": reports.len(),
+        "connections": connections,
+        "topics": topics,
+        "events_published": { "last_minute": published, "since_start": published_total },
+        "messages_delivered": { "last_minute": delivered, "since_start": delivered_total },
+    }})))
+}

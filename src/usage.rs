@@ -1,0 +1,149 @@
+//! Per-app usage counted on this node, reported to the cluster for the admin stats API:
+//! connections now, events published and messages delivered since start and over the last
+//! minute (sixty one-second buckets).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, PoisonError};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+const WINDOW_SECS: usize = 60;
+
+struct AppUsage {
+    connections: i64,
+    published_total: u64,
+    delivered_total: u64,
+    /// `(second, published, delivered)` per bucket, indexed by `second % 60`.
+    window: [(u64, u64, u64); WINDOW_SECS],
+}
+
+impl Default for AppUsage {
+    fn default() -> Self {
+        AppUsage {
+            connections: 0,
+            published_total: 0,
+            delivered_total: 0,
+            // Second u64::MAX is never current, so every bucket starts empty.
+            window: [(u64::MAX, 0, 0); WINDOW_SECS],
+        }
+    }
+}
+
+impl AppUsage {
+    fn bucket(&mut self, second: u64) -> &mut (u64, u64, u64) {
+        let slot = &mut self.window[usize::try_from(second).unwrap_or(0) % WINDOW_SECS];
+        if slot.0 != second {
+            *slot = (second, 0, 0);
+        }
+        slot
+    }
+
+    fn last_minute(&self, now: u64) -> (u64, u64) {
+        self.window
+            .iter()
+            .filter(|(second, _, _)| now.saturating_sub(*second) < WINDOW_SECS as u64)
+            .fold((0, 0), |(p, d), (_, bp, bd)| (p + bp, d + bd))
+    }
+}
+
+/// One app's figures on one node, as reported to the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppReport {
+    pub connections: i64,
+    /// Local subscribers per joined topic.
+    pub topics: BTreeMap<String, usize>,
+    pub published_last_minute: u64,
+    pub published_total: u64,
+    pub delivered_last_minute: u64,
+    pub delivered_total: u64,
+}
+
+pub struct Usage {
+    started: Instant,
+    apps: Mutex<HashMap<String, AppUsage>>,
+}
+
+impl Default for Usage {
+    fn default() -> Self {
+        Usage {
+            started: Instant::now(),
+            apps: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Usage {
+    fn second(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    fn with_app(&self, slug: &str, f: impl FnOnce(&mut AppUsage, u64)) {
+        let second = self.second();
+        let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(app) = apps.get_mut(slug) {
+            f(app, second);
+        } else {
+            let mut app = AppUsage::default();
+            f(&mut app, second);
+            apps.insert(slug.to_owned(), app);
+        }
+    }
+
+    pub fn connection(&self, slug: &str, delta: i64) {
+        self.with_app(slug, |app, _| app.connections += delta);
+    }
+
+    pub fn published(&self, slug: &str) {
+        self.with_app(slug, |app, second| {
+            app.published_total += 1;
+            app.bucket(second).1 += 1;
+        });
+    }
+
+    pub fn delivered(&self, slug: &str, count: u64) {
+        self.with_app(slug, |app, second| {
+            app.delivered_total += count;
+            app.bucket(second).2 += count;
+        });
+    }
+
+    /// Every app this node has seen; `topics` is filled in by the caller, who owns the hub.
+    #[must_use]
+    pub fn report(&self) -> BTreeMap<String, AppReport> {
+        let now = self.second();
+        let apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        apps.iter()
+            .map(|(slug, app)| {
+                let (published, delivered) = app.last_minute(now);
+                let report = AppReport {
+                    connections: app.connections,
+                    topics: BTreeMap::new(),
+                    published_last_minute: published,
+                    published_total: app.published_total,
+                    delivered_last_minute: delivered,
+                    delivered_total: app.delivered_total,
+                };
+                (slug.clone(), report)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_forgets_old_seconds() {
+        let mut app = AppUsage::default();
+        app.bucket(5).1 += 2;
+        app.bucket(64).2 += 3;
+        assert_eq!(app.last_minute(64), (2, 3));
+        assert_eq!(app.last_minute(65), (0, 3));
+        // slot 5 was reused by second 65
+        app.bucket(65).1 += 1;
+        assert_eq!(app.last_minute(65), (1, 3));
+        assert_eq!(app.last_minute(200), (0, 0));
+    }
+}
