@@ -393,7 +393,7 @@ async fn subscribe(server: &Server, count: usize, targets: usize, join: bool) ->
         tasks.push((target, task));
         pending.push(ready_rx);
     }
-    let mut done = 0;
+    let mut done = 0usize;
     for ready in pending {
         if !ready.await.unwrap_or(false) {
             failed += 1;
