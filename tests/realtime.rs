@@ -643,7 +643,15 @@ async fn frames_larger_than_the_read_buffer_arrive_whole() {
     let (join_ref, _) = sender.join("public:foo-app").await;
     // 9 KiB: many times the 512-byte initial read buffer, under the 10 KiB payload limit
     let big = "b".repeat(9 * 1024);
-    sender.push(Some(&join_ref), "3", "public:foo-app", "big", json!({ "x": big })).await;
+    sender
+        .push(
+            Some(&join_ref),
+            "3",
+            "public:foo-app",
+            "big",
+            json!({ "x": big }),
+        )
+        .await;
     let frame = sender.recv_event("big").await;
     assert_eq!(frame.payload["x"].as_str().map(str::len), Some(9 * 1024));
 }
