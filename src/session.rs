@@ -113,32 +113,40 @@ pub async fn run(socket: WebSocket, connect: Connect, state: AppState) {
     let shutdown = session.state.shutdown.clone();
     let _live = shutdown.session_started();
     let mut closing = shutdown.closing();
-    let mut deadline = Instant::now() + idle;
+    // These three futures live as long as the loop: re-creating them per message would
+    // register and deregister a timer, and a waiter on the watch channel every session
+    // shares, for every frame sent.
+    let idle_timer = sleep_until(Instant::now() + idle);
+    let killed = kill.notified();
+    let shutting_down = async move {
+        let _ = closing.wait_for(|closing| *closing).await;
+    };
+    tokio::pin!(idle_timer, killed, shutting_down);
     let outcome = loop {
         tokio::select! {
-            () = kill.notified() => break Close::SlowConsumer,
-            () = sleep_until(deadline) => break Close::Idle,
-            () = async { let _ = closing.wait_for(|closing| *closing).await; } => break Close::Shutdown,
+            () = &mut killed => break Close::SlowConsumer,
+            () = &mut idle_timer => break Close::Idle,
+            () = &mut shutting_down => break Close::Shutdown,
             outbound = rx.recv() => {
                 // The session holds a sender itself, so the queue never closes first.
                 let Some(outbound) = outbound else { break Close::Gone };
                 // A client that stops reading blocks the write: the kill signal must still win.
                 let sent = tokio::select! {
                     sent = session.send_queued(outbound, &mut rx) => sent,
-                    () = kill.notified() => Err(Close::SlowConsumer),
+                    () = &mut killed => Err(Close::SlowConsumer),
                 };
                 if let Err(close) = sent {
                     break close;
                 }
             }
             frame = stream.next() => {
-                deadline = Instant::now() + idle;
+                idle_timer.as_mut().reset(Instant::now() + idle);
                 let result = match frame {
                     None => Err(Close::Gone),
                     Some(Err(e)) => Err(read_error(&e)),
                     Some(Ok(Message::Text(text))) => tokio::select! {
                         handled = session.on_text(&text) => handled,
-                        () = kill.notified() => Err(Close::SlowConsumer),
+                        () = &mut killed => Err(Close::SlowConsumer),
                     },
                     Some(Ok(Message::Binary(_))) => Err(Close::Unsupported("binary frames are not supported".to_owned())),
                     Some(Ok(Message::Close(_))) => Err(Close::Gone),
