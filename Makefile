@@ -39,12 +39,12 @@ fmt:
 
 ## Benchmarks (release build) against a throwaway Redis; numbers go to the README.
 bench:
-	scripts/with-test-services.sh $(CARGO) bench --bench loadgen
+	scripts/with-test-services.sh $(CARGO) bench --bench loadgen -- --plot target/bench/plots
 
 ## The same scenarios against pushlite and Sockudo (pinned, built into target/peers once).
 bench-peers:
 	scripts/install-sockudo.sh
-	scripts/with-test-services.sh $(CARGO) bench --bench loadgen -- --peers
+	scripts/with-test-services.sh $(CARGO) bench --bench loadgen -- --peers --plot target/bench/plots
 
 ## The official phoenix client and friends for the end-to-end test.
 js-deps:

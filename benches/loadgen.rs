@@ -62,6 +62,10 @@ struct Args {
     /// Where results go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Also write PNG charts (latency percentiles, fan-out throughput over time) to this
+    /// directory. Needs a TrueType font (Debian: fonts-dejavu-core).
+    #[arg(long)]
+    plot: Option<PathBuf>,
     /// Accepted for `cargo bench`, which passes it.
     #[arg(long, hide = true)]
     bench: bool,
@@ -659,6 +663,22 @@ async fn fanout(peer: Peer, sizes: &Sizes, http: &reqwest::Client) -> Value {
     server.prepare_targets(1, http).await;
     let subs = subscribe(&server, sizes.fanout_subscribers, 1, true).await;
     let n = sizes.fanout_subscribers as f64;
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (received, sampling) = (subs.received.clone(), sampling.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut series = Vec::new();
+            let mut last = received.load(Ordering::Relaxed);
+            while sampling.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let now = received.load(Ordering::Relaxed);
+                series.push((started.elapsed().as_secs_f64(), (now - last) as f64 * 2.0));
+                last = now;
+            }
+            series
+        })
+    };
     let mut steps = Vec::new();
     let mut seq = 0;
     let mut all_accepted = vec![Vec::new()];
@@ -693,6 +713,8 @@ async fn fanout(peer: Peer, sizes: &Sizes, http: &reqwest::Client) -> Value {
         }
     }
     let rss = rss_kib(server.pid);
+    sampling.store(false, Ordering::Relaxed);
+    let series = sampler.await.unwrap_or_default();
     let (connect_time, failed) = (subs.connect_time, subs.failed);
     let seen = subs.finish().await;
     let t = tally(&seen, &all_accepted, 0..seq);
@@ -717,7 +739,7 @@ async fn fanout(peer: Peer, sizes: &Sizes, http: &reqwest::Client) -> Value {
     server.stop().await;
     json!({"subscribers": sizes.fanout_subscribers, "connect_ms": connect_time.as_millis(),
            "connect_failures": failed, "steps": steps, "sustained_deliveries_per_sec": best,
-           "delivered_deliveries_per_sec": delivered_best,
+           "delivered_deliveries_per_sec": delivered_best, "throughput_series": series,
            "latency": latency_json(&t.histogram), "lost": t.lost, "duplicates": t.duplicates,
            "socket_errors": t.errors, "server_rss_kib": rss})
 }
@@ -854,7 +876,12 @@ fn headline(scenario: &str, r: &Value) -> Vec<(String, f64, bool)> {
     match scenario {
         "fanout" => vec![
             (
-                "sustained deliveries/s".into(),
+                "deliveries/s, all delivered ≤ 2 s after the step".into(),
+                f(&r["delivered_deliveries_per_sec"]),
+                true,
+            ),
+            (
+                "deliveries/s with p99 < 1 s".into(),
                 f(&r["sustained_deliveries_per_sec"]),
                 true,
             ),
@@ -1007,7 +1034,145 @@ async fn main() {
         serde_json::to_string_pretty(&record).unwrap_or_default(),
     )
     .expect("write JSON");
+    if let Some(dir) = &args.plot {
+        plot(dir, &results, &peers);
+    }
     let md = markdown(&results, &peers);
     std::fs::write(args.out.join("results.md"), &md).expect("write Markdown");
     println!("{md}");
+}
+
+const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+fn plot(dir: &Path, results: &Value, peers: &[Peer]) {
+    use plotters::prelude::*;
+    let font = std::fs::read(FONT).unwrap_or_else(|e| {
+        panic!("--plot needs the font {FONT} (Debian: fonts-dejavu-core): {e}")
+    });
+    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+        .unwrap_or_else(|_| panic!("{FONT} is not a usable TrueType font"));
+    std::fs::create_dir_all(dir).expect("plot directory");
+    let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
+
+    let fanout = &results["fanout"];
+    if fanout.is_object() {
+        let path = dir.join("fanout-throughput.png");
+        let root = BitMapBackend::new(&path, (1000, 500)).into_drawing_area();
+        root.fill(&WHITE).expect("draw");
+        let series: Vec<Vec<(f64, f64)>> = peers
+            .iter()
+            .map(|p| {
+                fanout[p.name()]["throughput_series"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|pt| Some((pt[0].as_f64()?, pt[1].as_f64()?)))
+                    .collect()
+            })
+            .collect();
+        let max_t = series.iter().flatten().map(|p| p.0).fold(1.0, f64::max);
+        let max_y = series.iter().flatten().map(|p| p.1).fold(1.0, f64::max);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "fan-out: deliveries per second, rising trigger rate",
+                ("sans-serif", 22),
+            )
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(80)
+            .build_cartesian_2d(0.0..max_t, 0.0..max_y * 1.1)
+            .expect("chart");
+        chart
+            .configure_mesh()
+            .x_desc("seconds")
+            .y_desc("deliveries/s")
+            .draw()
+            .expect("mesh");
+        for (i, (peer, points)) in peers.iter().zip(series).enumerate() {
+            let color = colors[i % colors.len()];
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .expect("series")
+                .label(peer.name())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE)
+            .border_style(BLACK)
+            .draw()
+            .expect("legend");
+        root.present().expect("write PNG");
+    }
+
+    for scenario in ["fanout", "topics", "cross-node"] {
+        let by_peer = &results[scenario];
+        if !by_peer.is_object() {
+            continue;
+        }
+        let path = dir.join(format!("latency-{scenario}.png"));
+        let root = BitMapBackend::new(&path, (800, 450)).into_drawing_area();
+        root.fill(&WHITE).expect("draw");
+        let keys = ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"];
+        let max_y = peers
+            .iter()
+            .flat_map(|p| {
+                keys.iter()
+                    .map(move |k| by_peer[p.name()]["latency"][k].as_f64().unwrap_or(0.0))
+            })
+            .fold(0.1, f64::max);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                format!("{scenario}: publish-to-receive latency (ms, log scale)"),
+                ("sans-serif", 20),
+            )
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0usize..keys.len() - 1, (0.05f64..max_y * 2.0).log_scale())
+            .expect("chart");
+        chart
+            .configure_mesh()
+            .x_labels(keys.len())
+            .x_label_formatter(&|i| {
+                ["p50", "p90", "p99", "p99.9", "max"]
+                    .get(*i)
+                    .copied()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .y_desc("ms")
+            .draw()
+            .expect("mesh");
+        for (i, peer) in peers.iter().enumerate() {
+            let color = colors[i % colors.len()];
+            let points: Vec<(usize, f64)> = keys
+                .iter()
+                .enumerate()
+                .map(|(x, k)| {
+                    (
+                        x,
+                        by_peer[peer.name()]["latency"][k]
+                            .as_f64()
+                            .unwrap_or(0.0)
+                            .max(0.05),
+                    )
+                })
+                .collect();
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(2)))
+                .expect("series")
+                .label(peer.name())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE)
+            .border_style(BLACK)
+            .draw()
+            .expect("legend");
+        root.present().expect("write PNG");
+    }
+    eprintln!("charts written to {}", dir.display());
 }
