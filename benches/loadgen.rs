@@ -59,6 +59,12 @@ struct Args {
     /// Smaller sizes and shorter steps, for a quick check.
     #[arg(long)]
     quick: bool,
+    /// Subscribers of the fan-out scenario.
+    #[arg(long)]
+    fanout_subscribers: Option<usize>,
+    /// Subscribers on node B in the cross-node scenario.
+    #[arg(long)]
+    cross_subscribers: Option<usize>,
     /// Where results go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -978,6 +984,13 @@ async fn main() {
             step: Duration::from_secs(5),
         }
     };
+    let mut sizes = sizes;
+    if let Some(n) = args.fanout_subscribers {
+        sizes.fanout_subscribers = n;
+    }
+    if let Some(n) = args.cross_subscribers {
+        sizes.cross_subscribers = n;
+    }
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
