@@ -655,3 +655,26 @@ async fn frames_larger_than_the_read_buffer_arrive_whole() {
     let frame = sender.recv_event("big").await;
     assert_eq!(frame.payload["x"].as_str().map(str::len), Some(9 * 1024));
 }
+
+#[tokio::test]
+async fn bad_upgrades_get_json_errors() {
+    let (app, _data) = app_and_data(Db::Sqlite).await;
+    let plain = app
+        .http
+        .get(app.url("/socket/websocket"))
+        .send()
+        .await
+        .unwrap();
+    assert!(plain.status().is_client_error(), "{}", plain.status());
+    assert!(plain.json::<Value>().await.unwrap()["errors"]["detail"].is_string());
+    let bad_path = app
+        .http
+        .post(app.url("/api/apps/%FF%FE/events"))
+        .basic_auth("k", Some("s"))
+        .form(&[("topic", "t")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad_path.status(), 400);
+    assert!(bad_path.json::<Value>().await.unwrap()["errors"]["detail"].is_string());
+}

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -13,6 +13,7 @@ use super::AppState;
 use super::auth::{basic_credentials, credentials_match};
 use super::body;
 use super::error::ApiError;
+use super::extract::Slug;
 use crate::domain::app::{App, AppParams, random_credential};
 
 /// Middleware applied once to every admin route.
@@ -69,14 +70,14 @@ pub async fn create(
 
 pub async fn show(
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    Slug(slug): Slug,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(data(&find(&state, &slug).await?))
 }
 
 pub async fn update(
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    Slug(slug): Slug,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -96,7 +97,7 @@ pub async fn update(
 
 pub async fn rotate_secret(
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    Slug(slug): Slug,
 ) -> Result<impl IntoResponse, ApiError> {
     let app = state
         .registry
@@ -110,7 +111,7 @@ pub async fn rotate_secret(
 
 pub async fn delete(
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    Slug(slug): Slug,
 ) -> Result<StatusCode, ApiError> {
     if state.registry.delete(&slug).await? {
         state.app_changed(&slug, None).await;

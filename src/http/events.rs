@@ -2,8 +2,8 @@
 //! app's `key:secret` over HTTP Basic.
 
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -13,6 +13,7 @@ use super::AppState;
 use super::auth::{basic_credentials, credentials_match};
 use super::body;
 use super::error::ApiError;
+use super::extract::Slug;
 use crate::domain::event::{Event, Scope, check_name, event_name, topic_for};
 
 /// Room for the other fields and for percent-encoding (up to three bytes per payload byte).
@@ -23,7 +24,7 @@ pub fn body_limit(payload_limit: usize) -> usize {
 
 pub async fn trigger(
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    Slug(slug): Slug,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {

@@ -5,6 +5,7 @@ mod auth;
 mod body;
 mod error;
 mod events;
+mod extract;
 pub mod stats;
 mod ws;
 

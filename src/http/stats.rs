@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::Slug;
 use crate::directory::NodeReport;
 use crate::domain::event::{Scope, topic_for};
 
@@ -60,7 +61,7 @@ pub async fn nodes(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 
 pub async fn app_stats(
     State(state): State<AppState>,
-    Path(slug): Path<String>,
+    Slug(slug): Slug,
 ) -> Result<Json<Value>, ApiError> {
     state
         .registry

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -20,25 +22,45 @@ use crate::session::{self, Connect};
 const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 8 * 1024;
 
+fn refuse(status: StatusCode, detail: String) -> Response {
+    (status, Json(json!({ "errors": { "detail": detail } }))).into_response()
+}
+
 pub async fn upgrade(
     State(state): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => {
+            return refuse(
+                rejection.status(),
+                format!("not a WebSocket upgrade: {rejection}"),
+            );
+        }
+    };
+    let params = match query {
+        Ok(Query(params)) => params,
+        Err(rejection) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("bad query string: {rejection}"),
+            );
+        }
+    };
     if state.shutdown.is_closing() {
-        return (
+        return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "errors": { "detail": "this node is shutting down; reconnect" } })),
-        )
-            .into_response();
+            "this node is shutting down; reconnect".to_owned(),
+        );
     }
     let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
-        return (
+        return refuse(
             StatusCode::FORBIDDEN,
-            Json(json!({ "errors": { "detail": "unsupported vsn: use 1.0.0 or 2.0.0" } })),
-        )
-            .into_response();
+            "unsupported vsn: use 1.0.0 or 2.0.0".to_owned(),
+        );
     };
     let token = params
         .get("token")
