@@ -115,7 +115,21 @@ pub async fn spawn_app_with(db: Db, adjust: impl FnOnce(&mut Config)) -> TestApp
     spawn_config(config, dir).await
 }
 
+/// Node logs go through the test writer: libtest shows them only for a failing test.
+fn init_test_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("TEST_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 pub async fn spawn_config(config: Config, dir: Option<tempfile::TempDir>) -> TestApp {
+    init_test_logs();
     let server = Server::build(config.clone()).await.expect("server builds");
     let addr = server.local_addr();
     tokio::spawn(server.run_until(std::future::pending()));
