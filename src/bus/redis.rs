@@ -129,8 +129,8 @@ impl RedisBus {
             .with_performance_config(|p| {
                 p.default_command_timeout = config.command_timeout;
                 // The reader must not lag behind bursts: a lagging broadcast receiver loses
-                // messages.
-                p.broadcast_channel_capacity = 1 << 16;
+                // messages. tokio allocates every slot up front, so this is ~2.5 MiB a client.
+                p.broadcast_channel_capacity = 1 << 14;
             });
         let publisher = builder.build().map_err(|e| unavailable(&e))?;
         let subscriber = builder
@@ -189,9 +189,14 @@ impl RedisBus {
         let mut errors = self.subscriber.error_rx();
         let health = self.health.clone();
         tokio::spawn(async move {
-            while let Ok((error, _)) = errors.recv().await {
+            loop {
+                match errors.recv().await {
+                    Ok((error, _)) => tracing::warn!(%error, "redis subscriber connection lost"),
+                    // Missed notices still mean trouble: assume the worst until re-subscribed.
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
                 health.subscribed.store(false, Ordering::SeqCst);
-                tracing::warn!(%error, "redis subscriber connection lost");
             }
         });
 
@@ -200,7 +205,8 @@ impl RedisBus {
         let health = self.health.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            while reconnects.recv().await.is_ok() {
+            // A lagged receiver still means at least one reconnect happened.
+            while !matches!(reconnects.recv().await, Err(RecvError::Closed)) {
                 metrics.bus_reconnected();
                 health.subscribed.store(false, Ordering::SeqCst);
                 health.mark_reconnect();
@@ -224,7 +230,7 @@ impl RedisBus {
         let health = self.health.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            while reconnects.recv().await.is_ok() {
+            while !matches!(reconnects.recv().await, Err(RecvError::Closed)) {
                 metrics.bus_reconnected();
                 health.mark_reconnect();
                 tracing::info!("redis publisher reconnected");
