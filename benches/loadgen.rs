@@ -503,6 +503,41 @@ impl Subscribers {
     }
 }
 
+/// A one-line progress bar on stderr for a phase of known length; stops when dropped.
+struct Progress {
+    done: Arc<AtomicBool>,
+}
+
+impl Progress {
+    fn start(label: String, length: Duration) -> Progress {
+        let done = Arc::new(AtomicBool::new(false));
+        let stop = done.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            const WIDTH: usize = 30;
+            while !stop.load(Ordering::Relaxed) {
+                let fraction = (started.elapsed().as_secs_f64() / length.as_secs_f64()).min(1.0);
+                let filled = (fraction * WIDTH as f64) as usize;
+                eprint!(
+                    "\r  {label} [{}{}] {:3.0}%",
+                    "#".repeat(filled),
+                    ".".repeat(WIDTH - filled),
+                    fraction * 100.0
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            eprintln!("\r  {label} [{}] done", "#".repeat(WIDTH));
+        });
+        Progress { done }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Signs and sends one event.
 fn trigger_request(
     http: &reqwest::Client,
@@ -563,6 +598,10 @@ async fn drive(
 ) -> (Vec<Vec<u64>>, u64, Duration) {
     let total = (rate * duration.as_secs_f64()).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let _progress = Progress::start(
+        format!("{} at {rate} events/s", server.peer.name()),
+        duration,
+    );
     let limit = Arc::new(Semaphore::new(concurrency));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -823,7 +862,10 @@ async fn trigger(peer: Peer, sizes: &Sizes, http: &reqwest::Client) -> Value {
             }
         }));
     }
-    tokio::time::sleep(sizes.step).await;
+    {
+        let _progress = Progress::start(format!("{} triggers", peer.name()), sizes.step);
+        tokio::time::sleep(sizes.step).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = w.await;
