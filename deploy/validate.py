@@ -188,6 +188,9 @@ def smoke(binary: str, name: str, docs: list[dict]) -> None:
             # Three processes on one host: the rendered 0.0.0.0 would collide, so each binds
             # its own loopback address on the rendered port.
             node_env = {**env, "PUSHLITE_SERVER__HOST": f"127.0.0.{n + 2}"}
+            if "PUSHLITE_METRICS__LISTEN" in env:
+                metrics_port = env["PUSHLITE_METRICS__LISTEN"].rsplit(":", 1)[1]
+                node_env["PUSHLITE_METRICS__LISTEN"] = f"127.0.0.{n + 2}:{metrics_port}"
             processes.append(
                 subprocess.Popen([binary, *container["args"]], env=node_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             )
@@ -220,9 +223,23 @@ def smoke(binary: str, name: str, docs: list[dict]) -> None:
         )
         if status != 200:
             fail(f"{name}: events API on another node answered {status}: {body}")
-        status, body = http_get(f"http://127.0.0.4:{port}/metrics")
+        metrics_port = ports.get("metrics", port)
+        status, body = http_get(f"http://127.0.0.4:{metrics_port}/metrics")
         if status != 200 or "pushlite_build_info" not in body:
-            fail(f"{name}: /metrics on the rendered port")
+            fail(f"{name}: /metrics on the rendered metrics port {metrics_port}")
+        if metrics_port != port:
+            status, _ = http_get(f"http://127.0.0.4:{port}/metrics")
+            if status != 404:
+                fail(f"{name}: /metrics is also served on the public port")
+        service = find(docs, "Service")
+        service_ports = {p["name"]: p["targetPort"] for p in service["spec"]["ports"]}
+        for target in service_ports.values():
+            if target not in ports:
+                fail(f"{name}: the Service targets port {target!r}, which the container does not name")
+        for monitor in (d for d in docs if d["kind"] == "ServiceMonitor"):
+            for endpoint in monitor["spec"]["endpoints"]:
+                if endpoint["port"] not in service_ports:
+                    fail(f"{name}: the ServiceMonitor scrapes port {endpoint['port']!r}, which the Service lacks")
         check_dashboard(body)
         grace = pod["terminationGracePeriodSeconds"]
         for process in processes:

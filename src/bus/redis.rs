@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use fred::clients::SubscriberClient;
 use fred::prelude::{
-    Builder, Client, ClientLike, Config, EventInterface, PubsubInterface, ReconnectPolicy,
+    Builder, Client, ClientLike, Config, EventInterface, KeysInterface, PubsubInterface,
+    ReconnectPolicy,
 };
 use fred::types::config::Options;
 use fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
@@ -261,8 +262,16 @@ impl RedisBus {
         } else {
             publisher.publish(channel, message).await
         };
-        self.metrics.bus_published(started.elapsed().as_secs_f64());
         result.map_err(|e| unavailable(&e))?;
+        // The fence: Redis answers PUBLISH before it has written the message to the
+        // subscribers' sockets, and a crash in between loses it. A later command on the same
+        // connection (routed by the channel's slot, so the same shard) is read in a later
+        // event-loop turn, after that write: once it answers, the message has left Redis.
+        let _: i64 = publisher
+            .exists(channel)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        self.metrics.bus_published(started.elapsed().as_secs_f64());
         if self.health.epoch.load(Ordering::SeqCst) != epoch {
             return Err(BusError::Unavailable(
                 "redis reconnected while publishing; delivery is not guaranteed".to_owned(),
