@@ -229,29 +229,19 @@ impl Config {
             }
             None => {}
         }
+        // The conventional names (and the article's), each feeding one key.
+        const ALIASES: [(&str, &str); 6] = [
+            ("PORT", "server.port"),
+            ("DATABASE_URL", "database.url"),
+            ("REDIS_URL", "redis.url"),
+            ("PUSHER_ADMIN_USERNAME", "admin.username"),
+            ("PUSHER_ADMIN_PASSWORD", "admin.password"),
+            ("PUSHLITE_LOG_FORMAT", "log.format"),
+        ];
+        for (var, key) in ALIASES {
+            figment = figment.merge(Env::raw().only(&[var]).map(move |_| key.into()));
+        }
         let figment = figment
-            .merge(Env::raw().only(&["PORT"]).map(|_| "server.port".into()))
-            .merge(
-                Env::raw()
-                    .only(&["DATABASE_URL"])
-                    .map(|_| "database.url".into()),
-            )
-            .merge(Env::raw().only(&["REDIS_URL"]).map(|_| "redis.url".into()))
-            .merge(
-                Env::raw()
-                    .only(&["PUSHER_ADMIN_USERNAME"])
-                    .map(|_| "admin.username".into()),
-            )
-            .merge(
-                Env::raw()
-                    .only(&["PUSHER_ADMIN_PASSWORD"])
-                    .map(|_| "admin.password".into()),
-            )
-            .merge(
-                Env::raw()
-                    .only(&["PUSHLITE_LOG_FORMAT"])
-                    .map(|_| "log.format".into()),
-            )
             // Only `SECTION__KEY` names: Kubernetes injects `PUSHLITE_PORT`, `PUSHLITE_SERVICE_HOST`…
             // for a Service called `pushlite`, and those must not be read as configuration.
             .merge(

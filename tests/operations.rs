@@ -316,17 +316,10 @@ async fn stats_sum_over_nodes_and_drop_a_killed_node() {
     let a = NodeProcess::spawn(&env).await;
     let b = NodeProcess::spawn(&env).await;
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(a.url("/api/admin/apps"))
-        .basic_auth(ADMIN.0, Some(ADMIN.1))
-        .json(&json!({"app": {"name": format!("sum-{}", uuid::Uuid::new_v4().simple())}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let slug = created["data"]["slug"].as_str().unwrap().to_owned();
+    let app = a
+        .create_app(&format!("sum-{}", uuid::Uuid::new_v4().simple()))
+        .await;
+    let slug = app["slug"].as_str().unwrap().to_owned();
     let topic = format!("public:{slug}");
     let mut clients = Vec::new();
     for node in [&a, &a, &b] {
@@ -337,10 +330,7 @@ async fn stats_sum_over_nodes_and_drop_a_killed_node() {
     for _ in 0..3 {
         let status = http
             .post(a.url(&format!("/api/apps/{slug}/events")))
-            .basic_auth(
-                created["data"]["key"].as_str().unwrap(),
-                created["data"]["secret"].as_str(),
-            )
+            .basic_auth(app["key"].as_str().unwrap(), app["secret"].as_str())
             .json(&json!({"topic": "t", "event": "e", "scope": "public"}))
             .send()
             .await
@@ -399,17 +389,9 @@ async fn sigterm_drains_then_closes_every_socket_and_exits_0() {
     let mut a = NodeProcess::spawn(&env).await;
     let b = NodeProcess::spawn(&env).await;
     let http = reqwest::Client::new();
-    let created: Value = http
-        .post(a.url("/api/admin/apps"))
-        .basic_auth(ADMIN.0, Some(ADMIN.1))
-        .json(&json!({"app": {"name": format!("drain-{}", uuid::Uuid::new_v4().simple())}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let app = created["data"].clone();
+    let app = a
+        .create_app(&format!("drain-{}", uuid::Uuid::new_v4().simple()))
+        .await;
     let slug = app["slug"].as_str().unwrap().to_owned();
     let topic = format!("public:{slug}");
     let trigger = |node: &NodeProcess, n: u64| {

@@ -70,18 +70,24 @@ impl From<RegistryError> for ApiError {
     }
 }
 
+/// The body of every non-validation error: `{"errors": {"detail": "..."}}`.
+pub fn detail_response(status: StatusCode, detail: &str) -> Response {
+    (status, Json(json!({ "errors": { "detail": detail } }))).into_response()
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = match &self {
-            ApiError::Validation(errors) => json!({ "errors": errors }),
+        let mut response = match &self {
+            ApiError::Validation(errors) => {
+                (status, Json(json!({ "errors": errors }))).into_response()
+            }
             ApiError::Unavailable(cause) => {
                 tracing::error!(%cause, "backend unavailable");
-                json!({ "errors": { "detail": "service unavailable, try again later" } })
+                detail_response(status, "service unavailable, try again later")
             }
-            other => json!({ "errors": { "detail": other.to_string() } }),
+            other => detail_response(status, &other.to_string()),
         };
-        let mut response = (status, Json(body)).into_response();
         if let ApiError::Unauthorized(_) = self {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

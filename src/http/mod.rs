@@ -190,11 +190,7 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> Response {
-    (
-        StatusCode::METHOD_NOT_ALLOWED,
-        Json(json!({ "errors": { "detail": "method not allowed" } })),
-    )
-        .into_response()
+    error::detail_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
 }
 
 /// Logs each request once, with its matched route (never the raw path with its slugs), and

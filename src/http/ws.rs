@@ -2,16 +2,15 @@
 
 use std::collections::HashMap;
 
-use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use axum::response::Response;
 
 use super::AppState;
+use super::error::detail_response;
 use crate::protocol::phoenix::Vsn;
 use crate::session::{self, Connect};
 
@@ -22,10 +21,6 @@ use crate::session::{self, Connect};
 const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 8 * 1024;
 
-fn refuse(status: StatusCode, detail: String) -> Response {
-    (status, Json(json!({ "errors": { "detail": detail } }))).into_response()
-}
-
 pub async fn upgrade(
     State(state): State<AppState>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -35,32 +30,29 @@ pub async fn upgrade(
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
-            return refuse(
+            return detail_response(
                 rejection.status(),
-                format!("not a WebSocket upgrade: {rejection}"),
+                &format!("not a WebSocket upgrade: {rejection}"),
             );
         }
     };
     let params = match query {
         Ok(Query(params)) => params,
         Err(rejection) => {
-            return refuse(
+            return detail_response(
                 StatusCode::BAD_REQUEST,
-                format!("bad query string: {rejection}"),
+                &format!("bad query string: {rejection}"),
             );
         }
     };
     if state.shutdown.is_closing() {
-        return refuse(
+        return detail_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            "this node is shutting down; reconnect".to_owned(),
+            "this node is shutting down; reconnect",
         );
     }
     let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "unsupported vsn: use 1.0.0 or 2.0.0".to_owned(),
-        );
+        return detail_response(StatusCode::FORBIDDEN, "unsupported vsn: use 1.0.0 or 2.0.0");
     };
     let token = params
         .get("token")

@@ -67,6 +67,25 @@ fn string(value: Value, what: &'static str) -> Result<String, DecodeError> {
     }
 }
 
+impl Inbound {
+    /// Checks the field types shared by both serializers.
+    fn from_values(
+        join_ref: Value,
+        msg_ref: Value,
+        topic: Value,
+        event: Value,
+        payload: Value,
+    ) -> Result<Inbound, DecodeError> {
+        Ok(Inbound {
+            join_ref: opt_string(join_ref, "join_ref must be a string or null")?,
+            msg_ref: opt_string(msg_ref, "ref must be a string or null")?,
+            topic: string(topic, "topic must be a string")?,
+            event: string(event, "event must be a string")?,
+            payload,
+        })
+    }
+}
+
 /// Decodes one text frame.
 ///
 /// # Errors
@@ -92,13 +111,7 @@ pub fn decode(vsn: Vsn, text: &str) -> Result<Inbound, DecodeError> {
                     "expected [join_ref, ref, topic, event, payload]",
                 ));
             };
-            Ok(Inbound {
-                join_ref: opt_string(join_ref, "join_ref must be a string or null")?,
-                msg_ref: opt_string(msg_ref, "ref must be a string or null")?,
-                topic: string(topic, "topic must be a string")?,
-                event: string(event, "event must be a string")?,
-                payload,
-            })
+            Inbound::from_values(join_ref, msg_ref, topic, event, payload)
         }
         Vsn::V1 => {
             let Value::Object(mut map) = value else {
@@ -115,13 +128,7 @@ pub fn decode(vsn: Vsn, text: &str) -> Result<Inbound, DecodeError> {
                 ));
             };
             let join_ref = take("join_ref").unwrap_or(Value::Null);
-            Ok(Inbound {
-                join_ref: opt_string(join_ref, "join_ref must be a string or null")?,
-                msg_ref: opt_string(msg_ref, "ref must be a string or null")?,
-                topic: string(topic, "topic must be a string")?,
-                event: string(event, "event must be a string")?,
-                payload,
-            })
+            Inbound::from_values(join_ref, msg_ref, topic, event, payload)
         }
     }
 }
@@ -179,25 +186,6 @@ pub fn reply(
     };
     let payload = json!({ "status": status, "response": response }).to_string();
     encode_raw(vsn, join_ref, msg_ref, topic, "phx_reply", &payload)
-}
-
-/// An error reply `{"reason": reason}`.
-#[must_use]
-pub fn error_reply(
-    vsn: Vsn,
-    join_ref: Option<&str>,
-    msg_ref: Option<&str>,
-    topic: &str,
-    reason: &str,
-) -> String {
-    reply(
-        vsn,
-        join_ref,
-        msg_ref,
-        topic,
-        Status::Error,
-        &json!({ "reason": reason }),
-    )
 }
 
 /// `phx_close` for the channel instance `join_ref` (its `ref` is the join's ref, as in Phoenix).

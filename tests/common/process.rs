@@ -61,6 +61,21 @@ impl NodeProcess {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Creates an app through this node's admin API; returns its `data` object.
+    pub async fn create_app(&self, name: &str) -> serde_json::Value {
+        let created: serde_json::Value = reqwest::Client::new()
+            .post(self.url("/api/admin/apps"))
+            .basic_auth(ADMIN.0, Some(ADMIN.1))
+            .json(&serde_json::json!({ "app": { "name": name } }))
+            .send()
+            .await
+            .expect("create app")
+            .json()
+            .await
+            .expect("app JSON");
+        created["data"].clone()
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
