@@ -46,6 +46,13 @@ pub struct ServerConfig {
     pub drain_delay_ms: u64,
     /// After SIGTERM, the longest the process takes to exit.
     pub shutdown_timeout_ms: u64,
+    /// Longest wait for a complete request head once its first byte has arrived, or for the
+    /// first byte of a new connection. A connection that misses it is closed.
+    pub header_timeout_ms: u64,
+    /// Longest wait for a request body to arrive in full; a late body is answered 408.
+    pub body_timeout_ms: u64,
+    /// How long a keep-alive connection may sit between requests before it is closed.
+    pub keepalive_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +88,9 @@ pub struct RedisConfig {
     pub resubscribe_grace_ms: u64,
     /// Timeout of each Redis command, publish included.
     pub command_timeout_ms: u64,
+    /// How often both Redis connections are pinged; readiness turns 503 when a ping fails or
+    /// takes longer than `command_timeout_ms` (a frozen Redis keeps its TCP connection open).
+    pub health_interval_ms: u64,
 }
 
 /// The cluster directory behind `/api/admin/nodes` and the per-app stats.
@@ -126,6 +136,11 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// Seconds without any frame from the client before the socket is closed.
     pub idle_timeout_secs: u64,
+    /// Seconds a write to a socket may block (a client that does not read) before it is closed.
+    pub write_timeout_secs: u64,
+    /// Client events one socket may push per second (the burst is the same number). Excess
+    /// events get an error reply; a socket that keeps pushing past the limit is closed (1008).
+    pub client_events_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,6 +167,9 @@ impl Default for Config {
                 port: 4000,
                 drain_delay_ms: 5000,
                 shutdown_timeout_ms: 30_000,
+                header_timeout_ms: 10_000,
+                body_timeout_ms: 30_000,
+                keepalive_timeout_ms: 75_000,
             },
             database: DatabaseConfig {
                 url: "sqlite://pushlite.db".to_owned(),
@@ -164,6 +182,7 @@ impl Default for Config {
                 max_reconnect_delay_ms: 400,
                 resubscribe_grace_ms: 1200,
                 command_timeout_ms: 2000,
+                health_interval_ms: 1000,
             },
             cache: CacheConfig {
                 ttl_secs: 300,
@@ -184,6 +203,8 @@ impl Default for Config {
                 channels_per_socket: 100,
                 outbound_queue: 1024,
                 idle_timeout_secs: 60,
+                write_timeout_secs: 10,
+                client_events_per_sec: 10,
             },
             metrics: MetricsConfig {
                 listen: None,
@@ -213,21 +234,22 @@ impl Config {
     ///
     /// # Errors
     /// A missing explicit file, a TOML syntax error, an unknown key or a value of the wrong
-    /// type, each reported in one line naming the key.
+    /// type, each reported in one line naming the key and never showing a value.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        match file {
+        let file = match file {
             Some(path) if !path.exists() => {
                 return Err(ConfigError(format!(
                     "invalid configuration: file {} does not exist",
                     path.display()
                 )));
             }
-            Some(path) => figment = figment.merge(Toml::file_exact(path)),
-            None if Path::new("pushlite.toml").exists() => {
-                figment = figment.merge(Toml::file_exact("pushlite.toml"));
-            }
-            None => {}
+            Some(path) => Some(path),
+            None => Some(Path::new("pushlite.toml")).filter(|p| p.exists()),
+        };
+        if let Some(path) = file {
+            check_toml_syntax(path)?;
+            figment = figment.merge(Toml::file_exact(path));
         }
         // The conventional names (and the article's), each feeding one key.
         const ALIASES: [(&str, &str); 6] = [
@@ -239,16 +261,23 @@ impl Config {
             ("PUSHLITE_LOG_FORMAT", "log.format"),
         ];
         for (var, key) in ALIASES {
-            figment = figment.merge(Env::raw().only(&[var]).map(move |_| key.into()));
+            figment = if STRING_KEYS.contains(&key) {
+                merge_raw(figment, var, key)?
+            } else {
+                figment.merge(Env::raw().only(&[var]).map(move |_| key.into()))
+            };
         }
-        let figment = figment
-            // Only `SECTION__KEY` names: Kubernetes injects `PUSHLITE_PORT`, `PUSHLITE_SERVICE_HOST`…
-            // for a Service called `pushlite`, and those must not be read as configuration.
-            .merge(
-                Env::prefixed("PUSHLITE_")
-                    .filter(|key| key.as_str().contains("__"))
-                    .split("__"),
-            );
+        // Only `SECTION__KEY` names: Kubernetes injects `PUSHLITE_PORT`, `PUSHLITE_SERVICE_HOST`…
+        // for a Service called `pushlite`, and those must not be read as configuration.
+        figment = figment.merge(
+            Env::prefixed("PUSHLITE_")
+                .filter(|key| key.as_str().contains("__") && !is_string_key(key.as_str()))
+                .split("__"),
+        );
+        for key in STRING_KEYS {
+            let var = format!("PUSHLITE_{}", key.replace('.', "__").to_ascii_uppercase());
+            figment = merge_raw(figment, &var, key)?;
+        }
         let config: Config = figment.extract().map_err(|errors| {
             // figment may collect several errors; the first is enough to fix, in one line.
             let Some(e) = errors.into_iter().next() else {
@@ -259,10 +288,11 @@ impl Config {
                 .as_ref()
                 .map(|m| format!(" (from {})", m.name))
                 .unwrap_or_default();
+            let problem = describe(&e.kind);
             if e.path.is_empty() {
-                ConfigError(format!("invalid configuration: {}{source}", e.kind))
+                ConfigError(format!("invalid configuration: {problem}{source}"))
             } else {
-                ConfigError::key(&e.path.join("."), format!("{}{source}", e.kind))
+                ConfigError::key(&e.path.join("."), format!("{problem}{source}"))
             }
         })?;
         config.validate()?;
@@ -284,18 +314,6 @@ impl Config {
                 "must start with postgres://, postgresql:// or sqlite:",
             ));
         }
-        if self.database.max_connections == 0 {
-            return Err(ConfigError::key(
-                "database.max_connections",
-                "must be at least 1",
-            ));
-        }
-        if self.database.acquire_timeout_secs == 0 {
-            return Err(ConfigError::key(
-                "database.acquire_timeout_secs",
-                "must be at least 1",
-            ));
-        }
         if let Some(url) = &self.redis.url
             && !(url.starts_with("redis://") || url.starts_with("redis-cluster://"))
         {
@@ -304,46 +322,29 @@ impl Config {
                 "must start with redis:// or redis-cluster:// (TLS to Redis is not built in)",
             ));
         }
+        if self.admin.username.is_empty() || self.admin.password.is_empty() {
+            return Err(ConfigError::key(
+                "admin",
+                "username and password must not be empty (PUSHER_ADMIN_USERNAME, PUSHER_ADMIN_PASSWORD)",
+            ));
+        }
+        if self.admin.username.contains(':') {
+            return Err(ConfigError::key(
+                "admin.username",
+                "must not contain `:` (HTTP Basic could never send it)",
+            ));
+        }
+        self.check_ranges()?;
         if self.redis.max_reconnect_delay_ms >= self.redis.resubscribe_grace_ms {
             return Err(ConfigError::key(
                 "redis.max_reconnect_delay_ms",
                 "must be below redis.resubscribe_grace_ms, or triggers could be accepted before every node re-subscribed",
             ));
         }
-        if self.redis.command_timeout_ms == 0 {
-            return Err(ConfigError::key(
-                "redis.command_timeout_ms",
-                "must be at least 1",
-            ));
-        }
-        if self.cache.capacity == 0 || self.cache.ttl_secs == 0 {
-            return Err(ConfigError::key(
-                "cache",
-                "ttl_secs and capacity must be at least 1",
-            ));
-        }
-        let limits = [
-            ("limits.admin_body_bytes", self.limits.admin_body_bytes),
-            (
-                "limits.event_payload_bytes",
-                self.limits.event_payload_bytes,
-            ),
-            ("limits.ws_frame_bytes", self.limits.ws_frame_bytes),
-            (
-                "limits.channels_per_socket",
-                self.limits.channels_per_socket,
-            ),
-            ("limits.outbound_queue", self.limits.outbound_queue),
-        ];
-        for (key, value) in limits {
-            if value == 0 {
-                return Err(ConfigError::key(key, "must be at least 1"));
-            }
-        }
-        if self.stats.heartbeat_ms == 0 || self.stats.node_ttl_ms <= self.stats.heartbeat_ms {
+        if self.stats.node_ttl_ms <= self.stats.heartbeat_ms {
             return Err(ConfigError::key(
                 "stats.node_ttl_ms",
-                "must be above stats.heartbeat_ms (which must be at least 1)",
+                "must be above stats.heartbeat_ms",
             ));
         }
         if self.server.drain_delay_ms >= self.server.shutdown_timeout_ms {
@@ -352,11 +353,50 @@ impl Config {
                 "must be below server.shutdown_timeout_ms",
             ));
         }
-        if self.limits.idle_timeout_secs == 0 {
-            return Err(ConfigError::key(
-                "limits.idle_timeout_secs",
-                "must be at least 1",
-            ));
+        Ok(())
+    }
+
+    /// Every number has a floor and a ceiling: a value that parses can still overflow a timer
+    /// or make a pool allocate for billions of connections.
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        const DAY_MS: u64 = 86_400_000;
+        const DAY_SECS: u64 = 86_400;
+        const GIB: u64 = 1 << 30;
+        let (s, d, r, l) = (&self.server, &self.database, &self.redis, &self.limits);
+        let as_u64 = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        let ranges: [(&str, u64, u64, u64); 24] = [
+            ("server.drain_delay_ms", s.drain_delay_ms, 0, DAY_MS),
+            ("server.shutdown_timeout_ms", s.shutdown_timeout_ms, 1, DAY_MS),
+            ("server.header_timeout_ms", s.header_timeout_ms, 1, DAY_MS),
+            ("server.body_timeout_ms", s.body_timeout_ms, 1, DAY_MS),
+            ("server.keepalive_timeout_ms", s.keepalive_timeout_ms, 1, DAY_MS),
+            ("database.max_connections", u64::from(d.max_connections), 1, 10_000),
+            ("database.acquire_timeout_secs", d.acquire_timeout_secs, 1, DAY_SECS),
+            ("redis.max_reconnect_delay_ms", r.max_reconnect_delay_ms, 0, DAY_MS),
+            ("redis.resubscribe_grace_ms", r.resubscribe_grace_ms, 0, DAY_MS),
+            ("redis.command_timeout_ms", r.command_timeout_ms, 1, DAY_MS),
+            ("redis.health_interval_ms", r.health_interval_ms, 1, DAY_MS),
+            ("cache.ttl_secs", self.cache.ttl_secs, 1, DAY_SECS),
+            ("cache.capacity", self.cache.capacity, 1, 100_000_000),
+            ("stats.heartbeat_ms", self.stats.heartbeat_ms, 1, DAY_MS),
+            ("stats.node_ttl_ms", self.stats.node_ttl_ms, 1, DAY_MS),
+            ("limits.admin_body_bytes", as_u64(l.admin_body_bytes), 1, GIB),
+            ("limits.event_payload_bytes", as_u64(l.event_payload_bytes), 1, GIB),
+            ("limits.ws_frame_bytes", as_u64(l.ws_frame_bytes), 1, GIB),
+            ("limits.channels_per_socket", as_u64(l.channels_per_socket), 1, 100_000),
+            ("limits.outbound_queue", as_u64(l.outbound_queue), 1, 1_000_000),
+            ("limits.idle_timeout_secs", l.idle_timeout_secs, 1, DAY_SECS),
+            ("limits.write_timeout_secs", l.write_timeout_secs, 1, DAY_SECS),
+            ("limits.client_events_per_sec", u64::from(l.client_events_per_sec), 1, 1_000_000),
+            ("metrics.max_app_labels", as_u64(self.metrics.max_app_labels), 0, 100_000),
+        ];
+        for (key, value, min, max) in ranges {
+            if value < min || value > max {
+                return Err(ConfigError::key(
+                    key,
+                    format!("must be between {min} and {max}"),
+                ));
+            }
         }
         Ok(())
     }
@@ -396,21 +436,105 @@ impl Config {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host…` so URLs can be shown.
+/// Keys whose values are text however they look: `PUSHER_ADMIN_PASSWORD=0012345` is a password,
+/// not the number 12345. figment would parse environment values as TOML scalars.
+const STRING_KEYS: [&str; 5] = [
+    "admin.username",
+    "admin.password",
+    "database.url",
+    "redis.url",
+    "log.level",
+];
+
+/// Whether `admin__password` (a prefix-stripped variable name) names one of [`STRING_KEYS`].
+fn is_string_key(name: &str) -> bool {
+    let key = name.replace("__", ".");
+    STRING_KEYS.iter().any(|k| k.eq_ignore_ascii_case(&key))
+}
+
+/// Merges environment variable `var`, when set, as the string value of `key`.
+fn merge_raw(figment: Figment, var: &str, key: &str) -> Result<Figment, ConfigError> {
+    match std::env::var(var) {
+        Ok(value) => Ok(figment.merge(Serialized::default(key, value))),
+        Err(std::env::VarError::NotPresent) => Ok(figment),
+        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::key(
+            key,
+            format!("{var} is not valid UTF-8"),
+        )),
+    }
+}
+
+/// A figment error kind in words that never include the offending value, which may be a
+/// secret in the wrong place.
+fn describe(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidType(_, expected) => format!("invalid type: expected {expected}"),
+        Kind::InvalidValue(_, expected) => format!("invalid value: expected {expected}"),
+        Kind::InvalidLength(_, expected) => format!("invalid length: expected {expected}"),
+        Kind::UnknownVariant(_, expected) => format!("unknown variant: expected one of {expected:?}"),
+        Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "number out of range".to_owned(),
+        Kind::Unsupported(_) | Kind::UnsupportedKey(..) => "unsupported value".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Parses the file once to report a syntax error by position only: the TOML parser's own
+/// message quotes the offending line, which may hold a password.
+fn check_toml_syntax(path: &Path) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError(format!(
+            "invalid configuration: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let Err(error) = toml::from_str::<toml::Table>(&text) else {
+        return Ok(());
+    };
+    let offset = error.span().map_or(0, |span| span.start);
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Err(ConfigError(format!(
+        "invalid configuration: {}: TOML syntax error at line {line}, column {column}",
+        path.display()
+    )))
+}
+
+/// Replaces the password of `scheme://user:password@host…` and the values of query
+/// parameters that may carry one (`?password=…`, `sslpassword`, tokens, keys), so URLs can be
+/// shown. The userinfo ends at the last `@`, so a password holding `/` or `?` is caught too;
+/// when in doubt, more is hidden rather than less.
 #[must_use]
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else {
-        return url.to_owned();
+    let rest = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:{REDACTED}@{host}"),
+            None => format!("{userinfo}@{host}"),
+        },
+        None => rest.to_owned(),
     };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:{REDACTED}@{host}{path}"),
-        None => url.to_owned(),
-    }
+    let Some((base, query)) = rest.split_once('?') else {
+        return format!("{scheme}://{rest}");
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if is_secret_param(name) => format!("{name}={REDACTED}"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{scheme}://{base}?{}", query.join("&"))
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token", "key", "auth"]
+        .iter()
+        .any(|word| name.contains(word))
 }
 
 #[cfg(test)]
@@ -429,6 +553,14 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite://pushlite.db"), "sqlite://pushlite.db");
         assert_eq!(redact_url("redis://r:6379/0"), "redis://r:6379/0");
+        assert_eq!(
+            redact_url("postgres://u:pa/s?s@db/x?sslmode=require&password=hunter2"),
+            "postgres://u:[redacted]@db/x?sslmode=require&password=[redacted]"
+        );
+        assert_eq!(
+            redact_url("postgres://db/x?user=u&password=p/w"),
+            "postgres://db/x?user=u&password=[redacted]"
+        );
     }
 
     #[test]

@@ -168,3 +168,118 @@ fn refuses_public_bind_with_development_or_empty_credentials() {
     assert!(e.contains("empty"), "{e}");
     assert!(!dir.path().join("pushlite.db").exists());
 }
+
+/// Issue 10, D8: secrets are strings however they look, and no error shows one.
+#[test]
+fn numeric_looking_secrets_are_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    for password in ["123456", "0012345", "true", "[abc]", "1e3", "{x = 1}"] {
+        let c = config(dir.path(), &[("PUSHER_ADMIN_PASSWORD", password)]);
+        assert_eq!(c["admin"]["password"].as_str(), Some("[redacted]"));
+        let c = config(dir.path(), &[("PUSHLITE_ADMIN__PASSWORD", password)]);
+        assert_eq!(c["admin"]["password"].as_str(), Some("[redacted]"));
+        let c = config(dir.path(), &[("PUSHER_ADMIN_USERNAME", password)]);
+        assert_eq!(c["admin"]["username"].as_str(), Some(password));
+    }
+    // the prefixed name still wins over the conventional one
+    let c = config(
+        dir.path(),
+        &[
+            ("PUSHER_ADMIN_USERNAME", "0042"),
+            ("PUSHLITE_ADMIN__USERNAME", "0043"),
+        ],
+    );
+    assert_eq!(c["admin"]["username"].as_str(), Some("0043"));
+    // a number where TOML must hold a string is refused without echoing it
+    let file = dir.path().join("numeric.toml");
+    std::fs::write(&file, "[admin]\npassword = 9876543210\n").unwrap();
+    let e = failure(dir.path(), &["--config", "numeric.toml", "config"], &[]);
+    assert!(e.contains("admin.password"), "{e}");
+    assert!(!e.contains("9876543210"), "{e}");
+}
+
+/// Issue 10, D9: `pushlite config` hides query-string passwords, passwords holding `/`, and a
+/// TOML syntax error does not quote the line.
+#[test]
+fn config_output_and_errors_hide_every_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pushlite(
+        dir.path(),
+        &["config"],
+        &[
+            (
+                "DATABASE_URL",
+                "postgres://app:sl/ash-secret@db:5432/pushlite?sslmode=require&password=query-secret",
+            ),
+            ("REDIS_URL", "redis://:re/dis-secret@cache:6379/0"),
+        ],
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for secret in ["sl/ash-secret", "ash-secret", "query-secret", "re/dis-secret", "dis-secret"] {
+        assert!(!text.contains(secret), "{secret} leaked: {text}");
+    }
+    assert!(text.contains("sslmode=require"), "{text}");
+    std::fs::write(
+        dir.path().join("pushlite.toml"),
+        "[admin]\nusername = \"ops\"\npassword = \"toml-secret-value\n",
+    )
+    .unwrap();
+    let e = failure(dir.path(), &["config"], &[]);
+    assert!(e.contains("line 3"), "{e}");
+    assert!(!e.contains("toml-secret-value"), "{e}");
+}
+
+/// Issue 10, D13: values that parse but would overflow a timer or an allocation are refused
+/// at load time, in one line, with exit 2.
+#[test]
+fn out_of_range_values_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let max = u64::MAX.to_string();
+    for key in [
+        "LIMITS__IDLE_TIMEOUT_SECS",
+        "LIMITS__OUTBOUND_QUEUE",
+        "LIMITS__WRITE_TIMEOUT_SECS",
+        "CACHE__TTL_SECS",
+        "DATABASE__ACQUIRE_TIMEOUT_SECS",
+        "SERVER__SHUTDOWN_TIMEOUT_MS",
+        "SERVER__HEADER_TIMEOUT_MS",
+        "SERVER__BODY_TIMEOUT_MS",
+        "SERVER__KEEPALIVE_TIMEOUT_MS",
+        "REDIS__COMMAND_TIMEOUT_MS",
+        "REDIS__HEALTH_INTERVAL_MS",
+        "STATS__NODE_TTL_MS",
+    ] {
+        let var = format!("PUSHLITE_{key}");
+        let e = failure(dir.path(), &["serve"], &[(var.as_str(), max.as_str())]);
+        let dotted = key.to_ascii_lowercase().replace("__", ".");
+        assert!(e.contains(&dotted), "{var}: {e}");
+    }
+    let e = failure(
+        dir.path(),
+        &["serve"],
+        &[("PUSHLITE_DATABASE__MAX_CONNECTIONS", &u32::MAX.to_string())],
+    );
+    assert!(e.contains("database.max_connections"), "{e}");
+    let e = failure(
+        dir.path(),
+        &["serve"],
+        &[("PUSHLITE_LIMITS__CLIENT_EVENTS_PER_SEC", "0")],
+    );
+    assert!(e.contains("limits.client_events_per_sec"), "{e}");
+    // an admin name with `:` could never log in over HTTP Basic
+    let e = failure(dir.path(), &["serve"], &[("PUSHER_ADMIN_USERNAME", "ops:team")]);
+    assert!(e.contains("admin.username"), "{e}");
+    assert!(!dir.path().join("pushlite.db").exists());
+}
+
+/// Issue 10, D14: empty admin credentials are refused on loopback too.
+#[test]
+fn empty_admin_credentials_are_refused_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value) in [("PUSHER_ADMIN_PASSWORD", ""), ("PUSHER_ADMIN_USERNAME", "")] {
+        let e = failure(dir.path(), &["serve"], &[(var, value), ("PORT", "0")]);
+        assert!(e.contains("empty"), "{e}");
+    }
+    assert!(!dir.path().join("pushlite.db").exists());
+}
