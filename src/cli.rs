@@ -162,6 +162,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     .ok_or(CliError::NotFound(app))?;
                 let claims = token::Claims {
                     exp: chrono::Utc::now().timestamp() + i64::from(ttl),
+                    nbf: None,
                     sub,
                     subscribe,
                     publish,
@@ -261,6 +262,7 @@ async fn seed(registry: &dyn AppRegistry) -> Result<(), CliError> {
                     key: "test-app-fake-key".to_owned(),
                     secret: "test-app-fake-secret".to_owned(),
                     active: true,
+                    client_events: true,
                     allowed_origins: Vec::new(),
                 })
                 .await?

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use crate::bus::{BusSink, Control};
 use crate::domain::event::{Event, Scope, topic_for};
 use crate::hub::Hub;
-use crate::registry::AppCache;
+use crate::registry::{AppCache, AppRegistry};
 
 pub struct NodeSink {
     pub hub: Arc<Hub>,
     pub cache: AppCache,
+    /// The cached registry, to load an app once per change for every socket to recheck.
+    pub registry: Arc<dyn AppRegistry>,
 }
 
 impl BusSink for NodeSink {
@@ -22,11 +24,39 @@ impl BusSink for NodeSink {
         match control {
             Control::AppChanged { slug, close } => {
                 self.cache.invalidate(&slug);
+                let topics = [Scope::Public, Scope::Private].map(|scope| topic_for(scope, &slug));
                 if close {
-                    for scope in [Scope::Public, Scope::Private] {
-                        self.hub.close_topic(&topic_for(scope, &slug));
+                    for topic in &topics {
+                        self.hub.close_topic(topic);
                     }
+                    return;
                 }
+                if !topics.iter().any(|topic| self.hub.has_subscribers(topic)) {
+                    return;
+                }
+                // A rotated secret or narrowed origins must reach sockets that joined under
+                // the old rules: load the app once, and let each socket check its channels.
+                let (hub, registry) = (self.hub.clone(), self.registry.clone());
+                tokio::spawn(async move {
+                    match registry.by_slug(&slug).await {
+                        Ok(Some(app)) if app.active => {
+                            let app = Arc::new(app);
+                            for topic in &topics {
+                                hub.recheck_topic(topic, &app);
+                            }
+                        }
+                        Ok(_) => {
+                            for topic in &topics {
+                                hub.close_topic(topic);
+                            }
+                        }
+                        Err(error) => tracing::warn!(
+                            %error,
+                            %slug,
+                            "app changed but cannot be reloaded: joined sockets keep their rights"
+                        ),
+                    }
+                });
             }
         }
     }

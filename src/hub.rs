@@ -14,6 +14,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::bus::{Bus, BusError};
+use crate::domain::app::App;
 use crate::domain::event::{Event, parse_topic};
 use crate::metrics::Metrics;
 use crate::protocol::phoenix::{self, Vsn};
@@ -28,6 +29,9 @@ pub enum Outbound {
     Frame(Utf8Bytes),
     /// The topic's app was deactivated or deleted: send `phx_close` and drop the channel.
     Close { topic: String },
+    /// The topic's app changed (secret, origins, switches): check the channel's rights
+    /// against it, and close the channel when they no longer hold.
+    Recheck { topic: String, app: Arc<App> },
 }
 
 /// The hub's handle on one connection.
@@ -134,12 +138,23 @@ impl Hub {
 
     /// Tells every subscriber of `topic` that its channel is closed by the server.
     pub fn close_topic(&self, topic: &str) {
+        self.tell_all(topic, || Outbound::Close {
+            topic: topic.to_owned(),
+        });
+    }
+
+    /// Asks every subscriber of `topic` to check its rights against the app as it is now.
+    pub fn recheck_topic(&self, topic: &str, app: &Arc<App>) {
+        self.tell_all(topic, || Outbound::Recheck {
+            topic: topic.to_owned(),
+            app: app.clone(),
+        });
+    }
+
+    fn tell_all(&self, topic: &str, message: impl Fn() -> Outbound) {
         let topics = self.topics();
         for subscriber in topics.get(topic).into_iter().flat_map(HashMap::values) {
-            let close = Outbound::Close {
-                topic: topic.to_owned(),
-            };
-            if let Err(mpsc::error::TrySendError::Full(_)) = subscriber.tx.try_send(close) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = subscriber.tx.try_send(message()) {
                 subscriber.kill.notify_one();
             }
         }

@@ -9,9 +9,31 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::usage::Usage;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// The `method` label of an HTTP request: the standard methods by name, any extension method
+/// (hyper accepts tokens of any length) as `other`.
+#[must_use]
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(known, _)| known == method)
+        .map_or("other", |(_, label)| label)
+}
 
 /// Why a connection stopped counting for an app.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +52,11 @@ pub enum CloseReason {
     AppClosed,
     /// The node is shutting down.
     Shutdown,
+    /// The socket kept pushing client events past its rate limit.
+    RateLimited,
+    /// The rights the channel was joined with lapsed: token expired, secret rotated, origin
+    /// no longer allowed.
+    Revoked,
 }
 
 impl CloseReason {
@@ -44,6 +71,8 @@ impl CloseReason {
             CloseReason::Protocol => "protocol",
             CloseReason::AppClosed => "app_closed",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::RateLimited => "rate_limited",
+            CloseReason::Revoked => "revoked",
         }
     }
 }
@@ -63,9 +92,6 @@ struct Inner {
     bus_subscriptions: IntGauge,
     bus_reconnects: IntCounter,
     bus_messages_received: IntCounter,
-    process_resident: IntGauge,
-    process_fds: IntGauge,
-    process_cpu: Gauge,
     max_app_labels: usize,
     labelled_apps: Mutex<HashSet<String>>,
     usage: Usage,
@@ -106,6 +132,12 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // The standard process_* metrics, read from /proc with the kernel's page size and
+        // clock tick rate.
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .unwrap_or_else(|e| unreachable!("process metrics registered once: {e}"));
         let latency_buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ];
@@ -207,27 +239,6 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
-            process_resident: register(
-                &r,
-                IntGauge::new(
-                    "process_resident_memory_bytes",
-                    "Resident memory size in bytes.",
-                )
-                .unwrap_or_else(|e| unreachable!("{e}")),
-            ),
-            process_fds: register(
-                &r,
-                IntGauge::new("process_open_fds", "Number of open file descriptors.")
-                    .unwrap_or_else(|e| unreachable!("{e}")),
-            ),
-            process_cpu: register(
-                &r,
-                Gauge::new(
-                    "process_cpu_seconds_total",
-                    "Total user and system CPU time spent in seconds.",
-                )
-                .unwrap_or_else(|e| unreachable!("{e}")),
-            ),
             registry: r,
             max_app_labels,
             labelled_apps: Mutex::new(HashSet::new()),
@@ -276,9 +287,11 @@ impl Metrics {
             .inc();
     }
 
-    /// `slug` and `scope` are `none` for topics that name no app.
-    pub fn join(&self, slug: &str, scope: &str, result: &str) {
-        let app = self.app(slug);
+    /// `app` is the slug of a registered app, or `None` when the topic names no app the
+    /// registry knows: only registered apps may take one of the `max_app_labels` slots.
+    /// `scope` is `none` for topics that name no scope.
+    pub fn join(&self, app: Option<&str>, scope: &str, result: &str) {
+        let app = app.map_or("none", |slug| self.app(slug));
         self.0.joins.with_label_values(&[app, scope, result]).inc();
     }
 
@@ -308,7 +321,9 @@ impl Metrics {
             .inc_by(count);
     }
 
-    pub fn http_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+    /// `route` is a matched route pattern (or `unmatched`) and `method` one of
+    /// [`method_label`]'s values: both come from closed sets, whatever a client sends.
+    pub fn http_request(&self, route: &str, method: &'static str, status: u16, seconds: f64) {
         self.0
             .http_requests
             .with_label_values(&[route, method, &status.to_string()])
@@ -337,45 +352,14 @@ impl Metrics {
         self.0.bus_messages_received.inc();
     }
 
-    /// The text exposition, with process metrics read now.
+    /// The text exposition.
     #[must_use]
     pub fn render(&self) -> String {
-        self.sample_process();
         let mut buffer = Vec::new();
         let families = self.0.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut buffer) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
-    }
-
-    /// Reads /proc/self; on systems without it the process metrics stay at zero.
-    fn sample_process(&self) {
-        const PAGE_SIZE: i64 = 4096;
-        const TICKS_PER_SECOND: f64 = 100.0;
-        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
-            && let Some((_, after)) = stat.rsplit_once(')')
-        {
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            let ticks = |i: usize| {
-                fields
-                    .get(i)
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            };
-            self.0
-                .process_cpu
-                .set((ticks(11) + ticks(12)) / TICKS_PER_SECOND);
-            let pages = fields
-                .get(21)
-                .and_then(|v| v.parse::<i64>().ok())
-                .unwrap_or(0);
-            self.0.process_resident.set(pages * PAGE_SIZE);
-        }
-        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
-            self.0
-                .process_fds
-                .set(i64::try_from(entries.count()).unwrap_or(i64::MAX));
-        }
     }
 }

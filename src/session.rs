@@ -2,6 +2,8 @@
 //! and its timers.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +15,8 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, sleep_until};
 
-use crate::domain::event::{Event, Scope, check_name, parse_topic};
+use crate::domain::app::App;
+use crate::domain::event::{Event, Scope, check_name, is_reserved, parse_topic};
 use crate::http::AppState;
 use crate::hub::{ConnId, Outbound, Subscriber};
 use crate::metrics::CloseReason;
@@ -30,7 +33,18 @@ pub struct Connect {
 
 struct Channel {
     join_ref: Option<String>,
-    may_publish: bool,
+    scope: Scope,
+    publish: Publish,
+}
+
+/// Whether a channel may push client events, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    Allowed,
+    /// The join token grants no publishing on this topic.
+    Unauthorized,
+    /// The app switched client events off.
+    Disabled,
 }
 
 /// How long the server waits to hand a close frame to a client.
@@ -38,6 +52,45 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Frames written per flush when the queue has backed up.
 const FLUSH_BATCH: usize = 64;
+
+/// A token bucket for client events: `per_sec` a second, bursts of `per_sec`.
+struct RateLimit {
+    per_sec: f64,
+    tokens: f64,
+    refilled: Instant,
+    /// Events refused in a row; past `per_sec` of them the socket is closed.
+    strikes: u32,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32) -> RateLimit {
+        RateLimit {
+            per_sec: f64::from(per_sec),
+            tokens: f64::from(per_sec),
+            refilled: Instant::now(),
+            strikes: 0,
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + earned).min(self.per_sec);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes = self.strikes.saturating_add(1);
+            false
+        }
+    }
+
+    fn persistent(&self) -> bool {
+        f64::from(self.strikes) > self.per_sec
+    }
+}
 
 struct Session {
     id: ConnId,
@@ -48,6 +101,12 @@ struct Session {
     apps: HashMap<String, usize>,
     subscriber: Subscriber,
     sink: SplitSink<WebSocket, Message>,
+    /// How long one write (or one batch of queued frames) may block.
+    write_timeout: Duration,
+    /// The connect token's `exp`, once a private channel has been joined with it: the private
+    /// channels close when it passes.
+    token_expiry: Option<i64>,
+    client_events: RateLimit,
 }
 
 /// Why the server ends a connection, mapped once to a close code.
@@ -55,9 +114,15 @@ enum Close {
     /// The client closed or the transport failed: nothing more to send.
     Gone,
     Idle,
+    /// The queue overflowed, or a write blocked past the write timeout.
     SlowConsumer,
     TooBig,
     Unsupported(String),
+    /// A text frame that is not UTF-8 (RFC 6455 §8.1: close with 1007).
+    BadUtf8,
+    /// A frame that breaks RFC 6455 (unmasked, RSV bits, reserved opcode).
+    Violation(String),
+    RateLimited,
     /// The node is shutting down: the client should reconnect to another node.
     Shutdown,
 }
@@ -69,7 +134,8 @@ impl Close {
             Close::Idle => CloseReason::Idle,
             Close::SlowConsumer => CloseReason::SlowConsumer,
             Close::TooBig => CloseReason::TooBig,
-            Close::Unsupported(_) => CloseReason::Protocol,
+            Close::Unsupported(_) | Close::BadUtf8 | Close::Violation(_) => CloseReason::Protocol,
+            Close::RateLimited => CloseReason::RateLimited,
             Close::Shutdown => CloseReason::Shutdown,
         }
     }
@@ -81,6 +147,9 @@ impl Close {
             Close::SlowConsumer => (close_code::POLICY, "slow consumer"),
             Close::TooBig => (close_code::SIZE, "message too big"),
             Close::Unsupported(_) => (close_code::UNSUPPORTED, "unsupported message"),
+            Close::BadUtf8 => (close_code::INVALID, "text frame is not UTF-8"),
+            Close::Violation(_) => (close_code::PROTOCOL, "protocol error"),
+            Close::RateLimited => (close_code::POLICY, "client event rate limit exceeded"),
             Close::Shutdown => (close_code::RESTART, "server shutting down"),
         };
         Some(CloseFrame {
@@ -88,6 +157,27 @@ impl Close {
             reason: Utf8Bytes::from_static(reason),
         })
     }
+}
+
+/// Runs `work` unless the connection must end first: its queue overflowed (`killed`) or the
+/// node is closing sockets. Whatever `work` is blocked on (a write to a client that does not
+/// read, a registry lookup) never holds the socket open past either.
+async fn guarded(
+    work: impl Future<Output = Result<(), Close>>,
+    killed: Pin<&mut impl Future<Output = ()>>,
+    shutting_down: Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), Close> {
+    tokio::select! {
+        done = work => done,
+        () = killed => Err(Close::SlowConsumer),
+        () = shutting_down => Err(Close::Shutdown),
+    }
+}
+
+/// The instant a Unix timestamp (seconds) falls on.
+fn instant_at(unix_secs: i64) -> Instant {
+    let left = unix_secs.saturating_sub(chrono::Utc::now().timestamp()).max(0);
+    Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
 }
 
 /// Runs one connection until it closes.
@@ -105,65 +195,76 @@ pub async fn run(socket: WebSocket, connect: Connect, state: AppState) {
             kill: kill.clone(),
         },
         connect,
+        write_timeout: Duration::from_secs(state.config.limits.write_timeout_secs),
+        client_events: RateLimit::new(state.config.limits.client_events_per_sec),
         state,
         channels: HashMap::new(),
         apps: HashMap::new(),
         sink,
+        token_expiry: None,
     };
     let shutdown = session.state.shutdown.clone();
     let _live = shutdown.session_started();
     let mut closing = shutdown.closing();
-    // These three futures live as long as the loop: re-creating them per message would
-    // register and deregister a timer, and a waiter on the watch channel every session
-    // shares, for every frame sent.
+    // These futures live as long as the loop: re-creating them per message would register
+    // and deregister a timer, and a waiter on the watch channel every session shares, for
+    // every frame sent.
     let idle_timer = sleep_until(Instant::now() + idle);
+    let expiry_timer = sleep_until(Instant::now() + idle);
+    let mut armed_expiry: Option<i64> = None;
     let killed = kill.notified();
     let shutting_down = async move {
         let _ = closing.wait_for(|closing| *closing).await;
     };
-    tokio::pin!(idle_timer, killed, shutting_down);
+    tokio::pin!(idle_timer, expiry_timer, killed, shutting_down);
     let outcome = loop {
-        tokio::select! {
-            () = &mut killed => break Close::SlowConsumer,
-            () = &mut idle_timer => break Close::Idle,
-            () = &mut shutting_down => break Close::Shutdown,
-            outbound = rx.recv() => {
-                // The session holds a sender itself, so the queue never closes first.
-                let Some(outbound) = outbound else { break Close::Gone };
-                // A client that stops reading blocks the write: the kill signal must still win.
-                let sent = tokio::select! {
-                    sent = session.send_queued(outbound, &mut rx) => sent,
-                    () = &mut killed => Err(Close::SlowConsumer),
-                };
-                if let Err(close) = sent {
-                    break close;
-                }
+        if session.token_expiry != armed_expiry {
+            armed_expiry = session.token_expiry;
+            if let Some(exp) = armed_expiry {
+                expiry_timer.as_mut().reset(instant_at(exp));
             }
+        }
+        let result = tokio::select! {
+            () = &mut killed => Err(Close::SlowConsumer),
+            () = &mut idle_timer => Err(Close::Idle),
+            () = &mut shutting_down => Err(Close::Shutdown),
+            () = &mut expiry_timer, if armed_expiry.is_some() => {
+                guarded(session.token_expired(), killed.as_mut(), shutting_down.as_mut()).await
+            }
+            outbound = rx.recv() => match outbound {
+                // The session holds a sender itself, so the queue never closes first.
+                None => Err(Close::Gone),
+                Some(outbound) => {
+                    let batch = session.send_queued(outbound, &mut rx);
+                    guarded(batch, killed.as_mut(), shutting_down.as_mut()).await
+                }
+            },
             frame = stream.next() => {
                 idle_timer.as_mut().reset(Instant::now() + idle);
-                let result = match frame {
+                match frame {
                     None => Err(Close::Gone),
                     Some(Err(e)) => Err(read_error(&e)),
-                    Some(Ok(Message::Text(text))) => tokio::select! {
-                        handled = session.on_text(&text) => handled,
-                        () = &mut killed => Err(Close::SlowConsumer),
-                    },
+                    Some(Ok(Message::Text(text))) => {
+                        guarded(session.on_text(&text), killed.as_mut(), shutting_down.as_mut()).await
+                    }
                     Some(Ok(Message::Binary(_))) => Err(Close::Unsupported("binary frames are not supported".to_owned())),
                     Some(Ok(Message::Close(_))) => Err(Close::Gone),
                     // tungstenite answers pings itself; both count as activity.
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-                };
-                if let Err(close) = result {
-                    break close;
                 }
             }
+        };
+        if let Err(close) = result {
+            break close;
         }
     };
-    if let Close::Unsupported(why) = &outcome {
-        tracing::info!(conn = id, reason = %why, "closing socket: unsupported message");
-    }
-    if let Close::SlowConsumer = outcome {
-        tracing::info!(conn = id, "closing socket: slow consumer");
+    match &outcome {
+        Close::Unsupported(why) | Close::Violation(why) => {
+            tracing::info!(conn = id, reason = %why, "closing socket: protocol error");
+        }
+        Close::SlowConsumer => tracing::info!(conn = id, "closing socket: slow consumer"),
+        Close::RateLimited => tracing::info!(conn = id, "closing socket: client event rate limit"),
+        _ => {}
     }
     if let Some(frame) = outcome.frame() {
         // A stalled client may never take the close frame; do not wait for it for long.
@@ -197,22 +298,40 @@ fn join_result_label(reason: &str) -> &'static str {
 }
 
 fn read_error(error: &axum::Error) -> Close {
-    let too_big = std::error::Error::source(error)
-        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)));
-    if too_big { Close::TooBig } else { Close::Gone }
+    let source = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>());
+    match source {
+        Some(tungstenite::Error::Capacity(_)) => Close::TooBig,
+        Some(tungstenite::Error::Utf8(_)) => Close::BadUtf8,
+        Some(tungstenite::Error::Protocol(e)) => Close::Violation(e.to_string()),
+        _ => Close::Gone,
+    }
 }
 
 impl Session {
     async fn send(&mut self, text: String) -> Result<(), Close> {
-        self.sink
-            .send(Message::Text(text.into()))
+        match tokio::time::timeout(self.write_timeout, self.sink.send(Message::Text(text.into())))
             .await
-            .map_err(|_| Close::Gone)
+        {
+            Ok(sent) => sent.map_err(|_| Close::Gone),
+            Err(_) => Err(Close::SlowConsumer),
+        }
     }
 
-    /// Writes this frame and whatever else is queued, then flushes once.
+    /// Writes this frame and whatever else is queued, then flushes once; the whole batch must
+    /// be written within the write timeout.
     async fn send_queued(
+        &mut self,
+        first: Outbound,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), Close> {
+        let write_timeout = self.write_timeout;
+        tokio::time::timeout(write_timeout, self.write_batch(first, rx))
+            .await
+            .unwrap_or(Err(Close::SlowConsumer))
+    }
+
+    async fn write_batch(
         &mut self,
         first: Outbound,
         rx: &mut mpsc::Receiver<Outbound>,
@@ -220,25 +339,20 @@ impl Session {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(outbound) = next.take() {
-            match outbound {
-                Outbound::Frame(frame) => {
-                    self.sink
-                        .feed(Message::Text(frame))
-                        .await
-                        .map_err(|_| Close::Gone)?;
-                }
-                Outbound::Close { topic } => {
-                    if let Some(channel) = self.channels.remove(&topic) {
-                        self.state.hub.leave(&topic, self.id);
-                        self.topic_left(&topic, CloseReason::AppClosed);
-                        let close =
-                            phoenix::close(self.connect.vsn, channel.join_ref.as_deref(), &topic);
-                        self.sink
-                            .feed(Message::Text(close.into()))
-                            .await
-                            .map_err(|_| Close::Gone)?;
-                    }
-                }
+            let frame = match outbound {
+                Outbound::Frame(frame) => Some(frame),
+                Outbound::Close { topic } => self
+                    .close_channel(&topic, CloseReason::AppClosed)
+                    .map(Utf8Bytes::from),
+                Outbound::Recheck { topic, app } => self
+                    .recheck(&topic, &app)
+                    .map(Utf8Bytes::from),
+            };
+            if let Some(frame) = frame {
+                self.sink
+                    .feed(Message::Text(frame))
+                    .await
+                    .map_err(|_| Close::Gone)?;
             }
             written += 1;
             if written < FLUSH_BATCH {
@@ -246,6 +360,53 @@ impl Session {
             }
         }
         self.sink.flush().await.map_err(|_| Close::Gone)
+    }
+
+    /// Drops a channel the server ends; returns the `phx_close` frame to send, if it was joined.
+    fn close_channel(&mut self, topic: &str, reason: CloseReason) -> Option<String> {
+        let channel = self.channels.remove(topic)?;
+        self.state.hub.leave(topic, self.id);
+        self.topic_left(topic, reason);
+        Some(phoenix::close(
+            self.connect.vsn,
+            channel.join_ref.as_deref(),
+            topic,
+        ))
+    }
+
+    /// Checks a joined channel against its app as it is now; closes it when the rights it
+    /// was joined with no longer hold.
+    fn recheck(&mut self, topic: &str, app: &App) -> Option<String> {
+        let scope = self.channels.get(topic)?.scope;
+        match self.rights(app, scope, topic) {
+            Ok(publish) => {
+                if let Some(channel) = self.channels.get_mut(topic) {
+                    channel.publish = publish;
+                }
+                None
+            }
+            Err(reason) => {
+                tracing::info!(conn = self.id, %topic, reason, "closing channel: rights revoked");
+                self.close_channel(topic, CloseReason::Revoked)
+            }
+        }
+    }
+
+    /// The connect token expired: every private channel joined with it closes.
+    async fn token_expired(&mut self) -> Result<(), Close> {
+        self.token_expiry = None;
+        let private: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, channel)| channel.scope == Scope::Private)
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        for topic in private {
+            if let Some(close) = self.close_channel(&topic, CloseReason::Revoked) {
+                self.send(close).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Close> {
@@ -308,9 +469,13 @@ impl Session {
             Ok(_) => "ok",
             Err(reason) => join_result_label(reason),
         };
-        self.state.metrics.join(slug, scope, result);
+        // These results are reached only once the registry has found the app.
+        let registered = matches!(result, "ok" | "origin" | "unauthorized");
+        self.state
+            .metrics
+            .join(registered.then_some(slug), scope, result);
         match decision {
-            Ok(may_publish) => {
+            Ok((scope, publish)) => {
                 let subscribed = if rejoin.is_some() {
                     Ok(())
                 } else {
@@ -331,7 +496,8 @@ impl Session {
                     topic,
                     Channel {
                         join_ref: join_ref.clone(),
-                        may_publish,
+                        scope,
+                        publish,
                     },
                 );
                 let reply = self.reply(&message, join_ref.as_deref(), Status::Ok, &json!({}));
@@ -377,8 +543,8 @@ impl Session {
         }
     }
 
-    /// Decides a join; `Ok(may_publish)` or the refusal reason.
-    async fn authorize_join(&self, message: &Inbound) -> Result<bool, &'static str> {
+    /// Decides a join; the topic's scope and publishing right, or the refusal reason.
+    async fn authorize_join(&mut self, message: &Inbound) -> Result<(Scope, Publish), &'static str> {
         let Some((scope, slug)) = parse_topic(&message.topic) else {
             return Err("unmatched topic");
         };
@@ -393,22 +559,39 @@ impl Session {
                 return Err("unavailable");
             }
         };
+        let publish = self.rights(&app, scope, &message.topic)?;
+        Ok((scope, publish))
+    }
+
+    /// What this socket may do on `topic` of `app` now: at a join, and again whenever the app
+    /// changes. Arms the token expiry for private topics.
+    fn rights(&mut self, app: &App, scope: Scope, topic: &str) -> Result<Publish, &'static str> {
+        if !app.active {
+            return Err("app not found");
+        }
         if !app.origin_allowed(self.connect.origin.as_deref()) {
             return Err("origin not allowed");
         }
-        match scope {
-            Scope::Public => Ok(true),
+        let granted = match scope {
+            Scope::Public => true,
             Scope::Private => {
                 let token = self.connect.token.as_deref().ok_or("unauthorized")?;
                 let claims = token::verify(&app.secret, token, chrono::Utc::now().timestamp())
                     .map_err(|_| "unauthorized")?;
-                if claims.may_subscribe(&message.topic) {
-                    Ok(claims.may_publish(&message.topic))
-                } else {
-                    Err("unauthorized")
+                if !claims.may_subscribe(topic) {
+                    return Err("unauthorized");
                 }
+                self.token_expiry = Some(claims.exp);
+                claims.may_publish(topic)
             }
-        }
+        };
+        Ok(if !granted {
+            Publish::Unauthorized
+        } else if !app.client_events {
+            Publish::Disabled
+        } else {
+            Publish::Allowed
+        })
     }
 
     async fn leave(&mut self, message: &Inbound) -> Result<(), Close> {
@@ -440,16 +623,29 @@ impl Session {
             return Ok(()); // stale: meant for an earlier instance of this channel
         }
         let join_ref = channel.join_ref.clone();
-        let refusal = if !channel.may_publish {
-            Some("unauthorized".to_owned())
-        } else if let Err(e) = check_name("event", &message.event) {
-            Some(e)
-        } else if message.event.starts_with("phx_") {
-            Some("event names starting with phx_ are reserved".to_owned())
-        } else if !message.payload.is_object() {
-            Some("payload must be a JSON object".to_owned())
-        } else {
-            None
+        let refusal = match channel.publish {
+            Publish::Unauthorized => Some("unauthorized".to_owned()),
+            Publish::Disabled => Some("client events are disabled for this app".to_owned()),
+            Publish::Allowed if !self.client_events.take() => {
+                if self.client_events.persistent() {
+                    return Err(Close::RateLimited);
+                }
+                Some(format!(
+                    "rate limit exceeded: at most {} client events per second",
+                    self.state.config.limits.client_events_per_sec
+                ))
+            }
+            Publish::Allowed => {
+                if let Err(e) = check_name("event", &message.event) {
+                    Some(e)
+                } else if is_reserved(&message.event) {
+                    Some("event names starting with phx_ are reserved".to_owned())
+                } else if !message.payload.is_object() {
+                    Some("payload must be a JSON object".to_owned())
+                } else {
+                    None
+                }
+            }
         };
         if let Some(reason) = refusal {
             let reply = self.error(&message, join_ref.as_deref(), &reason);

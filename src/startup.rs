@@ -63,12 +63,15 @@ impl Server {
             config.cache.capacity,
             Duration::from_secs(config.cache.ttl_secs),
         );
-        let registry: Arc<dyn AppRegistry> = Arc::new(CachedRegistry::new(registry, cache.clone()));
+        let database = registry;
+        let registry: Arc<dyn AppRegistry> =
+            Arc::new(CachedRegistry::new(database.clone(), cache.clone()));
         let metrics = Metrics::new(config.metrics.max_app_labels);
         let (hub, ops) = Hub::new(metrics.clone());
         let sink = Arc::new(NodeSink {
             hub: hub.clone(),
             cache,
+            registry: registry.clone(),
         });
         let node_ttl = Duration::from_millis(config.stats.node_ttl_ms);
         let (bus, directory): (Arc<dyn Bus>, Arc<dyn NodeDirectory>) = match &config.redis.url {
@@ -101,6 +104,7 @@ impl Server {
         let state = AppState {
             config: Arc::new(config),
             registry,
+            database,
             bus,
             hub,
             sink,

@@ -17,6 +17,8 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct Claims {
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
     #[serde(default, alias = "listen")]
     pub subscribe: Vec<String>,
@@ -54,11 +56,19 @@ pub enum TokenError {
     Signature,
     #[error("expired")]
     Expired,
+    #[error("not valid yet")]
+    NotYetValid,
+    #[error("unsupported critical header extension")]
+    Critical,
 }
 
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    /// RFC 7515 §4.1.11: extensions the verifier must understand. We understand none, so any
+    /// `crit` (even an empty one, which the RFC forbids) refuses the token.
+    #[serde(default)]
+    crit: Option<serde_json::Value>,
 }
 
 fn sign(secret: &str, signing_input: &str) -> HmacSha256 {
@@ -98,6 +108,9 @@ pub fn verify(secret: &str, token: &str, now: i64) -> Result<Claims, TokenError>
     if parsed.alg != "HS256" {
         return Err(TokenError::Algorithm);
     }
+    if parsed.crit.is_some() {
+        return Err(TokenError::Critical);
+    }
     let signature = URL_SAFE_NO_PAD
         .decode(signature)
         .map_err(|_| TokenError::Malformed)?;
@@ -112,6 +125,9 @@ pub fn verify(secret: &str, token: &str, now: i64) -> Result<Claims, TokenError>
     if claims.exp <= now {
         return Err(TokenError::Expired);
     }
+    if claims.nbf.is_some_and(|nbf| nbf > now) {
+        return Err(TokenError::NotYetValid);
+    }
     Ok(claims)
 }
 
@@ -122,6 +138,7 @@ mod tests {
     fn claims(exp: i64) -> Claims {
         Claims {
             exp,
+            nbf: None,
             sub: Some("user-1".into()),
             subscribe: vec!["private:foo-app".into()],
             publish: vec!["private:*".into()],
@@ -139,6 +156,22 @@ mod tests {
         let mut tampered = token.clone();
         tampered.insert(token.find('.').unwrap() + 2, 'x');
         assert!(verify("s3cret", &tampered, 1_000).is_err());
+    }
+
+    #[test]
+    fn nbf_and_crit() {
+        let mut early = claims(2_000);
+        early.nbf = Some(1_500);
+        let token = mint("s", &early);
+        assert_eq!(verify("s", &token, 1_000), Err(TokenError::NotYetValid));
+        assert_eq!(verify("s", &token, 1_500), Ok(early));
+        // a correctly signed token whose header asks for an extension we do not know
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","crit":["exp-ext"],"exp-ext":1}"#);
+        let body = URL_SAFE_NO_PAD.encode(br#"{"exp":99999999999,"subscribe":["private:*"]}"#);
+        let input = format!("{header}.{body}");
+        let signature = URL_SAFE_NO_PAD.encode(sign("s", &input).finalize().into_bytes());
+        let token = format!("{input}.{signature}");
+        assert_eq!(verify("s", &token, 0), Err(TokenError::Critical));
     }
 
     #[test]

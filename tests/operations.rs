@@ -497,6 +497,7 @@ async fn logs_never_contain_secrets() {
         &secret,
         &pushlite::token::Claims {
             exp: chrono::Utc::now().timestamp() + 600,
+            nbf: None,
             sub: None,
             subscribe: vec!["private:*".into()],
             publish: vec![],

@@ -281,6 +281,7 @@ async fn origin_rules() {
 fn claims(subscribe: &[&str], publish: &[&str], exp_in: i64) -> Claims {
     Claims {
         exp: chrono::Utc::now().timestamp() + exp_in,
+        nbf: None,
         sub: Some("user-1".into()),
         subscribe: subscribe.iter().map(|s| (*s).to_owned()).collect(),
         publish: publish.iter().map(|s| (*s).to_owned()).collect(),

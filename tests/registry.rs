@@ -31,6 +31,7 @@ fn new_app(name: &str, slug: &str) -> NewApp {
         key: random_credential(),
         secret: random_credential(),
         active: true,
+        client_events: true,
         allowed_origins: vec!["https://a.example".to_owned()],
     }
 }
@@ -53,7 +54,30 @@ on_both!(
     rotate_and_delete,
     survives_reconnect,
     migrations_are_idempotent,
+    invalid_slugs_never_reach_the_database,
 );
+
+/// Issue 10, D6: a slug no app could have (a NUL byte made Postgres fail with an error that
+/// read as an outage) is answered "no such app" by both backends without a query.
+async fn invalid_slugs_never_reach_the_database(db: Db) {
+    let (url, _guard) = fresh_database(db).await;
+    let registry = open(&url).await;
+    registry.insert(&new_app("Foo App", "foo-app")).await.unwrap();
+    for slug in ["foo\0app", "\0", "Foo-App", "foo app", "", &"x".repeat(300)] {
+        assert!(registry.by_slug(slug).await.unwrap().is_none(), "{slug:?}");
+        assert!(
+            registry
+                .update(slug, &AppChanges::default())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(registry.rotate_secret(slug, "s").await.unwrap().is_none());
+        assert!(!registry.delete(slug).await.unwrap());
+    }
+    assert!(registry.by_key("k\0").await.unwrap().is_none());
+    assert!(registry.by_slug("foo-app").await.unwrap().is_some());
+}
 
 async fn insert_and_look_up(db: Db) {
     let (url, _guard) = fresh_database(db).await;
@@ -152,6 +176,7 @@ async fn update_renames_and_keeps_the_rest(db: Db) {
             "shiny-app",
             &AppChanges {
                 active: Some(false),
+                client_events: Some(false),
                 allowed_origins: Some(vec![]),
                 ..AppChanges::default()
             },
@@ -160,6 +185,7 @@ async fn update_renames_and_keeps_the_rest(db: Db) {
         .unwrap()
         .unwrap();
     assert!(!deactivated.active);
+    assert!(!deactivated.client_events);
     assert!(deactivated.allowed_origins.is_empty());
     assert_eq!(deactivated.name, "Shiny App");
 

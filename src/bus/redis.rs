@@ -27,7 +27,7 @@ use serde_json::value::RawValue;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{Bus, BusError, BusSink, Control};
-use crate::domain::event::Event;
+use crate::domain::event::{Event, is_reserved};
 use crate::metrics::Metrics;
 
 /// The channel every node subscribes for [`Control`] messages.
@@ -296,6 +296,9 @@ fn handle_message(sink: &dyn BusSink, channel: &str, value: RedisValue) {
         return;
     }
     match serde_json::from_str::<EventEnvelope<'_>>(&text) {
+        Ok(envelope) if is_reserved(&envelope.event) => {
+            tracing::warn!(%channel, "dropping an envelope with a reserved (phx_) event name");
+        }
         Ok(envelope)
             if envelope.v == ENVELOPE_VERSION && envelope.payload.get().starts_with('{') =>
         {

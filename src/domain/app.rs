@@ -16,6 +16,9 @@ pub struct App {
     pub key: String,
     pub secret: String,
     pub active: bool,
+    /// Whether sockets may push client events (events from one browser to the others) to this
+    /// app's topics. A public client event cannot be told apart from a server event.
+    pub client_events: bool,
     /// Origins allowed to join this app's topics; empty means any origin.
     pub allowed_origins: Vec<String>,
     pub inserted_at: DateTime<Utc>,
@@ -36,6 +39,23 @@ impl App {
     }
 }
 
+/// Whether `slug` could have been made by [`slug::slugify`] within the name limits: ASCII
+/// lowercase letters, digits and dashes. Anything else names no app and is refused before the
+/// database sees it (a NUL byte would make Postgres fail, and raise outage alerts).
+#[must_use]
+pub fn is_valid_slug(slug: &str) -> bool {
+    (1..=NAME_MAX).contains(&slug.len())
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Whether `key` could be an app key (generated keys are UUIDs; seeded ones are plain text).
+#[must_use]
+pub fn is_valid_key(key: &str) -> bool {
+    (1..=NAME_MAX).contains(&key.len()) && !key.chars().any(char::is_control)
+}
+
 /// A validated app ready to be inserted.
 #[derive(Debug, Clone)]
 pub struct NewApp {
@@ -44,6 +64,7 @@ pub struct NewApp {
     pub key: String,
     pub secret: String,
     pub active: bool,
+    pub client_events: bool,
     pub allowed_origins: Vec<String>,
 }
 
@@ -52,6 +73,7 @@ pub struct NewApp {
 pub struct AppChanges {
     pub name_and_slug: Option<(String, String)>,
     pub active: Option<bool>,
+    pub client_events: Option<bool>,
     pub allowed_origins: Option<Vec<String>>,
 }
 
@@ -96,6 +118,7 @@ pub fn random_credential() -> String {
 pub struct AppParams {
     name: Option<Value>,
     active: Option<Value>,
+    client_events: Option<Value>,
     allowed_origins: Option<Value>,
 }
 
@@ -105,6 +128,7 @@ impl AppParams {
         AppParams {
             name: map.remove("name"),
             active: map.remove("active"),
+            client_events: map.remove("client_events"),
             allowed_origins: map.remove("allowed_origins"),
         }
     }
@@ -125,19 +149,26 @@ impl AppParams {
         let active = self
             .active
             .as_ref()
-            .map_or(Some(true), |v| cast_bool(v, &mut errors));
+            .map_or(Some(true), |v| cast_bool("active", v, &mut errors));
+        let client_events = self
+            .client_events
+            .as_ref()
+            .map_or(Some(true), |v| cast_bool("client_events", v, &mut errors));
         let allowed_origins = self
             .allowed_origins
             .as_ref()
             .map_or(Some(Vec::new()), |v| cast_origins(v, &mut errors));
-        match (name, active, allowed_origins) {
-            (Some((name, slug)), Some(active), Some(allowed_origins)) if errors.is_empty() => {
+        match (name, active, client_events, allowed_origins) {
+            (Some((name, slug)), Some(active), Some(client_events), Some(allowed_origins))
+                if errors.is_empty() =>
+            {
                 Ok(NewApp {
                     name,
                     slug,
                     key: random_credential(),
                     secret: random_credential(),
                     active,
+                    client_events,
                     allowed_origins,
                 })
             }
@@ -156,7 +187,14 @@ impl AppParams {
                 .name
                 .as_ref()
                 .and_then(|v| validate_name(v, &mut errors)),
-            active: self.active.as_ref().and_then(|v| cast_bool(v, &mut errors)),
+            active: self
+                .active
+                .as_ref()
+                .and_then(|v| cast_bool("active", v, &mut errors)),
+            client_events: self
+                .client_events
+                .as_ref()
+                .and_then(|v| cast_bool("client_events", v, &mut errors)),
             allowed_origins: self
                 .allowed_origins
                 .as_ref()
@@ -205,13 +243,13 @@ fn validate_name(value: &Value, errors: &mut ValidationErrors) -> Option<(String
 }
 
 /// Ecto's boolean cast: JSON booleans and the strings a form can carry.
-fn cast_bool(value: &Value, errors: &mut ValidationErrors) -> Option<bool> {
+fn cast_bool(field: &'static str, value: &Value, errors: &mut ValidationErrors) -> Option<bool> {
     match value {
         Value::Bool(b) => Some(*b),
         Value::String(s) if s == "true" || s == "1" => Some(true),
         Value::String(s) if s == "false" || s == "0" => Some(false),
         _ => {
-            errors.add("active", "is invalid");
+            errors.add(field, "is invalid");
             None
         }
     }
@@ -346,6 +384,7 @@ mod tests {
             key: "k".into(),
             secret: "s".into(),
             active: true,
+            client_events: true,
             allowed_origins: vec![],
             inserted_at: Utc::now(),
             updated_at: Utc::now(),

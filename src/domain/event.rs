@@ -70,6 +70,13 @@ pub fn check_name(field: &str, value: &str) -> Result<(), String> {
     }
 }
 
+/// Event names the Phoenix client reserves for itself (`phx_close`, `phx_reply`, `phx_error`,
+/// …): one sent as a broadcast would close or confuse every channel of the topic.
+#[must_use]
+pub fn is_reserved(event: &str) -> bool {
+    event.starts_with("phx_")
+}
+
 /// The article's event naming: `"#{topic}:#{event}"`, or just `event` for `#general`.
 #[must_use]
 pub fn event_name(topic: &str, event: &str) -> String {
@@ -104,5 +111,6 @@ mod tests {
         assert!(check_name("event", &"x".repeat(201)).is_err());
         assert!(check_name("event", "a\nb").is_err());
         assert!(check_name("event", "ok").is_ok());
+        assert!(is_reserved("phx_close") && !is_reserved("x:phx_close"));
     }
 }

@@ -39,14 +39,14 @@ fn data(app: &App) -> Json<serde_json::Value> {
 
 async fn find(state: &AppState, slug: &str) -> Result<App, ApiError> {
     state
-        .registry
+        .database
         .by_slug(slug)
         .await?
         .ok_or(ApiError::NotFound("no app with this slug"))
 }
 
 pub async fn index(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let apps = state.registry.list().await?;
+    let apps = state.database.list().await?;
     Ok(Json(json!({ "data": apps })))
 }
 

@@ -46,8 +46,7 @@ pub fn object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Ap
             Err(e) => Err(ApiError::BadRequest(format!("malformed JSON body: {e}"))),
         },
         Kind::Form => {
-            let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body)
-                .map_err(|e| ApiError::BadRequest(format!("malformed form body: {e}")))?;
+            let pairs = form_pairs(body)?;
             let mut map = Map::new();
             for (key, value) in pairs {
                 if let Some(list_key) = key.strip_suffix("[]") {
@@ -64,6 +63,32 @@ pub fn object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Ap
             Ok(map)
         }
     }
+}
+
+/// Decodes `application/x-www-form-urlencoded` strictly: a name or value that is not UTF-8
+/// once percent-decoded is refused, where the usual decoders would store U+FFFD in its place.
+fn form_pairs(body: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+    let decode = |part: &[u8]| -> Result<String, ApiError> {
+        let spaced: Vec<u8> = part
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        percent_encoding::percent_decode(&spaced)
+            .decode_utf8()
+            .map(std::borrow::Cow::into_owned)
+            .map_err(|_| {
+                ApiError::BadRequest("malformed form body: not UTF-8 once decoded".to_owned())
+            })
+    };
+    body.split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let mut halves = pair.splitn(2, |&b| b == b'=');
+            let name = decode(halves.next().unwrap_or_default())?;
+            let value = decode(halves.next().unwrap_or_default())?;
+            Ok((name, value))
+        })
+        .collect()
 }
 
 /// The `app` object of an admin request: `{"app": {...}}` in JSON, `app[field]=…` in a form.

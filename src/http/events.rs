@@ -14,7 +14,7 @@ use super::auth::{basic_credentials, credentials_match};
 use super::body;
 use super::error::ApiError;
 use super::extract::Slug;
-use crate::domain::event::{Event, Scope, check_name, event_name, topic_for};
+use crate::domain::event::{Event, Scope, check_name, event_name, is_reserved, topic_for};
 
 /// Room for the other fields and for percent-encoding (up to three bytes per payload byte).
 #[must_use]
@@ -74,6 +74,12 @@ fn parse_event(
 ) -> Result<Event, ApiError> {
     let topic = required(&fields, "topic")?;
     let event = required(&fields, "event")?;
+    let name = event_name(topic, event);
+    if is_reserved(event) || is_reserved(&name) {
+        return Err(ApiError::Unprocessable(
+            "event names starting with phx_ are reserved".to_owned(),
+        ));
+    }
     let scope = Scope::parse(required(&fields, "scope")?).ok_or_else(|| {
         ApiError::Unprocessable("`scope` must be `public` or `private`".to_owned())
     })?;
@@ -100,7 +106,7 @@ fn parse_event(
     }
     Ok(Event {
         topic: topic_for(scope, slug),
-        event: event_name(topic, event),
+        event: name,
         payload,
     })
 }

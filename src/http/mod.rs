@@ -37,7 +37,10 @@ pub use error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    /// The cached registry, for the hot lookups (joins, triggers).
     pub registry: Arc<dyn AppRegistry>,
+    /// The same registry without the cache: the admin API always shows the stored row.
+    pub database: Arc<dyn AppRegistry>,
     pub bus: Arc<dyn Bus>,
     pub hub: Arc<Hub>,
     /// Applies control messages locally when the bus cannot announce them.
@@ -193,16 +196,25 @@ async fn method_not_allowed() -> Response {
     error::detail_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
 }
 
+/// A caller's request id is echoed and logged only when it is short and plain.
+fn is_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
 /// Logs each request once, with its matched route (never the raw path with its slugs), and
 /// tags it with a request id: the caller's `x-request-id` when it sends one, else a new UUID.
-/// Headers are never logged, so neither are credentials.
+/// Headers are never logged, so neither are credentials; every logged field comes from a
+/// closed set or is bounded.
 async fn log_request(
     axum::extract::State(state): axum::extract::State<AppState>,
     request: Request,
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
+    let method = crate::metrics::method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -211,17 +223,17 @@ async fn log_request(
         .headers()
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .filter(|v| is_request_id(v))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     let mut response = next.run(request).await;
     state.metrics.http_request(
         &route,
-        method.as_str(),
+        method,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
     tracing::info!(
-        %method,
+        method,
         %route,
         status = response.status().as_u16(),
         elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,

@@ -64,7 +64,7 @@ pub async fn app_stats(
     Slug(slug): Slug,
 ) -> Result<Json<Value>, ApiError> {
     state
-        .registry
+        .database
         .by_slug(&slug)
         .await?
         .ok_or(ApiError::NotFound("no app with this slug"))?;

@@ -4,8 +4,12 @@
 //!
 //! While the database is down, apps still in the cache keep working: joins and triggers do
 //! not touch the database for them.
+//!
+//! A lookup that misses loads the row and caches it only if no invalidation happened since
+//! the load began: otherwise a load that read the row just before a write committed could
+//! put the superseded row back after the write's invalidation, and serve it for the TTL.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,21 +20,43 @@ use crate::domain::app::{App, AppChanges, NewApp};
 
 /// The shared cache, also held by the bus sink to apply invalidations.
 #[derive(Clone)]
-pub struct AppCache(Cache<String, App>);
+pub struct AppCache {
+    apps: Cache<String, App>,
+    /// Counts invalidations; the lock also orders every invalidation against every insert.
+    generation: Arc<Mutex<u64>>,
+}
 
 impl AppCache {
     #[must_use]
     pub fn new(capacity: u64, ttl: Duration) -> AppCache {
-        AppCache(
-            Cache::builder()
+        AppCache {
+            apps: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
-        )
+            generation: Arc::new(Mutex::new(0)),
+        }
+    }
+
+    fn generation(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn invalidate(&self, slug: &str) {
-        self.0.invalidate(slug);
+        let mut generation = self.generation();
+        *generation += 1;
+        self.apps.invalidate(slug);
+    }
+
+    /// Caches `app`, loaded after [`AppCache::generation`] read `seen`, unless an invalidation
+    /// came in between.
+    fn insert_if_current(&self, slug: &str, app: App, seen: u64) {
+        let generation = self.generation();
+        if *generation == seen {
+            self.apps.insert(slug.to_owned(), app);
+        }
     }
 }
 
@@ -61,12 +87,13 @@ impl AppRegistry for CachedRegistry {
     }
 
     async fn by_slug(&self, slug: &str) -> Result<Option<App>, RegistryError> {
-        if let Some(app) = self.cache.0.get(slug) {
+        if let Some(app) = self.cache.apps.get(slug) {
             return Ok(Some(app));
         }
+        let seen = *self.cache.generation();
         let found = self.inner.by_slug(slug).await?;
         if let Some(app) = &found {
-            self.cache.0.insert(slug.to_owned(), app.clone());
+            self.cache.insert_if_current(slug, app.clone(), seen);
         }
         Ok(found)
     }
@@ -95,5 +122,111 @@ impl AppRegistry for CachedRegistry {
         let deleted = self.inner.delete(slug).await;
         self.cache.invalidate(slug);
         deleted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::app::NewApp;
+    use crate::registry::SqliteRegistry;
+    use tokio::sync::{Mutex as AsyncMutex, oneshot};
+
+    /// Holds the first `by_slug` after it has read the row, until told to go on.
+    struct Gated {
+        inner: SqliteRegistry,
+        loaded: AsyncMutex<Option<oneshot::Sender<()>>>,
+        proceed: AsyncMutex<Option<oneshot::Receiver<()>>>,
+    }
+
+    #[async_trait]
+    impl AppRegistry for Gated {
+        async fn migrate(&self) -> Result<(), RegistryError> {
+            self.inner.migrate().await
+        }
+        async fn ping(&self) -> Result<(), RegistryError> {
+            self.inner.ping().await
+        }
+        async fn list(&self) -> Result<Vec<App>, RegistryError> {
+            self.inner.list().await
+        }
+        async fn by_slug(&self, slug: &str) -> Result<Option<App>, RegistryError> {
+            let found = self.inner.by_slug(slug).await;
+            if let Some(loaded) = self.loaded.lock().await.take() {
+                let _ = loaded.send(());
+                if let Some(proceed) = self.proceed.lock().await.take() {
+                    let _ = proceed.await;
+                }
+            }
+            found
+        }
+        async fn by_key(&self, key: &str) -> Result<Option<App>, RegistryError> {
+            self.inner.by_key(key).await
+        }
+        async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {
+            self.inner.insert(app).await
+        }
+        async fn update(
+            &self,
+            slug: &str,
+            changes: &AppChanges,
+        ) -> Result<Option<App>, RegistryError> {
+            self.inner.update(slug, changes).await
+        }
+        async fn rotate_secret(
+            &self,
+            slug: &str,
+            secret: &str,
+        ) -> Result<Option<App>, RegistryError> {
+            self.inner.rotate_secret(slug, secret).await
+        }
+        async fn delete(&self, slug: &str) -> Result<bool, RegistryError> {
+            self.inner.delete(slug).await
+        }
+    }
+
+    /// Issue 10, D4: a lookup that read the row before a rotation committed must not put the
+    /// superseded row back into the cache after the rotation's invalidation.
+    #[tokio::test]
+    async fn a_load_overtaken_by_a_write_is_not_cached() {
+        let inner = SqliteRegistry::connect("sqlite::memory:", 1, Duration::from_secs(5))
+            .await
+            .expect("in-memory SQLite");
+        inner.migrate().await.expect("migrate");
+        inner
+            .insert(&NewApp {
+                name: "Foo App".into(),
+                slug: "foo-app".into(),
+                key: "key".into(),
+                secret: "old-secret".into(),
+                active: true,
+                client_events: true,
+                allowed_origins: vec![],
+            })
+            .await
+            .expect("insert");
+        let (loaded_tx, loaded_rx) = oneshot::channel();
+        let (proceed_tx, proceed_rx) = oneshot::channel();
+        let gated = Gated {
+            inner,
+            loaded: AsyncMutex::new(Some(loaded_tx)),
+            proceed: AsyncMutex::new(Some(proceed_rx)),
+        };
+        let cache = AppCache::new(100, Duration::from_secs(300));
+        let registry = Arc::new(CachedRegistry::new(Arc::new(gated), cache));
+        let reader = registry.clone();
+        let lookup = tokio::spawn(async move { reader.by_slug("foo-app").await });
+        loaded_rx.await.expect("the lookup read the old row");
+        let rotated = registry
+            .rotate_secret("foo-app", "new-secret")
+            .await
+            .expect("rotate")
+            .expect("app exists");
+        assert_eq!(rotated.secret, "new-secret");
+        proceed_tx.send(()).expect("lookup waiting");
+        let stale = lookup.await.expect("lookup task").expect("lookup");
+        assert_eq!(stale.expect("found").secret, "old-secret");
+        let now = registry.by_slug("foo-app").await.expect("lookup");
+        assert_eq!(now.expect("found").secret, "new-secret");
     }
 }

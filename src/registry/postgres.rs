@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use super::{AppRegistry, RegistryError, write_error};
-use crate::domain::app::{App, AppChanges, NewApp};
+use crate::domain::app::{App, AppChanges, NewApp, is_valid_key, is_valid_slug};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -25,6 +25,7 @@ struct Row {
     key: String,
     secret: String,
     active: bool,
+    client_events: bool,
     allowed_origins: Vec<String>,
     inserted_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -39,6 +40,7 @@ impl From<Row> for App {
             key: r.key,
             secret: r.secret,
             active: r.active,
+            client_events: r.client_events,
             allowed_origins: r.allowed_origins,
             inserted_at: r.inserted_at,
             updated_at: r.updated_at,
@@ -95,6 +97,9 @@ impl AppRegistry for PgRegistry {
     }
 
     async fn by_slug(&self, slug: &str) -> Result<Option<App>, RegistryError> {
+        if !is_valid_slug(slug) {
+            return Ok(None);
+        }
         self.one(
             concat!("SELECT ", columns!(), " FROM apps WHERE slug = $1"),
             slug,
@@ -103,6 +108,9 @@ impl AppRegistry for PgRegistry {
     }
 
     async fn by_key(&self, key: &str) -> Result<Option<App>, RegistryError> {
+        if !is_valid_key(key) {
+            return Ok(None);
+        }
         self.one(
             concat!("SELECT ", columns!(), " FROM apps WHERE key = $1"),
             key,
@@ -113,8 +121,8 @@ impl AppRegistry for PgRegistry {
     async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {
         let now = Utc::now();
         let row: Row = sqlx::query_as(concat!(
-            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING ",
+            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING ",
             columns!()
         ))
         .bind(app.name.clone())
@@ -124,6 +132,7 @@ impl AppRegistry for PgRegistry {
         .bind(app.active)
         .bind(app.allowed_origins.clone())
         .bind(now)
+        .bind(app.client_events)
         .fetch_one(&self.pool)
         .await
         .map_err(write_error)?;
@@ -131,11 +140,14 @@ impl AppRegistry for PgRegistry {
     }
 
     async fn update(&self, slug: &str, changes: &AppChanges) -> Result<Option<App>, RegistryError> {
+        if !is_valid_slug(slug) {
+            return Ok(None);
+        }
         let (name, new_slug) = changes.name_and_slug.clone().unzip();
         let row: Option<Row> = sqlx::query_as(concat!(
             "UPDATE apps SET name = COALESCE($2, name), slug = COALESCE($3, slug), \
              active = COALESCE($4, active), allowed_origins = COALESCE($5, allowed_origins), \
-             updated_at = $6 WHERE slug = $1 RETURNING ",
+             updated_at = $6, client_events = COALESCE($7, client_events) WHERE slug = $1 RETURNING ",
             columns!()
         ))
         .bind(slug.to_owned())
@@ -144,6 +156,7 @@ impl AppRegistry for PgRegistry {
         .bind(changes.active)
         .bind(changes.allowed_origins.clone())
         .bind(Utc::now())
+        .bind(changes.client_events)
         .fetch_optional(&self.pool)
         .await
         .map_err(write_error)?;
@@ -151,6 +164,9 @@ impl AppRegistry for PgRegistry {
     }
 
     async fn rotate_secret(&self, slug: &str, secret: &str) -> Result<Option<App>, RegistryError> {
+        if !is_valid_slug(slug) {
+            return Ok(None);
+        }
         let row: Option<Row> = sqlx::query_as(concat!(
             "UPDATE apps SET secret = $2, updated_at = $3 WHERE slug = $1 RETURNING ",
             columns!()
@@ -164,6 +180,9 @@ impl AppRegistry for PgRegistry {
     }
 
     async fn delete(&self, slug: &str) -> Result<bool, RegistryError> {
+        if !is_valid_slug(slug) {
+            return Ok(false);
+        }
         let done = sqlx::query("DELETE FROM apps WHERE slug = $1")
             .bind(slug.to_owned())
             .execute(&self.pool)

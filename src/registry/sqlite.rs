@@ -10,7 +10,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 use super::{AppRegistry, RegistryError, write_error};
-use crate::domain::app::{App, AppChanges, NewApp};
+use crate::domain::app::{App, AppChanges, NewApp, is_valid_key, is_valid_slug};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -26,6 +26,7 @@ struct Row {
     key: String,
     secret: String,
     active: bool,
+    client_events: bool,
     allowed_origins: String,
     inserted_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -44,6 +45,7 @@ impl TryFrom<Row> for App {
             key: r.key,
             secret: r.secret,
             active: r.active,
+            client_events: r.client_events,
             allowed_origins,
             inserted_at: r.inserted_at,
             updated_at: r.updated_at,
@@ -109,6 +111,9 @@ impl AppRegistry for SqliteRegistry {
     }
 
     async fn by_slug(&self, slug: &str) -> Result<Option<App>, RegistryError> {
+        if !is_valid_slug(slug) {
+            return Ok(None);
+        }
         self.one(
             concat!("SELECT ", columns!(), " FROM apps WHERE slug = ?1"),
             slug,
@@ -117,6 +122,9 @@ impl AppRegistry for SqliteRegistry {
     }
 
     async fn by_key(&self, key: &str) -> Result<Option<App>, RegistryError> {
+        if !is_valid_key(key) {
+            return Ok(None);
+        }
         self.one(
             concat!("SELECT ", columns!(), " FROM apps WHERE key = ?1"),
             key,
@@ -127,8 +135,8 @@ impl AppRegistry for SqliteRegistry {
     async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {
         let now = Utc::now();
         let row: Row = sqlx::query_as(concat!(
-            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) RETURNING ",
+            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8) RETURNING ",
             columns!()
         ))
         .bind(app.name.clone())
@@ -138,6 +146,7 @@ impl AppRegistry for SqliteRegistry {
         .bind(app.active)
         .bind(origins_json(&app.allowed_origins))
         .bind(now)
+        .bind(app.client_events)
         .fetch_one(&self.pool)
         .await
         .map_err(write_error)?;
@@ -145,11 +154,14 @@ impl AppRegistry for SqliteRegistry {
     }
 
     async fn update(&self, slug: &str, changes: &AppChanges) -> Result<Option<App>, RegistryError> {
+        if !is_valid_slug(slug) {
+            return Ok(None);
+        }
         let (name, new_slug) = changes.name_and_slug.clone().unzip();
         let row: Option<Row> = sqlx::query_as(concat!(
             "UPDATE apps SET name = COALESCE(?2, name), slug = COALESCE(?3, slug), \
              active = COALESCE(?4, active), allowed_origins = COALESCE(?5, allowed_origins), \
-             updated_at = ?6 WHERE slug = ?1 RETURNING ",
+             updated_at = ?6, client_events = COALESCE(?7, client_events) WHERE slug = ?1 RETURNING ",
             columns!()
         ))
         .bind(slug.to_owned())
@@ -158,6 +170,7 @@ impl AppRegistry for SqliteRegistry {
         .bind(changes.active)
         .bind(changes.allowed_origins.as_deref().map(origins_json))
         .bind(Utc::now())
+        .bind(changes.client_events)
         .fetch_optional(&self.pool)
         .await
         .map_err(write_error)?;
@@ -165,6 +178,9 @@ impl AppRegistry for SqliteRegistry {
     }
 
     async fn rotate_secret(&self, slug: &str, secret: &str) -> Result<Option<App>, RegistryError> {
+        if !is_valid_slug(slug) {
+            return Ok(None);
+        }
         let row: Option<Row> = sqlx::query_as(concat!(
             "UPDATE apps SET secret = ?2, updated_at = ?3 WHERE slug = ?1 RETURNING ",
             columns!()
@@ -178,6 +194,9 @@ impl AppRegistry for SqliteRegistry {
     }
 
     async fn delete(&self, slug: &str) -> Result<bool, RegistryError> {
+        if !is_valid_slug(slug) {
+            return Ok(false);
+        }
         let done = sqlx::query("DELETE FROM apps WHERE slug = ?1")
             .bind(slug.to_owned())
             .execute(&self.pool)
