@@ -88,6 +88,7 @@ struct Inner {
     messages_dropped: IntCounterVec,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    accept_errors: IntCounter,
     bus_publish_duration: Histogram,
     bus_subscriptions: IntGauge,
     bus_reconnects: IntCounter,
@@ -204,6 +205,14 @@ impl Metrics {
                     )
                     .buckets(latency_buckets.clone()),
                     &["route"],
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            accept_errors: register(
+                &r,
+                IntCounter::new(
+                    "pushlite_http_accept_errors_total",
+                    "Failed accepts on the HTTP listeners (such as running out of file descriptors).",
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
@@ -332,6 +341,10 @@ impl Metrics {
             .http_duration
             .with_label_values(&[route])
             .observe(seconds);
+    }
+
+    pub fn accept_error(&self) {
+        self.0.accept_errors.inc();
     }
 
     pub fn bus_published(&self, seconds: f64) {

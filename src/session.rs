@@ -303,6 +303,10 @@ fn read_error(error: &axum::Error) -> Close {
     match source {
         Some(tungstenite::Error::Capacity(_)) => Close::TooBig,
         Some(tungstenite::Error::Utf8(_)) => Close::BadUtf8,
+        // The peer went away without a close frame: an ordinary disconnect, not a violation.
+        Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => Close::Gone,
         Some(tungstenite::Error::Protocol(e)) => Close::Violation(e.to_string()),
         _ => Close::Gone,
     }

@@ -1,18 +1,18 @@
 //! Assembles a node from its configuration: the only place that picks concrete backends.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::bus::{Bus, BusError, LocalBus, RedisBus, RedisBusConfig};
 use crate::config::{Config, ConfigError};
 use crate::control::NodeSink;
 use crate::directory::{LocalDirectory, NodeDirectory, RedisDirectory};
+use crate::http::server::{self, Timeouts};
 use crate::http::{self, AppState, NodeInfo};
 use crate::hub::{Hub, run_subscriptions};
 use crate::metrics::Metrics;
@@ -149,23 +149,21 @@ impl Server {
         let shutdown = state.shutdown.clone();
         let drain_delay = Duration::from_millis(state.config.server.drain_delay_ms);
         let timeout = Duration::from_millis(state.config.server.shutdown_timeout_ms);
+        let timeouts = Timeouts::from_config(&state.config.server);
         if let Some(metrics_listener) = self.metrics_listener {
             let metrics_app = http::metrics_router(state.clone());
             tracing::info!(addr = ?metrics_listener.local_addr().ok(), "metrics listening");
-            tokio::spawn(async move {
-                if let Err(error) = axum::serve(metrics_listener, metrics_app).await {
-                    tracing::error!(%error, "metrics listener failed");
-                }
-            });
+            tokio::spawn(server::serve(
+                metrics_listener,
+                metrics_app,
+                timeouts,
+                state.metrics.clone(),
+                std::future::pending(),
+            ));
         }
         tracing::info!(%addr, "pushlite listening");
+        let metrics = state.metrics.clone();
         let app = http::router(state);
-        // Frames are small and latency matters: no Nagle delay on any socket.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
         let (signalled, signal_time) = tokio::sync::oneshot::channel();
         let draining = shutdown.clone();
         let graceful = async move {
@@ -180,15 +178,17 @@ impl Server {
             draining.close_sessions();
             tracing::info!(sockets = draining.live_sessions(), "closing every socket");
         };
-        let serving = tokio::spawn(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(graceful)
-                .into_future(),
-        );
+        let serving = tokio::spawn(server::serve(
+            self.listener,
+            app,
+            timeouts,
+            metrics,
+            graceful,
+        ));
         let Ok(signalled_at) = signal_time.await else {
-            // The server stopped without a signal: an accept loop error.
+            // The signal future was dropped without completing: the accept loop is gone.
             return match serving.await {
-                Ok(result) => result.map_err(StartupError::Serve),
+                Ok(()) => Ok(()),
                 Err(join) => Err(StartupError::Serve(std::io::Error::other(join))),
             };
         };
@@ -199,7 +199,7 @@ impl Server {
         })
         .await;
         match finished {
-            Ok(Ok(result)) => result.map_err(StartupError::Serve)?,
+            Ok(Ok(())) => {}
             Ok(Err(join)) => return Err(StartupError::Serve(std::io::Error::other(join))),
             Err(_) => tracing::warn!(
                 sockets = shutdown.live_sessions(),

@@ -57,7 +57,7 @@ fn value(series: &HashMap<String, f64>, key: &str) -> f64 {
 
 #[tokio::test]
 async fn metric_names_labels_and_values() {
-    let app = spawn_app_with(Db::Sqlite, |c| c.metrics.max_app_labels = 2).await;
+    let app = spawn_app_with(Db::Sqlite, |c| c.metrics.max_app_labels = 1).await;
     let data = create_app(&app, json!({"name": "metrics-one"})).await;
     create_app(&app, json!({"name": "metrics-two"})).await;
     create_app(&app, json!({"name": "metrics-three"})).await;

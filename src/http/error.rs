@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::server::BodyTimeout;
 use crate::domain::app::ValidationErrors;
 use crate::registry::RegistryError;
 
@@ -27,6 +28,8 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("unsupported content type: use application/json or application/x-www-form-urlencoded")]
     UnsupportedMediaType,
     /// A backend is down; the cause is logged, never sent.
@@ -44,6 +47,7 @@ impl ApiError {
             }
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -51,6 +55,13 @@ impl ApiError {
 
     /// Maps a body read failure; `limit` is the configured maximum for this route.
     pub fn from_body(rejection: &BytesRejection, limit: usize) -> ApiError {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+        while let Some(error) = source {
+            if let Some(timeout) = error.downcast_ref::<BodyTimeout>() {
+                return ApiError::RequestTimeout(timeout.to_string());
+            }
+            source = error.source();
+        }
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge(limit)
         } else {

@@ -6,6 +6,7 @@ mod body;
 mod error;
 mod events;
 mod extract;
+pub mod server;
 pub mod stats;
 mod ws;
 
