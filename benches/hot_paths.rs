@@ -11,7 +11,7 @@ use pushlite::domain::event::Event;
 use pushlite::hub::{Hub, Subscriber, run_subscriptions};
 use pushlite::metrics::Metrics;
 use pushlite::protocol::phoenix::{Vsn, encode_raw};
-use pushlite::registry::AppCache;
+use pushlite::registry::{AppCache, SqliteRegistry};
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc};
 
@@ -46,9 +46,18 @@ fn dispatch(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let metrics = Metrics::new(100);
     let (hub, ops) = Hub::new(metrics.clone());
+    // The sink reloads apps on control messages only; dispatch never touches it.
+    let registry = runtime
+        .block_on(SqliteRegistry::connect(
+            "sqlite::memory:",
+            1,
+            Duration::from_secs(5),
+        ))
+        .expect("in-memory registry");
     let sink = Arc::new(NodeSink {
         hub: hub.clone(),
         cache: AppCache::new(10, Duration::from_secs(60)),
+        registry: Arc::new(registry),
     });
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(sink, metrics));
     runtime.spawn(run_subscriptions(hub.clone(), bus, ops));

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use crate::bus::{self, Control, RedisBusConfig};
 use crate::config::{Config, ConfigError};
 use crate::domain::app::{AppParams, NewApp};
 use crate::registry::{self, AppRegistry, RegistryError};
@@ -147,7 +148,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 Ok(())
             }
             Command::Seed => seed(&*open(&config).await?).await,
-            Command::Apps { command } => apps(&*open(&config).await?, command).await,
+            Command::Apps { command } => apps(&config, &*open(&config).await?, command).await,
             Command::Token {
                 app,
                 subscribe,
@@ -272,7 +273,11 @@ async fn seed(registry: &dyn AppRegistry) -> Result<(), CliError> {
     Ok(())
 }
 
-async fn apps(registry: &dyn AppRegistry, command: AppsCommand) -> Result<(), CliError> {
+async fn apps(
+    config: &Config,
+    registry: &dyn AppRegistry,
+    command: AppsCommand,
+) -> Result<(), CliError> {
     let shown = match command {
         AppsCommand::List => json!({ "data": registry.list().await? }),
         AppsCommand::Create { name } => {
@@ -290,6 +295,19 @@ async fn apps(registry: &dyn AppRegistry, command: AppsCommand) -> Result<(), Cl
         AppsCommand::Delete { slug } => {
             if !registry.delete(&slug).await? {
                 return Err(CliError::NotFound(slug));
+            }
+            // Running nodes cache apps: tell them, as the admin API does. (A new app needs no
+            // announcement: nodes never cache a miss.)
+            if let Some(bus) = RedisBusConfig::from_config(&config.redis) {
+                let control = Control::AppChanged {
+                    slug: slug.clone(),
+                    close: true,
+                };
+                bus::announce(&bus, &control).await.map_err(|e| {
+                    CliError::Invalid(format!(
+                        "deleted `{slug}`, but running nodes were not told ({e}): they serve it until cache.ttl_secs passes"
+                    ))
+                })?;
             }
             json!({ "deleted": slug })
         }

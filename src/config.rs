@@ -366,29 +366,94 @@ impl Config {
         let as_u64 = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
         let ranges: [(&str, u64, u64, u64); 24] = [
             ("server.drain_delay_ms", s.drain_delay_ms, 0, DAY_MS),
-            ("server.shutdown_timeout_ms", s.shutdown_timeout_ms, 1, DAY_MS),
+            (
+                "server.shutdown_timeout_ms",
+                s.shutdown_timeout_ms,
+                1,
+                DAY_MS,
+            ),
             ("server.header_timeout_ms", s.header_timeout_ms, 1, DAY_MS),
             ("server.body_timeout_ms", s.body_timeout_ms, 1, DAY_MS),
-            ("server.keepalive_timeout_ms", s.keepalive_timeout_ms, 1, DAY_MS),
-            ("database.max_connections", u64::from(d.max_connections), 1, 10_000),
-            ("database.acquire_timeout_secs", d.acquire_timeout_secs, 1, DAY_SECS),
-            ("redis.max_reconnect_delay_ms", r.max_reconnect_delay_ms, 0, DAY_MS),
-            ("redis.resubscribe_grace_ms", r.resubscribe_grace_ms, 0, DAY_MS),
+            (
+                "server.keepalive_timeout_ms",
+                s.keepalive_timeout_ms,
+                1,
+                DAY_MS,
+            ),
+            (
+                "database.max_connections",
+                u64::from(d.max_connections),
+                1,
+                10_000,
+            ),
+            (
+                "database.acquire_timeout_secs",
+                d.acquire_timeout_secs,
+                1,
+                DAY_SECS,
+            ),
+            (
+                "redis.max_reconnect_delay_ms",
+                r.max_reconnect_delay_ms,
+                0,
+                DAY_MS,
+            ),
+            (
+                "redis.resubscribe_grace_ms",
+                r.resubscribe_grace_ms,
+                0,
+                DAY_MS,
+            ),
             ("redis.command_timeout_ms", r.command_timeout_ms, 1, DAY_MS),
             ("redis.health_interval_ms", r.health_interval_ms, 1, DAY_MS),
             ("cache.ttl_secs", self.cache.ttl_secs, 1, DAY_SECS),
             ("cache.capacity", self.cache.capacity, 1, 100_000_000),
             ("stats.heartbeat_ms", self.stats.heartbeat_ms, 1, DAY_MS),
             ("stats.node_ttl_ms", self.stats.node_ttl_ms, 1, DAY_MS),
-            ("limits.admin_body_bytes", as_u64(l.admin_body_bytes), 1, GIB),
-            ("limits.event_payload_bytes", as_u64(l.event_payload_bytes), 1, GIB),
+            (
+                "limits.admin_body_bytes",
+                as_u64(l.admin_body_bytes),
+                1,
+                GIB,
+            ),
+            (
+                "limits.event_payload_bytes",
+                as_u64(l.event_payload_bytes),
+                1,
+                GIB,
+            ),
             ("limits.ws_frame_bytes", as_u64(l.ws_frame_bytes), 1, GIB),
-            ("limits.channels_per_socket", as_u64(l.channels_per_socket), 1, 100_000),
-            ("limits.outbound_queue", as_u64(l.outbound_queue), 1, 1_000_000),
+            (
+                "limits.channels_per_socket",
+                as_u64(l.channels_per_socket),
+                1,
+                100_000,
+            ),
+            (
+                "limits.outbound_queue",
+                as_u64(l.outbound_queue),
+                1,
+                1_000_000,
+            ),
             ("limits.idle_timeout_secs", l.idle_timeout_secs, 1, DAY_SECS),
-            ("limits.write_timeout_secs", l.write_timeout_secs, 1, DAY_SECS),
-            ("limits.client_events_per_sec", u64::from(l.client_events_per_sec), 1, 1_000_000),
-            ("metrics.max_app_labels", as_u64(self.metrics.max_app_labels), 0, 100_000),
+            (
+                "limits.write_timeout_secs",
+                l.write_timeout_secs,
+                1,
+                DAY_SECS,
+            ),
+            (
+                "limits.client_events_per_sec",
+                u64::from(l.client_events_per_sec),
+                1,
+                1_000_000,
+            ),
+            (
+                "metrics.max_app_labels",
+                as_u64(self.metrics.max_app_labels),
+                0,
+                100_000,
+            ),
         ];
         for (key, value, min, max) in ranges {
             if value < min || value > max {
@@ -457,10 +522,9 @@ fn merge_raw(figment: Figment, var: &str, key: &str) -> Result<Figment, ConfigEr
     match std::env::var(var) {
         Ok(value) => Ok(figment.merge(Serialized::default(key, value))),
         Err(std::env::VarError::NotPresent) => Ok(figment),
-        Err(std::env::VarError::NotUnicode(_)) => Err(ConfigError::key(
-            key,
-            format!("{var} is not valid UTF-8"),
-        )),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(ConfigError::key(key, format!("{var} is not valid UTF-8")))
+        }
     }
 }
 
@@ -472,7 +536,9 @@ fn describe(kind: &figment::error::Kind) -> String {
         Kind::InvalidType(_, expected) => format!("invalid type: expected {expected}"),
         Kind::InvalidValue(_, expected) => format!("invalid value: expected {expected}"),
         Kind::InvalidLength(_, expected) => format!("invalid length: expected {expected}"),
-        Kind::UnknownVariant(_, expected) => format!("unknown variant: expected one of {expected:?}"),
+        Kind::UnknownVariant(_, expected) => {
+            format!("unknown variant: expected one of {expected:?}")
+        }
         Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => "number out of range".to_owned(),
         Kind::Unsupported(_) | Kind::UnsupportedKey(..) => "unsupported value".to_owned(),
         other => other.to_string(),

@@ -176,7 +176,9 @@ async fn guarded(
 
 /// The instant a Unix timestamp (seconds) falls on.
 fn instant_at(unix_secs: i64) -> Instant {
-    let left = unix_secs.saturating_sub(chrono::Utc::now().timestamp()).max(0);
+    let left = unix_secs
+        .saturating_sub(chrono::Utc::now().timestamp())
+        .max(0);
     Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
 }
 
@@ -314,8 +316,11 @@ fn read_error(error: &axum::Error) -> Close {
 
 impl Session {
     async fn send(&mut self, text: String) -> Result<(), Close> {
-        match tokio::time::timeout(self.write_timeout, self.sink.send(Message::Text(text.into())))
-            .await
+        match tokio::time::timeout(
+            self.write_timeout,
+            self.sink.send(Message::Text(text.into())),
+        )
+        .await
         {
             Ok(sent) => sent.map_err(|_| Close::Gone),
             Err(_) => Err(Close::SlowConsumer),
@@ -348,9 +353,7 @@ impl Session {
                 Outbound::Close { topic } => self
                     .close_channel(&topic, CloseReason::AppClosed)
                     .map(Utf8Bytes::from),
-                Outbound::Recheck { topic, app } => self
-                    .recheck(&topic, &app)
-                    .map(Utf8Bytes::from),
+                Outbound::Recheck { topic, app } => self.recheck(&topic, &app).map(Utf8Bytes::from),
             };
             if let Some(frame) = frame {
                 self.sink
@@ -548,7 +551,10 @@ impl Session {
     }
 
     /// Decides a join; the topic's scope and publishing right, or the refusal reason.
-    async fn authorize_join(&mut self, message: &Inbound) -> Result<(Scope, Publish), &'static str> {
+    async fn authorize_join(
+        &mut self,
+        message: &Inbound,
+    ) -> Result<(Scope, Publish), &'static str> {
         let Some((scope, slug)) = parse_topic(&message.topic) else {
             return Err("unmatched topic");
         };

@@ -74,24 +74,19 @@ impl Server {
             registry: registry.clone(),
         });
         let node_ttl = Duration::from_millis(config.stats.node_ttl_ms);
-        let (bus, directory): (Arc<dyn Bus>, Arc<dyn NodeDirectory>) = match &config.redis.url {
-            None => (
-                Arc::new(LocalBus::new(sink.clone(), metrics.clone())),
-                Arc::new(LocalDirectory),
-            ),
-            Some(url) => {
-                let redis = &config.redis;
-                let bus_config = RedisBusConfig {
-                    url: url.clone(),
-                    max_reconnect_delay: Duration::from_millis(redis.max_reconnect_delay_ms),
-                    resubscribe_grace: Duration::from_millis(redis.resubscribe_grace_ms),
-                    command_timeout: Duration::from_millis(redis.command_timeout_ms),
-                };
-                let redis = RedisBus::connect(&bus_config, sink.clone(), metrics.clone()).await?;
-                let directory = RedisDirectory::new(redis.client(), node_ttl);
-                (Arc::new(redis), Arc::new(directory))
-            }
-        };
+        let (bus, directory): (Arc<dyn Bus>, Arc<dyn NodeDirectory>) =
+            match RedisBusConfig::from_config(&config.redis) {
+                None => (
+                    Arc::new(LocalBus::new(sink.clone(), metrics.clone())),
+                    Arc::new(LocalDirectory),
+                ),
+                Some(bus_config) => {
+                    let redis =
+                        RedisBus::connect(&bus_config, sink.clone(), metrics.clone()).await?;
+                    let directory = RedisDirectory::new(redis.client(), node_ttl);
+                    (Arc::new(redis), Arc::new(directory))
+                }
+            };
         tokio::spawn(run_subscriptions(hub.clone(), bus.clone(), ops));
         let metrics_listener = match config.metrics.listen {
             Some(addr) => Some(

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::phx::{self, Client, Vsn};
-use common::redis::{RedisServer, cli, free_port};
+use common::redis::{RedisServer, cli};
 use common::{TestApp, create_app, fresh_postgres_database, redis_url, spawn_config, test_config};
 use serde_json::{Value, json};
 
@@ -106,32 +106,33 @@ async fn three_nodes_deliver_exactly_once() {
 
 #[tokio::test]
 async fn a_node_subscribes_only_to_topics_joined_on_it() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     let nodes = nodes(2, &redis.url()).await;
     let one = create_app(&nodes[0], json!({"name": "app-one"})).await;
     create_app(&nodes[0], json!({"name": "app-two"})).await;
-    let numsub = |topic: &str| -> String {
-        let out = cli(redis.port, &["pubsub", "numsub", topic]);
+    let port = redis.port;
+    let numsub = |topic: &'static str| async move {
+        let out = cli(port, &["pubsub", "numsub", topic]).await;
         out.lines().nth(1).unwrap_or_default().to_owned()
     };
     let (mut a, a_ref) = joined(&nodes[0], "public:app-one").await;
     let (_b, _) = joined(&nodes[0], "public:app-one").await;
     assert_eq!(
-        numsub("public:app-one"),
+        numsub("public:app-one").await,
         "1",
         "one subscription per node, not per socket"
     );
-    assert_eq!(numsub("public:app-two"), "0");
+    assert_eq!(numsub("public:app-two").await, "0");
     let (mut c, c_ref) = joined(&nodes[1], "public:app-one").await;
-    assert_eq!(numsub("public:app-one"), "2");
+    assert_eq!(numsub("public:app-one").await, "2");
     // no pattern subscriptions at all
-    assert_eq!(cli(redis.port, &["pubsub", "numpat"]), "0");
+    assert_eq!(cli(redis.port, &["pubsub", "numpat"]).await, "0");
     // the last local subscriber out unsubscribes the node
     c.push(Some(&c_ref), "5", "public:app-one", "phx_leave", json!({}))
         .await;
     c.recv_event("phx_close").await;
     let deadline = Instant::now() + Duration::from_secs(2);
-    while numsub("public:app-one") != "1" {
+    while numsub("public:app-one").await != "1" {
         assert!(
             Instant::now() < deadline,
             "node B unsubscribed after its last leave"
@@ -220,7 +221,7 @@ async fn app_changes_reach_every_node_within_a_second() {
 
 #[tokio::test]
 async fn redis_restart_loses_no_accepted_trigger() {
-    let mut redis = RedisServer::start();
+    let mut redis = RedisServer::start().await;
     let nodes = Arc::new(nodes(2, &redis.url()).await);
     let app = create_app(&nodes[0], json!({"name": "fault-app"})).await;
     let (mut a, _) = joined(&nodes[0], "public:fault-app").await;
@@ -266,10 +267,10 @@ async fn redis_restart_loses_no_accepted_trigger() {
         .unwrap();
     assert_eq!(ready.status(), 503);
     assert_eq!(ready.json::<Value>().await.unwrap()["checks"]["bus"], false);
-    let up_at = redis.restart();
+    let up_at = redis.restart().await;
     // both nodes re-subscribe within 2 s of Redis accepting connections, with no client action
     loop {
-        let out = cli(redis.port, &["pubsub", "numsub", "public:fault-app"]);
+        let out = cli(redis.port, &["pubsub", "numsub", "public:fault-app"]).await;
         if out.lines().nth(1) == Some("2") {
             break;
         }
@@ -360,13 +361,18 @@ async fn redis_restart_loses_no_accepted_trigger() {
 
 #[tokio::test]
 async fn redis_cluster_uses_sharded_pubsub() {
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let servers: Vec<RedisServer> = ports
-        .iter()
-        .map(|_| {
-            RedisServer::start_with(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-        })
-        .collect();
+    let mut servers: Vec<RedisServer> = Vec::new();
+    for _ in 0..3 {
+        servers.push(
+            RedisServer::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "2000",
+            ])
+            .await,
+        );
+    }
     let addrs: Vec<String> = servers
         .iter()
         .map(|s| format!("127.0.0.1:{}", s.port))
@@ -374,12 +380,18 @@ async fn redis_cluster_uses_sharded_pubsub() {
     let mut create = vec!["--cluster", "create"];
     create.extend(addrs.iter().map(String::as_str));
     create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-    cli(servers[0].port, &create);
+    cli(servers[0].port, &create).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !servers
-        .iter()
-        .all(|s| cli(s.port, &["cluster", "info"]).contains("cluster_state:ok"))
-    {
+    loop {
+        let mut formed = true;
+        for s in &servers {
+            formed &= cli(s.port, &["cluster", "info"])
+                .await
+                .contains("cluster_state:ok");
+        }
+        if formed {
+            break;
+        }
         assert!(Instant::now() < deadline, "cluster did not form");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -392,15 +404,16 @@ async fn redis_cluster_uses_sharded_pubsub() {
     let (mut a, _) = joined(&nodes[0], "public:shard-app").await;
     let (mut b, _) = joined(&nodes[1], "public:shard-app").await;
     for s in &servers {
-        cli(s.port, &["config", "resetstat"]);
+        cli(s.port, &["config", "resetstat"]).await;
     }
     assert_eq!(trigger(&nodes[0], &app, json!({"n": 7})).await, 200);
     assert_eq!(a.recv().await.payload, json!({"n": 7}));
     assert_eq!(b.recv().await.payload, json!({"n": 7}));
 
     let owner_port = {
-        let slot = cli(servers[0].port, &["cluster", "keyslot", "public:shard-app"]);
+        let slot = cli(servers[0].port, &["cluster", "keyslot", "public:shard-app"]).await;
         let owner = cli(servers[0].port, &["cluster", "nodes"])
+            .await
             .lines()
             .find(|line| {
                 line.split_whitespace().skip(8).any(|range| {
@@ -423,7 +436,7 @@ async fn redis_cluster_uses_sharded_pubsub() {
             .unwrap()
     };
     for s in &servers {
-        let stats = cli(s.port, &["info", "commandstats"]);
+        let stats = cli(s.port, &["info", "commandstats"]).await;
         let spublished = stats.contains("cmdstat_spublish:");
         assert_eq!(
             spublished,
@@ -434,7 +447,7 @@ async fn redis_cluster_uses_sharded_pubsub() {
             !stats.contains("cmdstat_publish:"),
             "no cluster-wide PUBLISH for events"
         );
-        let shard_subs = cli(s.port, &["pubsub", "shardnumsub", "public:shard-app"]);
+        let shard_subs = cli(s.port, &["pubsub", "shardnumsub", "public:shard-app"]).await;
         let count = shard_subs.lines().nth(1).unwrap_or("0").to_owned();
         let expected = if s.port == owner_port { "2" } else { "0" };
         assert_eq!(
@@ -448,7 +461,7 @@ async fn redis_cluster_uses_sharded_pubsub() {
 async fn a_cluster_url_for_a_single_redis_is_a_startup_error() {
     let database = fresh_postgres_database().await;
     let mut config = test_config(database);
-    let single = RedisServer::start();
+    let single = RedisServer::start().await;
     config.redis.url = Some(format!("redis-cluster://127.0.0.1:{}", single.port));
     assert!(pushlite::Server::build(config).await.is_err());
 }
@@ -457,7 +470,7 @@ async fn a_cluster_url_for_a_single_redis_is_a_startup_error() {
 async fn a_plain_url_for_a_cluster_node_is_a_startup_error() {
     let database = fresh_postgres_database().await;
     let mut config = test_config(database);
-    let node = RedisServer::start_with(&["--cluster-enabled", "yes"]);
+    let node = RedisServer::start_with(&["--cluster-enabled", "yes"]).await;
     config.redis.url = Some(node.url());
     let error = pushlite::Server::build(config)
         .await

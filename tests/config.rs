@@ -216,7 +216,13 @@ fn config_output_and_errors_hide_every_password() {
     );
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for secret in ["sl/ash-secret", "ash-secret", "query-secret", "re/dis-secret", "dis-secret"] {
+    for secret in [
+        "sl/ash-secret",
+        "ash-secret",
+        "query-secret",
+        "re/dis-secret",
+        "dis-secret",
+    ] {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
     }
     assert!(text.contains("sslmode=require"), "{text}");
@@ -268,7 +274,11 @@ fn out_of_range_values_are_refused_at_load() {
     );
     assert!(e.contains("limits.client_events_per_sec"), "{e}");
     // an admin name with `:` could never log in over HTTP Basic
-    let e = failure(dir.path(), &["serve"], &[("PUSHER_ADMIN_USERNAME", "ops:team")]);
+    let e = failure(
+        dir.path(),
+        &["serve"],
+        &[("PUSHER_ADMIN_USERNAME", "ops:team")],
+    );
     assert!(e.contains("admin.username"), "{e}");
     assert!(!dir.path().join("pushlite.db").exists());
 }

@@ -62,7 +62,10 @@ on_both!(
 async fn invalid_slugs_never_reach_the_database(db: Db) {
     let (url, _guard) = fresh_database(db).await;
     let registry = open(&url).await;
-    registry.insert(&new_app("Foo App", "foo-app")).await.unwrap();
+    registry
+        .insert(&new_app("Foo App", "foo-app"))
+        .await
+        .unwrap();
     for slug in ["foo\0app", "\0", "Foo-App", "foo app", "", &"x".repeat(300)] {
         assert!(registry.by_slug(slug).await.unwrap().is_none(), "{slug:?}");
         assert!(

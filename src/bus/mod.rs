@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::event::Event;
 
 pub use local::LocalBus;
-pub use redis::{RedisBus, RedisBusConfig};
+pub use redis::{RedisBus, RedisBusConfig, announce};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {

@@ -45,6 +45,22 @@ pub struct RedisBusConfig {
     pub resubscribe_grace: Duration,
     /// Timeout of every Redis command.
     pub command_timeout: Duration,
+    /// How often both connections are pinged for readiness.
+    pub health_interval: Duration,
+}
+
+impl RedisBusConfig {
+    /// The bus settings of `redis`, or `None` when no Redis is configured.
+    #[must_use]
+    pub fn from_config(redis: &crate::config::RedisConfig) -> Option<RedisBusConfig> {
+        Some(RedisBusConfig {
+            url: redis.url.clone()?,
+            max_reconnect_delay: Duration::from_millis(redis.max_reconnect_delay_ms),
+            resubscribe_grace: Duration::from_millis(redis.resubscribe_grace_ms),
+            command_timeout: Duration::from_millis(redis.command_timeout_ms),
+            health_interval: Duration::from_millis(redis.health_interval_ms),
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -70,6 +86,10 @@ struct Health {
     reconnected_at: Mutex<Option<Instant>>,
     /// Counts reconnects, so a publish can tell whether one happened while it was in flight.
     epoch: AtomicU64,
+    /// Both connections answered the latest health ping within the command timeout. A frozen
+    /// Redis (SIGSTOP, a partition without RST) keeps its TCP connections open, so only a
+    /// round trip tells.
+    responsive: AtomicBool,
 }
 
 impl Health {
@@ -105,34 +125,7 @@ impl RedisBus {
         sink: Arc<dyn BusSink>,
         metrics: Metrics,
     ) -> Result<RedisBus, BusError> {
-        let sharded = config.url.starts_with("redis-cluster://")
-            || config.url.starts_with("rediss-cluster://");
-        let redis_config =
-            Config::from_url(&config.url).map_err(|e| BusError::Config(e.to_string()))?;
-        let max_delay = u32::try_from(config.max_reconnect_delay.as_millis()).unwrap_or(u32::MAX);
-        let mut builder = Builder::from_config(redis_config);
-        builder
-            .set_policy(ReconnectPolicy::new_exponential(
-                0,
-                50,
-                max_delay.max(50),
-                2,
-            ))
-            .with_connection_config(|c| {
-                c.connection_timeout = config.command_timeout;
-                c.internal_command_timeout = config.command_timeout;
-                // A command is never re-sent after a connection drop: a retried PUBLISH could
-                // be delivered twice.
-                c.max_command_attempts = 1;
-                // Small messages must not wait for Nagle's algorithm.
-                c.tcp.nodelay = Some(true);
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = config.command_timeout;
-                // The reader must not lag behind bursts: a lagging broadcast receiver loses
-                // messages. tokio allocates every slot up front, so this is ~2.5 MiB a client.
-                p.broadcast_channel_capacity = 1 << 14;
-            });
+        let (builder, sharded) = builder(config)?;
         let publisher = builder.build().map_err(|e| unavailable(&e))?;
         let subscriber = builder
             .build_subscriber_client()
@@ -155,6 +148,7 @@ impl RedisBus {
         }
         subscriber.init().await.map_err(|e| unavailable(&e))?;
         let health = Arc::new(Health::default());
+        health.responsive.store(true, Ordering::SeqCst);
         let bus = RedisBus {
             metrics,
             publisher,
@@ -166,7 +160,33 @@ impl RedisBus {
         bus.subscribe(&[CONTROL_CHANNEL.to_owned()]).await?;
         bus.health.subscribed.store(true, Ordering::SeqCst);
         bus.spawn_tasks(sink);
+        bus.spawn_health(config.health_interval);
         Ok(bus)
+    }
+
+    /// Pings both connections every `every`; each ping is bounded by the command timeout.
+    fn spawn_health(&self, every: Duration) {
+        let (publisher, subscriber) = (self.publisher.clone(), self.subscriber.clone());
+        let health = self.health.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let (published, subscribed) = tokio::join!(
+                    publisher.ping::<RedisValue>(None),
+                    subscriber.ping::<RedisValue>(None)
+                );
+                let responsive = published.is_ok() && subscribed.is_ok();
+                let was = health.responsive.swap(responsive, Ordering::SeqCst);
+                if was && !responsive {
+                    let error = published.err().or(subscribed.err());
+                    tracing::warn!(error = ?error.map(|e| e.to_string()), "redis does not answer pings: not ready");
+                } else if !was && responsive {
+                    tracing::info!("redis answers pings again");
+                }
+            }
+        });
     }
 
     fn spawn_tasks(&self, sink: Arc<dyn BusSink>) {
@@ -281,6 +301,63 @@ impl RedisBus {
     }
 }
 
+/// A fred builder for `config`, and whether the URL asks for sharded pub/sub (a cluster).
+fn builder(config: &RedisBusConfig) -> Result<(Builder, bool), BusError> {
+    let sharded =
+        config.url.starts_with("redis-cluster://") || config.url.starts_with("rediss-cluster://");
+    let redis_config =
+        Config::from_url(&config.url).map_err(|e| BusError::Config(e.to_string()))?;
+    let max_delay = u32::try_from(config.max_reconnect_delay.as_millis()).unwrap_or(u32::MAX);
+    let mut builder = Builder::from_config(redis_config);
+    builder
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            50,
+            max_delay.max(50),
+            2,
+        ))
+        .with_connection_config(|c| {
+            c.connection_timeout = config.command_timeout;
+            c.internal_command_timeout = config.command_timeout;
+            // A command is never re-sent after a connection drop: a retried PUBLISH could
+            // be delivered twice.
+            c.max_command_attempts = 1;
+            // Small messages must not wait for Nagle's algorithm.
+            c.tcp.nodelay = Some(true);
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = config.command_timeout;
+            // The reader must not lag behind bursts: a lagging broadcast receiver loses
+            // messages. tokio allocates every slot up front, so this is ~2.5 MiB a client.
+            p.broadcast_channel_capacity = 1 << 14;
+        });
+    Ok((builder, sharded))
+}
+
+/// Publishes one control message and disconnects: for the command line, which changes the
+/// registry without running a node but must still tell the running nodes.
+///
+/// # Errors
+/// Redis cannot be reached or refused the message.
+pub async fn announce(config: &RedisBusConfig, control: &Control) -> Result<(), BusError> {
+    let (builder, sharded) = builder(config)?;
+    let client = builder.build().map_err(|e| unavailable(&e))?;
+    client.init().await.map_err(|e| unavailable(&e))?;
+    let envelope = ControlEnvelope {
+        v: ENVELOPE_VERSION,
+        control: control.clone(),
+    };
+    let text =
+        serde_json::to_string(&envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;
+    let published: Result<i64, _> = if sharded {
+        client.spublish(CONTROL_CHANNEL, text).await
+    } else {
+        client.publish(CONTROL_CHANNEL, text).await
+    };
+    let _ = client.quit().await;
+    published.map(|_| ()).map_err(|e| unavailable(&e))
+}
+
 fn handle_message(sink: &dyn BusSink, channel: &str, value: RedisValue) {
     let Some(text) = value.as_str() else {
         tracing::warn!(%channel, "dropping a message that is not text");
@@ -356,6 +433,14 @@ impl Bus for RedisBus {
             self.subscriber
                 .subscribe(topics.to_vec())
                 .await
+                .map_err(|e| unavailable(&e))?;
+            // fred answers SUBSCRIBE as soon as it is written. Redis handles one connection's
+            // commands in order, so the PONG to a later PING on the same connection means the
+            // subscription is in place: only then may a join be acknowledged.
+            self.subscriber
+                .ping::<RedisValue>(None)
+                .await
+                .map(|_| ())
                 .map_err(|e| unavailable(&e))
         }
     }
@@ -381,6 +466,11 @@ impl Bus for RedisBus {
         if !self.publisher.is_connected() {
             return Err(BusError::Unavailable(
                 "redis publisher is disconnected".to_owned(),
+            ));
+        }
+        if !self.health.responsive.load(Ordering::SeqCst) {
+            return Err(BusError::Unavailable(
+                "redis does not answer pings".to_owned(),
             ));
         }
         if !self.subscriber.is_connected() || !self.health.subscribed.load(Ordering::SeqCst) {

@@ -1,4 +1,5 @@
-//! Throwaway `redis-server` processes for tests that must kill Redis or need a cluster.
+//! Throwaway `redis-server` processes for tests that must kill, freeze or cluster Redis.
+//! Everything here awaits: nothing blocks the test's runtime, which also runs the nodes.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -12,12 +13,13 @@ pub fn free_port() -> u16 {
 }
 
 /// `redis-cli -p PORT args…`, stdout as text.
-pub fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
+pub async fn cli(port: u16, args: &[&str]) -> String {
+    let out = tokio::process::Command::new("redis-cli")
         .arg("-p")
         .arg(port.to_string())
         .args(args)
         .output()
+        .await
         .expect("redis-cli runs");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
@@ -30,18 +32,18 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    pub fn start() -> RedisServer {
-        RedisServer::start_with(&[])
+    pub async fn start() -> RedisServer {
+        RedisServer::start_with(&[]).await
     }
 
-    pub fn start_with(extra: &[&str]) -> RedisServer {
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
         let mut server = RedisServer {
             port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             child: None,
         };
-        server.spawn();
+        server.spawn().await;
         server
     }
 
@@ -49,7 +51,7 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn spawn(&mut self) {
+    async fn spawn(&mut self) {
         let dir: PathBuf = self.dir.path().to_owned();
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -62,9 +64,9 @@ impl RedisServer {
             .expect("redis-server is installed (make test installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while cli(self.port, &["ping"]) != "PONG" {
+        while cli(self.port, &["ping"]).await != "PONG" {
             assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -77,9 +79,21 @@ impl RedisServer {
     }
 
     /// Starts again on the same port; returns when it accepts commands.
-    pub fn restart(&mut self) -> Instant {
-        self.spawn();
+    pub async fn restart(&mut self) -> Instant {
+        self.spawn().await;
         Instant::now()
+    }
+
+    /// Sends a signal to the server: `STOP` freezes it with every connection left open, as a
+    /// hung host or a partition without RST would; `CONT` thaws it.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
     }
 }
 
