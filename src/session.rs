@@ -269,12 +269,20 @@ pub async fn run(socket: WebSocket, connect: Connect, state: AppState) {
         _ => {}
     }
     if let Some(frame) = outcome.frame() {
-        // A stalled client may never take the close frame; do not wait for it for long.
-        let _ = tokio::time::timeout(
-            CLOSE_TIMEOUT,
-            session.sink.send(Message::Close(Some(frame))),
-        )
-        .await;
+        // A stalled client may never take the close frame; do not wait for it for long. Then
+        // read (and drop) what the client still sends until its close reply: closing with
+        // unread bytes makes the kernel reset the connection, and the client would lose the
+        // close frame, and with it the reason.
+        let closing = async {
+            session.sink.send(Message::Close(Some(frame))).await.ok()?;
+            while let Some(Ok(message)) = stream.next().await {
+                if let Message::Close(_) = message {
+                    break;
+                }
+            }
+            Some(())
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
     }
     for topic in session.channels.keys() {
         session.state.hub.leave(topic, id);

@@ -1,10 +1,10 @@
 //! The accept loop and HTTP/1.1 connections, with the timeouts `axum::serve` does not have.
 //!
 //! A connection is always in one of three phases, and each phase has its own bound:
-//! - idle (just accepted, or between keep-alive requests): closed after
-//!   `server.keepalive_timeout_ms` without a byte;
-//! - reading a request head (bytes arrived, head incomplete): closed after
-//!   `server.header_timeout_ms`;
+//! - reading a request head (from the accept, or from the first byte of a later request):
+//!   closed after `server.header_timeout_ms` without a complete head;
+//! - idle between keep-alive requests: closed after `server.keepalive_timeout_ms` without a
+//!   byte;
 //! - busy (a request is being handled): its body must arrive within
 //!   `server.body_timeout_ms` (else 408); the handler's own backends are bounded by theirs.
 //!
@@ -134,7 +134,8 @@ impl Clock {
     fn new() -> Clock {
         Clock {
             base: Instant::now(),
-            phase: AtomicU8::new(IDLE),
+            // A new connection owes its first request head at once.
+            phase: AtomicU8::new(HEAD),
             since: AtomicU64::new(0),
             changed: Notify::new(),
         }
