@@ -258,12 +258,15 @@ def smoke(binary: str, name: str, docs: list[dict]) -> None:
 def check_dashboard(exposition: str) -> None:
     """Every metric the Grafana dashboard queries is registered by the binary (labelled
     families only appear in an exposition once they have a value, so the registrations in
-    src/metrics.rs are the reference), and the unlabelled ones are really exposed."""
+    src/metrics.rs are the reference, plus what the exposition shows: the standard process_*
+    metrics come from the prometheus crate's process collector), and the unlabelled ones are
+    really exposed."""
     import re
 
     dashboard = (ROOT / "deploy" / "grafana" / "pushlite.json").read_text()
     source = (ROOT / "src" / "metrics.rs").read_text()
     registered = set(re.findall(r'"((?:pushlite|process)_\w+)"', source))
+    registered |= set(re.findall(r"^((?:pushlite|process)_\w+)", exposition, re.M))
     registered |= {m + suffix for m in registered for suffix in ("_bucket", "_count", "_sum")}
     used = set(re.findall(r"\b((?:pushlite|process)_\w+)", dashboard))
     missing = sorted(used - registered)
