@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::domain::app::App;
 use crate::domain::event::{Event, Scope, check_name, is_reserved, parse_topic};
@@ -174,6 +174,14 @@ async fn guarded(
     }
 }
 
+/// Completes when `timer` does; never when there is none.
+async fn fire(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The instant a Unix timestamp (seconds) falls on.
 fn instant_at(unix_secs: i64) -> Instant {
     let left = unix_secs
@@ -212,26 +220,25 @@ pub async fn run(socket: WebSocket, connect: Connect, state: AppState) {
     // and deregister a timer, and a waiter on the watch channel every session shares, for
     // every frame sent.
     let idle_timer = sleep_until(Instant::now() + idle);
-    let expiry_timer = sleep_until(Instant::now() + idle);
+    // Boxed and only while a token is in use: most sockets never join a private topic.
+    let mut expiry_timer: Option<Pin<Box<Sleep>>> = None;
     let mut armed_expiry: Option<i64> = None;
     let killed = kill.notified();
     let shutting_down = async move {
         let _ = closing.wait_for(|closing| *closing).await;
     };
-    tokio::pin!(idle_timer, expiry_timer, killed, shutting_down);
+    tokio::pin!(idle_timer, killed, shutting_down);
     let outcome = loop {
         if session.token_expiry != armed_expiry {
             armed_expiry = session.token_expiry;
-            if let Some(exp) = armed_expiry {
-                expiry_timer.as_mut().reset(instant_at(exp));
-            }
+            expiry_timer = armed_expiry.map(|exp| Box::pin(sleep_until(instant_at(exp))));
         }
         let result = tokio::select! {
             () = &mut killed => Err(Close::SlowConsumer),
             () = &mut idle_timer => Err(Close::Idle),
             () = &mut shutting_down => Err(Close::Shutdown),
-            () = &mut expiry_timer, if armed_expiry.is_some() => {
-                guarded(session.token_expired(), killed.as_mut(), shutting_down.as_mut()).await
+            () = fire(&mut expiry_timer) => {
+                guarded(Box::pin(session.token_expired()), killed.as_mut(), shutting_down.as_mut()).await
             }
             outbound = rx.recv() => match outbound {
                 // The session holds a sender itself, so the queue never closes first.
@@ -247,7 +254,10 @@ pub async fn run(socket: WebSocket, connect: Connect, state: AppState) {
                     None => Err(Close::Gone),
                     Some(Err(e)) => Err(read_error(&e)),
                     Some(Ok(Message::Text(text))) => {
-                        guarded(session.on_text(&text), killed.as_mut(), shutting_down.as_mut()).await
+                        // Boxed: handling a client frame (a join waits on the registry and the
+                        // bus) is the largest state of this future, which every idle socket
+                        // would otherwise carry inline.
+                        guarded(Box::pin(session.on_text(&text)), killed.as_mut(), shutting_down.as_mut()).await
                     }
                     Some(Ok(Message::Binary(_))) => Err(Close::Unsupported("binary frames are not supported".to_owned())),
                     Some(Ok(Message::Close(_))) => Err(Close::Gone),

@@ -199,6 +199,54 @@ async fn http_connections_are_bounded_in_time() {
     );
 }
 
+/// D2: running out of file descriptors is counted, and once the header timeout has closed the
+/// silent connections that took them, the node serves again.
+#[tokio::test]
+async fn accept_errors_are_counted_and_the_node_recovers() {
+    let node = NodeProcess::spawn_via(
+        &["prlimit", "--nofile=64:64", "--"],
+        &[("PUSHLITE_SERVER__HEADER_TIMEOUT_MS", "500")],
+    )
+    .await;
+    // more connections than the node has descriptors; none of them sends a byte
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        held.push(
+            TcpStream::connect(node.addr)
+                .await
+                .expect("the backlog takes it"),
+        );
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(response) = http.get(node.url("/metrics")).send().await
+            && let Ok(text) = response.text().await
+        {
+            let errors = parse_metrics(&text)
+                .get("pushlite_http_accept_errors_total")
+                .copied()
+                .unwrap_or(0.0);
+            if errors > 0.0 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "{}", node.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // every held connection was closed by the node
+    for mut stream in held {
+        assert!(
+            read_to_close(&mut stream, Duration::from_secs(10))
+                .await
+                .is_some()
+        );
+    }
+}
+
 fn base64_admin() -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", ADMIN.0, ADMIN.1))

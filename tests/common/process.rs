@@ -18,10 +18,24 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts a node with the test admin credentials plus `env`, and waits for `/healthz`.
     pub async fn spawn(env: &[(&str, &str)]) -> NodeProcess {
+        NodeProcess::spawn_via(&[], env).await
+    }
+
+    /// As [`NodeProcess::spawn`], started through `wrapper` (such as `prlimit --nofile=64 --`).
+    pub async fn spawn_via(wrapper: &[&str], env: &[(&str, &str)]) -> NodeProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let log = dir.path().join("stderr.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_pushlite"))
+        let binary = env!("CARGO_BIN_EXE_pushlite");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let child = command
             .arg("serve")
             .current_dir(dir.path())
             .env_clear()
