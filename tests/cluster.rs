@@ -46,18 +46,10 @@ async fn trigger(node: &TestApp, app: &Value, payload: Value) -> reqwest::Status
 
 /// `pushlite_bus_messages_received_total` of a node.
 async fn bus_received(node: &TestApp) -> f64 {
-    let text = node
-        .http
-        .get(node.url("/metrics"))
-        .send()
+    node.metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("pushlite_bus_messages_received_total "))
-        .and_then(|v| v.parse().ok())
+        .get("pushlite_bus_messages_received_total")
+        .copied()
         .expect("the metric is exposed")
 }
 

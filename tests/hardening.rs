@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use common::phx::{self, Client, Vsn};
 use common::process::NodeProcess;
 use common::redis::{RedisServer, cli};
-use common::{ADMIN, Db, TestApp, create_app, spawn_app, spawn_app_with, trigger_form};
+use common::{
+    ADMIN, Db, TestApp, create_app, parse_metrics, spawn_app, spawn_app_with, trigger_form,
+};
 use futures_util::{SinkExt, StreamExt};
 use pushlite::token::{self, Claims};
 use serde_json::{Value, json};
@@ -62,34 +64,11 @@ async fn read_response(stream: &mut TcpStream) -> (String, String) {
     }
 }
 
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            Some((name.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-async fn metrics(app: &TestApp) -> HashMap<String, f64> {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    parse_metrics(&text)
-}
-
 /// Waits until `check` holds for the node's metrics.
 async fn metrics_until(app: &TestApp, what: &str, check: impl Fn(&HashMap<String, f64>) -> bool) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let m = metrics(app).await;
+        let m = app.metrics().await;
         if check(&m) {
             return;
         }

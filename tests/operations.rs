@@ -7,31 +7,10 @@ use std::time::{Duration, Instant};
 
 use common::phx::{self, Vsn};
 use common::process::NodeProcess;
-use common::{ADMIN, Db, create_app, fresh_postgres_database, redis_url, spawn_app_with};
+use common::{
+    ADMIN, Db, create_app, fresh_postgres_database, parse_metrics, redis_url, spawn_app_with,
+};
 use serde_json::{Value, json};
-
-/// `name{sorted labels}` → value, from the text exposition.
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    let mut series = HashMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-    {
-        let Some((key, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let key = match key.split_once('{') {
-            Some((name, labels)) => {
-                let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
-                labels.sort_unstable();
-                format!("{name}{{{}}}", labels.join(","))
-            }
-            None => key.to_owned(),
-        };
-        series.insert(key, value.parse().unwrap_or(f64::NAN));
-    }
-    series
-}
 
 async fn metrics(http: &reqwest::Client, url: &str) -> HashMap<String, f64> {
     let response = http.get(url).send().await.unwrap();

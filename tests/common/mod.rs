@@ -10,6 +10,7 @@ pub mod process;
 pub mod proxy;
 pub mod redis;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -172,4 +173,40 @@ pub async fn trigger_form(
         .send()
         .await
         .expect("trigger")
+}
+
+/// `name{sorted labels}` → value, from the text exposition.
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut series = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let key = match key.split_once('{') {
+            Some((name, labels)) => {
+                let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').collect();
+                labels.sort_unstable();
+                format!("{name}{{{}}}", labels.join(","))
+            }
+            None => key.to_owned(),
+        };
+        series.insert(key, value.parse().unwrap_or(f64::NAN));
+    }
+    series
+}
+
+impl TestApp {
+    /// The node's `/metrics`, parsed with [`parse_metrics`].
+    pub async fn metrics(&self) -> HashMap<String, f64> {
+        let response = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("scrape");
+        parse_metrics(&response.text().await.expect("exposition"))
+    }
 }
