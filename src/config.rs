@@ -74,6 +74,9 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// Seconds to wait for a pooled connection before answering 503.
     pub acquire_timeout_secs: u64,
+    /// Seconds one registry call may take in all (a frozen database keeps its connections
+    /// open and answers nothing) before it fails with 503.
+    pub query_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,6 +179,7 @@ impl Default for Config {
                 migrate_on_start: true,
                 max_connections: 10,
                 acquire_timeout_secs: 5,
+                query_timeout_secs: 10,
             },
             redis: RedisConfig {
                 url: None,
@@ -364,7 +368,7 @@ impl Config {
         const GIB: u64 = 1 << 30;
         let (s, d, r, l) = (&self.server, &self.database, &self.redis, &self.limits);
         let as_u64 = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
-        let ranges: [(&str, u64, u64, u64); 24] = [
+        let ranges: [(&str, u64, u64, u64); 25] = [
             ("server.drain_delay_ms", s.drain_delay_ms, 0, DAY_MS),
             (
                 "server.shutdown_timeout_ms",
@@ -389,6 +393,12 @@ impl Config {
             (
                 "database.acquire_timeout_secs",
                 d.acquire_timeout_secs,
+                1,
+                DAY_SECS,
+            ),
+            (
+                "database.query_timeout_secs",
+                d.query_timeout_secs,
                 1,
                 DAY_SECS,
             ),
@@ -517,14 +527,17 @@ fn is_string_key(name: &str) -> bool {
     STRING_KEYS.iter().any(|k| k.eq_ignore_ascii_case(&key))
 }
 
-/// Merges environment variable `var`, when set, as the string value of `key`.
+/// Merges environment variable `var` (its name matched without regard to case, as figment
+/// matches the others), when set, as the string value of `key`.
 fn merge_raw(figment: Figment, var: &str, key: &str) -> Result<Figment, ConfigError> {
-    match std::env::var(var) {
+    let Some((_, value)) = std::env::vars_os()
+        .find(|(name, _)| name.to_str().is_some_and(|n| n.eq_ignore_ascii_case(var)))
+    else {
+        return Ok(figment);
+    };
+    match value.into_string() {
         Ok(value) => Ok(figment.merge(Serialized::default(key, value))),
-        Err(std::env::VarError::NotPresent) => Ok(figment),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            Err(ConfigError::key(key, format!("{var} is not valid UTF-8")))
-        }
+        Err(_) => Err(ConfigError::key(key, format!("{var} is not valid UTF-8"))),
     }
 }
 

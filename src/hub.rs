@@ -270,7 +270,12 @@ pub async fn run_subscriptions(hub: Arc<Hub>, bus: Arc<dyn Bus>, ops: Subscripti
             }
         }
         let result = if subscribe.is_empty() {
-            Ok(())
+            // Already subscribed: a join is still acknowledged only while the bus answers, or
+            // a node cut off from Redis would accept joins for events it cannot receive.
+            match bus.ready() {
+                Err(e @ BusError::Unavailable(_)) => Err(e),
+                _ => Ok(()),
+            }
         } else {
             bus.subscribe(&subscribe).await
         };

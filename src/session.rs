@@ -1,13 +1,14 @@
 //! One WebSocket connection speaking Phoenix Channels: its joined channels, its outbound queue
 //! and its timers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code};
+use chrono::{DateTime, Utc};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
@@ -35,6 +36,10 @@ struct Channel {
     join_ref: Option<String>,
     scope: Scope,
     publish: Publish,
+    /// The `updated_at` of the app row the channel's rights were last checked against: a
+    /// recheck with an older row (reloads of back-to-back changes can finish out of order) is
+    /// ignored.
+    checked: DateTime<Utc>,
 }
 
 /// Whether a channel may push client events, and if not, why.
@@ -99,6 +104,9 @@ struct Session {
     channels: HashMap<String, Channel>,
     /// Joined topics per app slug, for the per-app connection metrics.
     apps: HashMap<String, usize>,
+    /// Topics this connection is registered for in the hub, joined or still joining: all of
+    /// them are left when the connection ends, whatever step of a join it ended in.
+    in_hub: HashSet<String>,
     subscriber: Subscriber,
     sink: SplitSink<WebSocket, Message>,
     /// How long one write (or one batch of queued frames) may block.
@@ -210,6 +218,7 @@ pub async fn run(socket: WebSocket, connect: Connect, state: AppState) {
         state,
         channels: HashMap::new(),
         apps: HashMap::new(),
+        in_hub: HashSet::new(),
         sink,
         token_expiry: None,
     };
@@ -294,7 +303,7 @@ pub async fn run(socket: WebSocket, connect: Connect, state: AppState) {
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
     }
-    for topic in session.channels.keys() {
+    for topic in &session.in_hub {
         session.state.hub.leave(topic, id);
     }
     for app in session.apps.keys() {
@@ -390,7 +399,7 @@ impl Session {
     /// Drops a channel the server ends; returns the `phx_close` frame to send, if it was joined.
     fn close_channel(&mut self, topic: &str, reason: CloseReason) -> Option<String> {
         let channel = self.channels.remove(topic)?;
-        self.state.hub.leave(topic, self.id);
+        self.leave_hub(topic);
         self.topic_left(topic, reason);
         Some(phoenix::close(
             self.connect.vsn,
@@ -402,11 +411,16 @@ impl Session {
     /// Checks a joined channel against its app as it is now; closes it when the rights it
     /// was joined with no longer hold.
     fn recheck(&mut self, topic: &str, app: &App) -> Option<String> {
-        let scope = self.channels.get(topic)?.scope;
+        let channel = self.channels.get(topic)?;
+        if app.updated_at < channel.checked {
+            return None;
+        }
+        let scope = channel.scope;
         match self.rights(app, scope, topic) {
             Ok(publish) => {
                 if let Some(channel) = self.channels.get_mut(topic) {
                     channel.publish = publish;
+                    channel.checked = app.updated_at;
                 }
                 None
             }
@@ -487,33 +501,34 @@ impl Session {
             let close = phoenix::close(self.connect.vsn, old.join_ref.as_deref(), &topic);
             self.send(close).await?;
         }
-        let decision = self.authorize_join(&message).await;
+        let mut decision = self.authorize_join(&message).await;
+        // These outcomes are reached only once the registry has found the app.
+        let registered = matches!(decision, Ok(_) | Err("origin not allowed" | "unauthorized"));
+        if decision.is_ok() && rejoin.is_none() {
+            self.in_hub.insert(topic.clone());
+            let subscribed = self
+                .state
+                .hub
+                .join(&topic, self.id, self.subscriber.clone())
+                .await;
+            if let Err(e) = subscribed {
+                // The hub has already removed the subscriber again.
+                self.in_hub.remove(&topic);
+                tracing::warn!(error = %e, %topic, "join failed: bus unavailable");
+                decision = Err("unavailable");
+            }
+        }
         let (slug, scope) =
             parse_topic(&topic).map_or(("none", "none"), |(scope, slug)| (slug, scope.as_str()));
         let result = match &decision {
             Ok(_) => "ok",
             Err(reason) => join_result_label(reason),
         };
-        // These results are reached only once the registry has found the app.
-        let registered = matches!(result, "ok" | "origin" | "unauthorized");
         self.state
             .metrics
             .join(registered.then_some(slug), scope, result);
         match decision {
-            Ok((scope, publish)) => {
-                let subscribed = if rejoin.is_some() {
-                    Ok(())
-                } else {
-                    self.state
-                        .hub
-                        .join(&topic, self.id, self.subscriber.clone())
-                        .await
-                };
-                if let Err(e) = subscribed {
-                    tracing::warn!(error = %e, %topic, "join failed: bus unavailable");
-                    let reply = self.error(&message, join_ref.as_deref(), "unavailable");
-                    return self.send(reply).await;
-                }
+            Ok((scope, publish, checked)) => {
                 if rejoin.is_none() {
                     self.topic_joined(&topic);
                 }
@@ -523,6 +538,7 @@ impl Session {
                         join_ref: join_ref.clone(),
                         scope,
                         publish,
+                        checked,
                     },
                 );
                 let reply = self.reply(&message, join_ref.as_deref(), Status::Ok, &json!({}));
@@ -530,7 +546,7 @@ impl Session {
             }
             Err(reason) => {
                 if rejoin.is_some() {
-                    self.state.hub.leave(&topic, self.id);
+                    self.leave_hub(&topic);
                     self.topic_left(&topic, CloseReason::Left);
                 }
                 // Phoenix answers an unrouted topic without a join_ref.
@@ -543,6 +559,11 @@ impl Session {
                 self.send(reply).await
             }
         }
+    }
+
+    fn leave_hub(&mut self, topic: &str) {
+        self.state.hub.leave(topic, self.id);
+        self.in_hub.remove(topic);
     }
 
     fn topic_joined(&mut self, topic: &str) {
@@ -568,11 +589,12 @@ impl Session {
         }
     }
 
-    /// Decides a join; the topic's scope and publishing right, or the refusal reason.
+    /// Decides a join: the topic's scope, its publishing right and the `updated_at` of the app
+    /// row it was decided on; or the refusal reason.
     async fn authorize_join(
         &mut self,
         message: &Inbound,
-    ) -> Result<(Scope, Publish), &'static str> {
+    ) -> Result<(Scope, Publish, DateTime<Utc>), &'static str> {
         let Some((scope, slug)) = parse_topic(&message.topic) else {
             return Err("unmatched topic");
         };
@@ -588,7 +610,7 @@ impl Session {
             }
         };
         let publish = self.rights(&app, scope, &message.topic)?;
-        Ok((scope, publish))
+        Ok((scope, publish, app.updated_at))
     }
 
     /// What this socket may do on `topic` of `app` now: at a join, and again whenever the app
@@ -634,7 +656,7 @@ impl Session {
         }
         let join_ref = channel.join_ref.clone();
         self.channels.remove(topic);
-        self.state.hub.leave(topic, self.id);
+        self.leave_hub(topic);
         self.topic_left(topic, CloseReason::Left);
         let reply = self.reply(message, join_ref.as_deref(), Status::Ok, &json!({}));
         self.send(reply).await?;

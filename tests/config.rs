@@ -190,6 +190,9 @@ fn numeric_looking_secrets_are_strings() {
         ],
     );
     assert_eq!(c["admin"]["username"].as_str(), Some("0043"));
+    // names match without regard to case, as for every other key
+    let c = config(dir.path(), &[("pushlite_admin__username", "0044")]);
+    assert_eq!(c["admin"]["username"].as_str(), Some("0044"));
     // a number where TOML must hold a string is refused without echoing it
     let file = dir.path().join("numeric.toml");
     std::fs::write(&file, "[admin]\npassword = 9876543210\n").unwrap();

@@ -366,7 +366,8 @@ async fn a_blocked_write_does_not_hold_shutdown() {
 }
 
 /// D5: with Redis frozen (SIGSTOP keeps every TCP connection open), a join of a new topic is
-/// refused rather than acknowledged, and readiness turns 503; both recover after SIGCONT.
+/// refused rather than acknowledged, readiness turns 503, and then joins of topics the node
+/// already subscribes are refused too; all of it recovers after SIGCONT.
 #[tokio::test]
 async fn a_frozen_redis_is_noticed() {
     let redis = RedisServer::start().await;
@@ -377,6 +378,8 @@ async fn a_frozen_redis_is_noticed() {
     })
     .await;
     create_app(&app, json!({"name": "cold-app"})).await;
+    create_app(&app, json!({"name": "warm-app"})).await;
+    let _warm = joined(&app, "public:warm-app", "", None).await;
     let ready = |app: &TestApp| {
         let request = app.http.get(app.url("/readyz"));
         async move { request.send().await.unwrap().status().as_u16() }
@@ -394,14 +397,21 @@ async fn a_frozen_redis_is_noticed() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let (_, reply) = client.join("public:warm-app").await;
+    assert_eq!(
+        reply.payload["response"]["reason"], "unavailable",
+        "a subscribed topic is no excuse"
+    );
     redis.signal("CONT");
     let deadline = Instant::now() + Duration::from_secs(10);
     while ready(&app).await != 200 {
         assert!(Instant::now() < deadline, "readiness did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (_, reply) = client.join("public:cold-app").await;
-    assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    for topic in ["public:cold-app", "public:warm-app"] {
+        let (_, reply) = client.join(topic).await;
+        assert_eq!(reply.payload["status"], "ok", "{reply:?}");
+    }
 }
 
 /// D6: a slug holding a NUL byte (or anything no app could have) is a 404 or a refused join,

@@ -94,3 +94,36 @@ async fn cached_apps_survive_a_database_outage() {
     let ready = node.http.get(node.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+/// A frozen database (connections open, nothing answered) fails registry calls after
+/// `database.query_timeout_secs` instead of holding requests and joins until TCP gives up.
+#[tokio::test]
+async fn a_frozen_database_is_answered_503_in_bounded_time() {
+    let database = fresh_postgres_database().await;
+    let (target, prefix, path) = split(&database).await;
+    let proxy = Proxy::start(target).await;
+    let mut config = test_config(format!("{prefix}127.0.0.1:{}{path}", proxy.port));
+    config.database.acquire_timeout_secs = 1;
+    config.database.query_timeout_secs = 1;
+    let node = spawn_config(config, None).await;
+    create_app(&node, json!({"name": "frozen-db-app"})).await;
+
+    proxy.freeze();
+    let started = std::time::Instant::now();
+    let admin = node
+        .admin(reqwest::Method::GET, "/api/admin/apps")
+        .send()
+        .await
+        .expect("answered before the client's 10 s timeout");
+    assert_eq!(admin.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // an app the node has not cached cannot be joined, and the join is answered
+    let mut client = phx::connect(node.addr, Vsn::V2, "", None).await;
+    let (_, reply) = client.join("public:frozen-db-app").await;
+    assert_eq!(reply.payload["response"]["reason"], "unavailable");
+    proxy.cut();
+}

@@ -15,6 +15,7 @@ fn db_config(url: &str) -> DatabaseConfig {
         migrate_on_start: true,
         max_connections: 4,
         acquire_timeout_secs: 2,
+        query_timeout_secs: 5,
     }
 }
 

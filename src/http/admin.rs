@@ -85,12 +85,16 @@ pub async fn update(
     let body = body.map_err(|r| ApiError::from_body(&r, limit))?;
     let params = AppParams::from_map(body::app_object(&headers, &body)?);
     let changes = params.into_changes().map_err(ApiError::Validation)?;
-    let app = state
-        .registry
-        .update(&slug, &changes)
-        .await?
-        .ok_or(ApiError::NotFound("no app with this slug"))?;
-    state.app_changed(&slug, Some(&app)).await;
+    let app = to_completion(async move {
+        let app = state
+            .registry
+            .update(&slug, &changes)
+            .await?
+            .ok_or(ApiError::NotFound("no app with this slug"))?;
+        state.app_changed(&slug, Some(&app)).await;
+        Ok(app)
+    })
+    .await?;
     tracing::info!(slug = %app.slug, "app updated");
     Ok(data(&app))
 }
@@ -99,12 +103,16 @@ pub async fn rotate_secret(
     State(state): State<AppState>,
     Slug(slug): Slug,
 ) -> Result<impl IntoResponse, ApiError> {
-    let app = state
-        .registry
-        .rotate_secret(&slug, &random_credential())
-        .await?
-        .ok_or(ApiError::NotFound("no app with this slug"))?;
-    state.app_changed(&slug, Some(&app)).await;
+    let app = to_completion(async move {
+        let app = state
+            .registry
+            .rotate_secret(&slug, &random_credential())
+            .await?
+            .ok_or(ApiError::NotFound("no app with this slug"))?;
+        state.app_changed(&slug, Some(&app)).await;
+        Ok(app)
+    })
+    .await?;
     tracing::info!(slug = %app.slug, "app secret rotated");
     Ok(data(&app))
 }
@@ -113,11 +121,25 @@ pub async fn delete(
     State(state): State<AppState>,
     Slug(slug): Slug,
 ) -> Result<StatusCode, ApiError> {
-    if state.registry.delete(&slug).await? {
-        state.app_changed(&slug, None).await;
-        tracing::info!(%slug, "app deleted");
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("no app with this slug"))
-    }
+    to_completion(async move {
+        if state.registry.delete(&slug).await? {
+            state.app_changed(&slug, None).await;
+            tracing::info!(%slug, "app deleted");
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(ApiError::NotFound("no app with this slug"))
+        }
+    })
+    .await
+}
+
+/// Runs a write and its invalidation and announcement on their own task: hyper drops a
+/// handler whose client disconnects, and a write that committed without its invalidation
+/// would leave every node serving the old row (a rotated-away secret) until the cache TTL.
+async fn to_completion<T: Send + 'static>(
+    write: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(write)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::Unavailable(format!("write task failed: {e}"))))
 }

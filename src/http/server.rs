@@ -248,8 +248,8 @@ async fn connection(
         let app = app.clone();
         async move {
             let response = app.oneshot(request).await;
-            clock.set(IDLE);
-            response
+            // Busy until the response body has been sent, not merely produced.
+            response.map(|response| response.map(|body| TrackedBody { inner: body, clock }))
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -275,6 +275,8 @@ async fn connection(
             }
             _ = stop.wait_for(|stop| *stop), if !stopping => {
                 stopping = true;
+                // Nothing is owed to a connection between requests or still sending its
+                // head; a busy one gets its response, then hyper closes it.
                 if clock.phase() != BUSY {
                     return;
                 }
@@ -289,6 +291,40 @@ async fn sleep_until_some(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         // Busy: the phase change at the end of the request wakes the watchdog.
         None => std::future::pending().await,
+    }
+}
+
+/// A response body that ends the connection's busy phase when it has been sent in full (or
+/// dropped unsent).
+struct TrackedBody {
+    inner: Body,
+    clock: Arc<Clock>,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // hyper drops the body once it has written its last frame.
+        self.clock.set(IDLE);
     }
 }
 

@@ -14,6 +14,7 @@ macro_rules! columns {
 mod cached;
 mod postgres;
 mod sqlite;
+mod timed;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use crate::domain::app::{App, AppChanges, NewApp};
 pub use cached::{AppCache, CachedRegistry};
 pub use postgres::PgRegistry;
 pub use sqlite::SqliteRegistry;
+pub use timed::TimedRegistry;
 
 /// Errors of the registry layer. Mapped once to HTTP statuses in `http::error`.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,9 @@ pub enum RegistryError {
     /// A stored row that cannot be represented (for example, broken JSON).
     #[error("corrupt row in apps: {0}")]
     Corrupt(String),
+    /// The database did not answer within `database.query_timeout_secs`.
+    #[error("database did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// The persistent store of apps.
@@ -70,21 +75,24 @@ pub trait AppRegistry: Send + Sync + 'static {
     async fn delete(&self, slug: &str) -> Result<bool, RegistryError>;
 }
 
-/// Opens the registry named by `config.url`.
+/// Opens the registry named by `config.url`, every call bounded by
+/// `database.query_timeout_secs`.
 ///
 /// # Errors
 /// The database cannot be reached, or the URL names no supported backend.
 pub async fn connect(config: &DatabaseConfig) -> Result<Arc<dyn AppRegistry>, RegistryError> {
     let acquire_timeout = Duration::from_secs(config.acquire_timeout_secs);
-    if config.url.starts_with("sqlite:") {
-        let registry =
-            SqliteRegistry::connect(&config.url, config.max_connections, acquire_timeout).await?;
-        Ok(Arc::new(registry))
+    let backend: Arc<dyn AppRegistry> = if config.url.starts_with("sqlite:") {
+        Arc::new(
+            SqliteRegistry::connect(&config.url, config.max_connections, acquire_timeout).await?,
+        )
     } else {
-        let registry =
-            PgRegistry::connect(&config.url, config.max_connections, acquire_timeout).await?;
-        Ok(Arc::new(registry))
-    }
+        Arc::new(PgRegistry::connect(&config.url, config.max_connections, acquire_timeout).await?)
+    };
+    Ok(Arc::new(TimedRegistry::new(
+        backend,
+        Duration::from_secs(config.query_timeout_secs),
+    )))
 }
 
 /// Maps a unique-index violation to the field the client can fix.
