@@ -295,20 +295,7 @@ async fn redis_restart_loses_no_accepted_trigger() {
     stop.notify_one();
     producer.await.unwrap();
 
-    let reconnects = nodes[0]
-        .http
-        .get(nodes[0].url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let reconnects: f64 = reconnects
-        .lines()
-        .find_map(|l| l.strip_prefix("pushlite_bus_reconnects_total "))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let reconnects = nodes[0].metrics().await["pushlite_bus_reconnects_total"];
     assert!(reconnects >= 1.0, "reconnects are counted");
     let refused = refused.lock().unwrap().clone();
     assert!(

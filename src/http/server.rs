@@ -150,10 +150,13 @@ impl Clock {
 
     /// Bytes arrived: an idle connection is now reading a request head.
     fn bytes_read(&self) {
-        if self
-            .phase
-            .compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        // A plain load first: most reads (request bodies, WebSocket frames after an upgrade)
+        // change nothing, and should not pay for a read-modify-write.
+        if self.phase.load(Ordering::Acquire) == IDLE
+            && self
+                .phase
+                .compare_exchange(IDLE, HEAD, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
         {
             let elapsed = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
             self.since.store(elapsed, Ordering::Release);

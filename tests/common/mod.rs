@@ -199,14 +199,19 @@ pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
 }
 
 impl TestApp {
-    /// The node's `/metrics`, parsed with [`parse_metrics`].
-    pub async fn metrics(&self) -> HashMap<String, f64> {
+    /// The node's `/metrics` exposition, as text.
+    pub async fn metrics_text(&self) -> String {
         let response = self
             .http
             .get(self.url("/metrics"))
             .send()
             .await
             .expect("scrape");
-        parse_metrics(&response.text().await.expect("exposition"))
+        response.text().await.expect("exposition")
+    }
+
+    /// The node's `/metrics`, parsed with [`parse_metrics`].
+    pub async fn metrics(&self) -> HashMap<String, f64> {
+        parse_metrics(&self.metrics_text().await)
     }
 }
