@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use pushlite::bus::{Bus, LocalBus};
 use pushlite::control::NodeSink;
-use pushlite::domain::event::Event;
+use pushlite::domain::event::{Data, Event};
 use pushlite::hub::{Hub, Subscriber, run_subscriptions};
 use pushlite::metrics::Metrics;
+use pushlite::protocol::Wire;
 use pushlite::protocol::phoenix::{Vsn, encode_raw};
 use pushlite::registry::{AppCache, SqliteRegistry};
 use serde_json::value::RawValue;
@@ -45,7 +46,7 @@ fn dispatch(c: &mut Criterion) {
     const SUBSCRIBERS: usize = 10_000;
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let metrics = Metrics::new(100);
-    let (hub, ops) = Hub::new(metrics.clone());
+    let (hub, ops) = Hub::new(metrics.clone(), 1);
     // The sink reloads apps on control messages only; dispatch never touches it.
     let registry = runtime
         .block_on(SqliteRegistry::connect(
@@ -65,9 +66,13 @@ fn dispatch(c: &mut Criterion) {
     runtime.block_on(async {
         for conn in 0..SUBSCRIBERS {
             let (tx, rx) = mpsc::channel(16);
-            let vsn = if conn % 2 == 0 { Vsn::V2 } else { Vsn::V1 };
+            let wire = match conn % 3 {
+                0 => Wire::Phoenix(Vsn::V2),
+                1 => Wire::Phoenix(Vsn::V1),
+                _ => Wire::Pusher,
+            };
             let subscriber = Subscriber {
-                vsn,
+                wire,
                 tx,
                 kill: Arc::new(Notify::new()),
             };
@@ -80,10 +85,11 @@ fn dispatch(c: &mut Criterion) {
     let event = Event {
         topic: "public:foo-app".into(),
         event: "foo-topic:msg".into(),
-        payload: payload(),
+        data: Data::Object(payload()),
+        exclude: None,
     };
     c.bench_function(
-        "hub dispatch to 10,000 subscribers (half v1, half v2)",
+        "hub dispatch to 10,000 subscribers (a third each of Phoenix v1, v2 and Pusher)",
         |b| {
             b.iter_custom(|iterations| {
                 let mut total = Duration::ZERO;

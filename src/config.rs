@@ -32,6 +32,7 @@ pub struct Config {
     pub stats: StatsConfig,
     pub admin: AdminConfig,
     pub limits: LimitsConfig,
+    pub pusher: PusherConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -146,6 +147,23 @@ pub struct LimitsConfig {
     pub client_events_per_sec: u32,
 }
 
+/// The Pusher protocol 7 endpoint (`/app/:key`) and HTTP API (`/apps/:app_id/...`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PusherConfig {
+    /// Announced in `pusher:connection_established`: after this many seconds without a frame
+    /// from the client, the server sends `pusher:ping`.
+    pub activity_timeout_secs: u64,
+    /// How long the server waits for any frame after its `pusher:ping` before closing (4201).
+    pub pong_timeout_secs: u64,
+    /// Events in one `POST /apps/:app_id/batch_events`.
+    pub max_batch_events: usize,
+    /// Channels in one `POST /apps/:app_id/events`.
+    pub max_trigger_channels: usize,
+    /// How far `auth_timestamp` may be from the server's clock, in seconds.
+    pub timestamp_skew_secs: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -209,6 +227,13 @@ impl Default for Config {
                 idle_timeout_secs: 60,
                 write_timeout_secs: 10,
                 client_events_per_sec: 10,
+            },
+            pusher: PusherConfig {
+                activity_timeout_secs: 120,
+                pong_timeout_secs: 30,
+                max_batch_events: 10,
+                max_trigger_channels: 100,
+                timestamp_skew_secs: 600,
             },
             metrics: MetricsConfig {
                 listen: None,
@@ -368,7 +393,8 @@ impl Config {
         const GIB: u64 = 1 << 30;
         let (s, d, r, l) = (&self.server, &self.database, &self.redis, &self.limits);
         let as_u64 = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
-        let ranges: [(&str, u64, u64, u64); 25] = [
+        let p = &self.pusher;
+        let ranges: [(&str, u64, u64, u64); 30] = [
             ("server.drain_delay_ms", s.drain_delay_ms, 0, DAY_MS),
             (
                 "server.shutdown_timeout_ms",
@@ -457,6 +483,31 @@ impl Config {
                 u64::from(l.client_events_per_sec),
                 1,
                 1_000_000,
+            ),
+            (
+                "pusher.activity_timeout_secs",
+                p.activity_timeout_secs,
+                1,
+                DAY_SECS,
+            ),
+            ("pusher.pong_timeout_secs", p.pong_timeout_secs, 1, DAY_SECS),
+            (
+                "pusher.max_batch_events",
+                as_u64(p.max_batch_events),
+                1,
+                10_000,
+            ),
+            (
+                "pusher.max_trigger_channels",
+                as_u64(p.max_trigger_channels),
+                1,
+                10_000,
+            ),
+            (
+                "pusher.timestamp_skew_secs",
+                p.timestamp_skew_secs,
+                1,
+                DAY_SECS,
             ),
             (
                 "metrics.max_app_labels",

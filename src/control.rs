@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use crate::bus::{BusSink, Control};
-use crate::domain::event::{Event, Scope, topic_for};
+use crate::domain::event::Event;
+use crate::domain::topic::USER_CHANNEL_PREFIX;
 use crate::hub::Hub;
 use crate::registry::{AppCache, AppRegistry};
 
@@ -22,16 +23,20 @@ impl BusSink for NodeSink {
 
     fn control(&self, control: Control) {
         match control {
+            Control::TerminateUser { slug, user_id } => {
+                self.hub
+                    .terminate_topic(&format!("{USER_CHANNEL_PREFIX}{user_id}:{slug}"));
+            }
             Control::AppChanged { slug, close } => {
                 self.cache.invalidate(&slug);
-                let topics = [Scope::Public, Scope::Private].map(|scope| topic_for(scope, &slug));
+                let topics = self.hub.topics_of(&slug);
                 if close {
                     for topic in &topics {
                         self.hub.close_topic(topic);
                     }
                     return;
                 }
-                if !topics.iter().any(|topic| self.hub.has_subscribers(topic)) {
+                if topics.is_empty() {
                     return;
                 }
                 // A rotated secret or narrowed origins must reach sockets that joined under

@@ -15,9 +15,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::bus::{Bus, BusError};
 use crate::domain::app::App;
-use crate::domain::event::{Event, parse_topic};
+use crate::domain::event::Event;
+use crate::domain::topic::app_of;
 use crate::metrics::Metrics;
-use crate::protocol::phoenix::{self, Vsn};
+use crate::protocol::{Wire, phoenix, pusher};
 
 /// Identifies one WebSocket connection on this node.
 pub type ConnId = u64;
@@ -32,12 +33,14 @@ pub enum Outbound {
     /// The topic's app changed (secret, origins, switches): check the channel's rights
     /// against it, and close the channel when they no longer hold.
     Recheck { topic: String, app: Arc<App> },
+    /// The app's server ended the connections of the user whose channel this is.
+    Terminate,
 }
 
 /// The hub's handle on one connection.
 #[derive(Clone)]
 pub struct Subscriber {
-    pub vsn: Vsn,
+    pub wire: Wire,
     pub tx: mpsc::Sender<Outbound>,
     /// Notified when the connection must go: its queue overflowed.
     pub kill: Arc<Notify>,
@@ -57,6 +60,9 @@ pub struct Hub {
     topics: Mutex<HashMap<String, HashMap<ConnId, Subscriber>>>,
     ops: mpsc::UnboundedSender<SubOp>,
     metrics: Metrics,
+    /// The first half of this node's Pusher socket ids (`prefix.conn`), to recognise its own
+    /// sockets in an event's `socket_id` exclusion.
+    socket_prefix: u32,
 }
 
 /// The receiving end of the hub's subscription operations; see [`run_subscriptions`].
@@ -64,12 +70,13 @@ pub struct SubscriptionOps(mpsc::UnboundedReceiver<SubOp>);
 
 impl Hub {
     #[must_use]
-    pub fn new(metrics: Metrics) -> (Arc<Hub>, SubscriptionOps) {
+    pub fn new(metrics: Metrics, socket_prefix: u32) -> (Arc<Hub>, SubscriptionOps) {
         let (ops, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
             topics: Mutex::new(HashMap::new()),
             ops,
             metrics,
+            socket_prefix,
         });
         (hub, SubscriptionOps(rx))
     }
@@ -136,6 +143,44 @@ impl Hub {
         self.topics().get(topic).map_or(0, HashMap::len)
     }
 
+    /// Local subscribers of every topic that has any, for the cluster-wide channel figures.
+    #[must_use]
+    pub fn topic_counts(&self) -> Vec<(String, usize)> {
+        self.topics()
+            .iter()
+            .map(|(topic, subscribers)| (topic.clone(), subscribers.len()))
+            .collect()
+    }
+
+    /// The topics of app `slug` that have subscribers on this node.
+    #[must_use]
+    pub fn topics_of(&self, slug: &str) -> Vec<String> {
+        self.topics()
+            .keys()
+            .filter(|topic| app_of(topic) == Some(slug))
+            .cloned()
+            .collect()
+    }
+
+    /// This node's Pusher socket id for a connection.
+    #[must_use]
+    pub fn socket_id(&self, conn: ConnId) -> String {
+        format!("{}.{conn}", self.socket_prefix)
+    }
+
+    /// The connection on this node that a socket id names, if it is one of this node's.
+    fn local_conn(&self, socket_id: &str) -> Option<ConnId> {
+        let (prefix, conn) = socket_id.split_once('.')?;
+        (prefix.parse::<u32>().ok()? == self.socket_prefix)
+            .then(|| conn.parse().ok())
+            .flatten()
+    }
+
+    /// Ends every connection subscribed to `topic` (a user's channel).
+    pub fn terminate_topic(&self, topic: &str) {
+        self.tell_all(topic, || Outbound::Terminate);
+    }
+
     /// Tells every subscriber of `topic` that its channel is closed by the server.
     pub fn close_topic(&self, topic: &str) {
         self.tell_all(topic, || Outbound::Close {
@@ -168,24 +213,15 @@ impl Hub {
         let Some(subscribers) = topics.get(&event.topic) else {
             return;
         };
-        let mut frames: [Option<Utf8Bytes>; 2] = [None, None];
+        let excluded = event.exclude.as_deref().and_then(|id| self.local_conn(id));
+        let mut frames: [Option<Utf8Bytes>; Wire::COUNT] = [None, None, None];
         let (mut delivered, mut slow, mut closed) = (0, 0, 0);
-        for subscriber in subscribers.values() {
-            let slot = match subscriber.vsn {
-                Vsn::V1 => 0,
-                Vsn::V2 => 1,
-            };
-            let frame = frames[slot]
-                .get_or_insert_with(|| {
-                    Utf8Bytes::from(phoenix::encode_raw(
-                        subscriber.vsn,
-                        None,
-                        None,
-                        &event.topic,
-                        &event.event,
-                        event.payload.get(),
-                    ))
-                })
+        for (conn, subscriber) in subscribers {
+            if excluded == Some(*conn) {
+                continue;
+            }
+            let frame = frames[subscriber.wire.index()]
+                .get_or_insert_with(|| Utf8Bytes::from(encode(subscriber.wire, event)))
                 .clone();
             match subscriber.tx.try_send(Outbound::Frame(frame)) {
                 Ok(()) => delivered += 1,
@@ -198,13 +234,34 @@ impl Hub {
             }
         }
         drop(topics);
-        let slug = parse_topic(&event.topic).map_or("none", |(_, slug)| slug);
+        let slug = app_of(&event.topic).unwrap_or("none");
         self.metrics.delivered(slug, delivered);
         if slow > 0 {
             self.metrics.dropped(slug, "slow_consumer", slow);
         }
         if closed > 0 {
             self.metrics.dropped(slug, "closed", closed);
+        }
+    }
+}
+
+/// An event as one wire format's frame.
+fn encode(wire: Wire, event: &Event) -> String {
+    match wire {
+        Wire::Phoenix(vsn) => phoenix::encode_raw(
+            vsn,
+            None,
+            None,
+            &event.topic,
+            &event.event,
+            &event.data.phoenix_payload(),
+        ),
+        Wire::Pusher => {
+            let channel = event
+                .topic
+                .split_once(':')
+                .map_or(event.topic.as_str(), |(channel, _)| channel);
+            pusher::event(channel, &event.event, &event.data.pusher_data(), None)
         }
     }
 }

@@ -57,6 +57,10 @@ pub enum CloseReason {
     /// The rights the channel was joined with lapsed: token expired, secret rotated, origin
     /// no longer allowed.
     Revoked,
+    /// The app's server ended the user's connections (Pusher `terminate_connections`).
+    Terminated,
+    /// A Pusher client did not answer the server's ping.
+    PongTimeout,
 }
 
 impl CloseReason {
@@ -73,6 +77,8 @@ impl CloseReason {
             CloseReason::Shutdown => "shutdown",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::Revoked => "revoked",
+            CloseReason::Terminated => "terminated",
+            CloseReason::PongTimeout => "pong_timeout",
         }
     }
 }
@@ -148,28 +154,28 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "pushlite_connections",
-                        "Sockets joined to at least one topic of the app.",
+                        "Sockets joined to at least one topic of the app, by protocol.",
                     ),
-                    &["app"],
+                    &["app", "protocol"],
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
             connections_opened: counter(
                 &r,
                 "pushlite_connections_opened_total",
-                "Sockets that joined their first topic of the app.",
-                &["app"],
+                "Sockets that joined their first topic of the app, by protocol.",
+                &["app", "protocol"],
             ),
             connections_closed: counter(
                 &r,
                 "pushlite_connections_closed_total",
-                "Sockets that stopped counting for the app, by reason.",
-                &["app", "reason"],
+                "Sockets that stopped counting for the app, by protocol and reason.",
+                &["app", "protocol", "reason"],
             ),
             joins: counter(
                 &r,
                 "pushlite_joins_total",
-                "phx_join requests by result.",
+                "Joins (phx_join) and subscriptions (pusher:subscribe) by channel kind and result.",
                 &["app", "scope", "result"],
             ),
             events_published: counter(
@@ -279,20 +285,24 @@ impl Metrics {
         &self.0.usage
     }
 
-    pub fn connection_opened(&self, slug: &str) {
+    /// `protocol` is [`crate::protocol::Wire::label`]: `phoenix` or `pusher`.
+    pub fn connection_opened(&self, slug: &str, protocol: &'static str) {
         self.0.usage.connection(slug, 1);
         let app = self.app(slug);
-        self.0.connections.with_label_values(&[app]).inc();
-        self.0.connections_opened.with_label_values(&[app]).inc();
+        self.0.connections.with_label_values(&[app, protocol]).inc();
+        self.0
+            .connections_opened
+            .with_label_values(&[app, protocol])
+            .inc();
     }
 
-    pub fn connection_closed(&self, slug: &str, reason: CloseReason) {
+    pub fn connection_closed(&self, slug: &str, protocol: &'static str, reason: CloseReason) {
         self.0.usage.connection(slug, -1);
         let app = self.app(slug);
-        self.0.connections.with_label_values(&[app]).dec();
+        self.0.connections.with_label_values(&[app, protocol]).dec();
         self.0
             .connections_closed
-            .with_label_values(&[app, reason.as_str()])
+            .with_label_values(&[app, protocol, reason.as_str()])
             .inc();
     }
 

@@ -12,10 +12,11 @@ use crate::bus::{Bus, BusError, LocalBus, RedisBus, RedisBusConfig};
 use crate::config::{Config, ConfigError};
 use crate::control::NodeSink;
 use crate::directory::{LocalDirectory, NodeDirectory, RedisDirectory};
+use crate::http;
 use crate::http::server::{self, Timeouts};
-use crate::http::{self, AppState, NodeInfo};
 use crate::hub::{Hub, run_subscriptions};
 use crate::metrics::Metrics;
+use crate::node::{NodeInfo, NodeState};
 use crate::registry::{self, AppCache, AppRegistry, CachedRegistry, RegistryError};
 use crate::shutdown::Shutdown;
 
@@ -41,7 +42,7 @@ pub enum StartupError {
 pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
-    state: AppState,
+    state: NodeState,
 }
 
 impl Server {
@@ -67,7 +68,8 @@ impl Server {
         let registry: Arc<dyn AppRegistry> =
             Arc::new(CachedRegistry::new(database.clone(), cache.clone()));
         let metrics = Metrics::new(config.metrics.max_app_labels);
-        let (hub, ops) = Hub::new(metrics.clone());
+        let node = Arc::new(NodeInfo::default());
+        let (hub, ops) = Hub::new(metrics.clone(), node.socket_prefix);
         let sink = Arc::new(NodeSink {
             hub: hub.clone(),
             cache,
@@ -96,7 +98,7 @@ impl Server {
             ),
             None => None,
         };
-        let state = AppState {
+        let state = NodeState {
             config: Arc::new(config),
             registry,
             database,
@@ -107,7 +109,7 @@ impl Server {
             metrics,
             shutdown: Arc::new(Shutdown::default()),
             directory,
-            node: Arc::new(NodeInfo::default()),
+            node,
         };
         spawn_heartbeat(state.clone());
         Ok(Server {
@@ -207,7 +209,7 @@ impl Server {
 }
 
 /// Stores this node's usage report on every heartbeat until shutdown, then removes it.
-fn spawn_heartbeat(state: AppState) {
+fn spawn_heartbeat(state: NodeState) {
     let every = Duration::from_millis(state.config.stats.heartbeat_ms);
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);

@@ -321,7 +321,7 @@ async fn a_client_that_never_reads_is_closed() {
         "the server never gave up on a client that does not read"
     );
     metrics_until(&app, "counted as a slow consumer", |m| {
-        m.get(r#"pushlite_connections_closed_total{app="foo-app",reason="slow_consumer"}"#)
+        m.get(r#"pushlite_connections_closed_total{app="foo-app",protocol="phoenix",reason="slow_consumer"}"#)
             == Some(&1.0)
     })
     .await;
@@ -560,7 +560,7 @@ async fn only_registered_apps_get_a_metric_label() {
     client.join("public:real-app").await;
     let text = app.metrics_text().await;
     assert!(
-        text.contains(r#"pushlite_connections{app="real-app"} 1"#),
+        text.contains(r#"pushlite_connections{app="real-app",protocol="phoenix"} 1"#),
         "{text}"
     );
     assert!(!text.contains("nope") && !text.contains("nnnn") && !text.contains('\u{0}'));
@@ -846,7 +846,7 @@ async fn websocket_protocol_violations_close_with_their_codes() {
         assert_eq!(socket.close_code().await, Some(code), "{what}");
     }
     metrics_until(&app, "violations are counted as protocol closes", |m| {
-        m.get(r#"pushlite_connections_closed_total{app="foo-app",reason="protocol"}"#) == Some(&4.0)
+        m.get(r#"pushlite_connections_closed_total{app="foo-app",protocol="phoenix",reason="protocol"}"#) == Some(&4.0)
     })
     .await;
 }

@@ -86,12 +86,13 @@ async fn metric_names_labels_and_values() {
 
     let m = metrics(&app.http, &url).await;
     let one = r#"app="metrics-one""#;
-    assert_eq!(value(&m, &format!("pushlite_connections{{{one}}}")), 1.0);
+    let conn = r#"app="metrics-one",protocol="phoenix""#;
+    assert_eq!(value(&m, &format!("pushlite_connections{{{conn}}}")), 1.0);
     assert_eq!(
-        value(&m, &format!("pushlite_connections_opened_total{{{one}}}")),
+        value(&m, &format!("pushlite_connections_opened_total{{{conn}}}")),
         1.0
     );
-    assert_eq!(value(&m, r#"pushlite_connections{app="other"}"#), 1.0);
+    assert_eq!(value(&m, r#"pushlite_connections{app="other",protocol="phoenix"}"#), 1.0);
     assert_eq!(
         value(
             &m,
@@ -155,13 +156,13 @@ async fn metric_names_labels_and_values() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let m = metrics(&app.http, &url).await;
-        if m.get(&format!("pushlite_connections{{{one}}}")) == Some(&0.0)
+        if m.get(&format!("pushlite_connections{{{conn}}}")) == Some(&0.0)
             && m.get("pushlite_bus_subscriptions") == Some(&1.0)
         {
             assert_eq!(
                 value(
                     &m,
-                    &format!(r#"pushlite_connections_closed_total{{{one},reason="client"}}"#)
+                    &format!(r#"pushlite_connections_closed_total{{{conn},reason="client"}}"#)
                 ),
                 1.0
             );

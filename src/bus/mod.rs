@@ -33,6 +33,8 @@ pub enum Control {
     /// An app was updated, rotated, deactivated or deleted: drop cached copies, and when
     /// `close` is set, close its channels.
     AppChanged { slug: String, close: bool },
+    /// The app's server ended a user's connections (Pusher `terminate_connections`).
+    TerminateUser { slug: String, user_id: String },
 }
 
 /// Where a bus hands what it receives.
@@ -43,7 +45,7 @@ pub trait BusSink: Send + Sync + 'static {
     fn control(&self, control: Control);
 }
 
-/// The fan-out seam, at the topic level (topics are `scope:app_slug`).
+/// The fan-out seam, at the topic level (topics are `channel:app_slug`).
 ///
 /// Contract, for every implementation:
 /// - `publish` returns `Ok` only once the transport has accepted the event; every node

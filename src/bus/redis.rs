@@ -2,7 +2,9 @@
 //!
 //! Every event travels on the Redis channel named exactly as its topic (`public:foo-app`), as a
 //! versioned JSON envelope `{"v":1,"event":"foo-topic:msg","payload":{...}}`, so any producer
-//! can `PUBLISH` there directly. Control messages travel on `pushlite:control`. With a
+//! can `PUBLISH` there directly. Pusher-protocol events carry `"data"` (any JSON value, as the
+//! Pusher producer sent it) instead of `"payload"`, and `"socket_id"` when the sender's own
+//! connection must not receive the event. Control messages travel on `pushlite:control`. With a
 //! `redis-cluster://` URL, sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) keeps each message on the
 //! shard that owns its channel.
 //!
@@ -27,7 +29,7 @@ use serde_json::value::RawValue;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{Bus, BusError, BusSink, Control};
-use crate::domain::event::{Event, is_reserved};
+use crate::domain::event::{Data, Event, is_reserved};
 use crate::metrics::Metrics;
 
 /// The channel every node subscribes for [`Control`] messages.
@@ -67,8 +69,36 @@ impl RedisBusConfig {
 struct EventEnvelope<'a> {
     v: u32,
     event: String,
-    #[serde(borrow)]
-    payload: &'a RawValue,
+    /// A JSON object ([`Data::Object`]).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a RawValue>,
+    /// Pusher data ([`Data::Pusher`]).
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    socket_id: Option<String>,
+}
+
+impl EventEnvelope<'_> {
+    /// The event this envelope carries on `topic`, if it is a well-formed version 1 envelope.
+    fn into_event(self, topic: &str) -> Option<Event> {
+        if self.v != ENVELOPE_VERSION {
+            return None;
+        }
+        let data = match (self.payload, self.data) {
+            (Some(payload), None) if payload.get().starts_with('{') => {
+                Data::Object(payload.to_owned())
+            }
+            (None, Some(data)) => Data::Pusher(data.to_owned()),
+            _ => return None,
+        };
+        Some(Event {
+            topic: topic.to_owned(),
+            event: self.event,
+            data,
+            exclude: self.socket_id,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -376,16 +406,13 @@ fn handle_message(sink: &dyn BusSink, channel: &str, value: RedisValue) {
         Ok(envelope) if is_reserved(&envelope.event) => {
             tracing::warn!(%channel, "dropping an envelope with a reserved (phx_) event name");
         }
-        Ok(envelope)
-            if envelope.v == ENVELOPE_VERSION && envelope.payload.get().starts_with('{') =>
-        {
-            sink.deliver(Event {
-                topic: channel.to_owned(),
-                event: envelope.event,
-                payload: envelope.payload.to_owned(),
-            });
-        }
-        _ => {
+        Ok(envelope) => match envelope.into_event(channel) {
+            Some(event) => sink.deliver(event),
+            None => {
+                tracing::warn!(%channel, "dropping a message that is not a version 1 envelope");
+            }
+        },
+        Err(_) => {
             tracing::warn!(%channel, "dropping a message that is not a version 1 envelope");
         }
     }
@@ -394,10 +421,16 @@ fn handle_message(sink: &dyn BusSink, channel: &str, value: RedisValue) {
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, event: &Event) -> Result<(), BusError> {
+        let (payload, data) = match &event.data {
+            Data::Object(payload) => (Some(&**payload), None),
+            Data::Pusher(data) => (None, Some(&**data)),
+        };
         let envelope = EventEnvelope {
             v: ENVELOPE_VERSION,
             event: event.event.clone(),
-            payload: &event.payload,
+            payload,
+            data,
+            socket_id: event.exclude.clone(),
         };
         let text =
             serde_json::to_string(&envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;

@@ -1,17 +1,68 @@
 //! The protocol-neutral event that crosses the bus, and the naming rules for topics and events.
 
+use std::borrow::Cow;
+
+use serde_json::Value;
 use serde_json::value::RawValue;
 
 /// Longest topic (the article's `topic` parameter) or event name, in bytes.
 pub const NAME_MAX_BYTES: usize = 200;
 
-/// One message for every subscriber of `topic` (`scope:app_slug`).
+/// One message for every subscriber of `topic` (see [`crate::domain::topic`]).
 #[derive(Debug, Clone)]
 pub struct Event {
     pub topic: String,
     pub event: String,
-    /// A JSON object, kept as text: it is validated once and never re-encoded.
-    pub payload: Box<RawValue>,
+    pub data: Data,
+    /// A Pusher `socket_id` that must not receive the event (the sender's own connection).
+    pub exclude: Option<String>,
+}
+
+/// An event's payload as its producer wrote it. Each protocol renders it once per event:
+/// - a Phoenix client always receives an object: an [`Data::Object`] as is; a
+///   [`Data::Pusher`] that is an object, or a string holding a JSON object, as that object;
+///   any other Pusher data wrapped as `{"data": <value>}`;
+/// - a Pusher client receives [`Data::Pusher`] byte-identical, and an [`Data::Object`] as
+///   its JSON text in a string (Pusher's usual double encoding).
+#[derive(Debug, Clone)]
+pub enum Data {
+    /// A JSON object: the seed's events API and Phoenix client events.
+    Object(Box<RawValue>),
+    /// Pusher `data`, any JSON value (a string from the server SDKs).
+    Pusher(Box<RawValue>),
+}
+
+impl Data {
+    /// The payload of a Phoenix frame: always a JSON object.
+    #[must_use]
+    pub fn phoenix_payload(&self) -> Cow<'_, str> {
+        match self {
+            Data::Object(object) => Cow::Borrowed(object.get()),
+            Data::Pusher(raw) => {
+                let text = raw.get();
+                if text.starts_with('{') {
+                    return Cow::Borrowed(text);
+                }
+                if text.starts_with('"')
+                    && let Ok(inner) = serde_json::from_str::<String>(text)
+                    && inner.trim_start().starts_with('{')
+                    && serde_json::from_str::<&RawValue>(&inner).is_ok()
+                {
+                    return Cow::Owned(inner);
+                }
+                Cow::Owned(format!("{{\"data\":{text}}}"))
+            }
+        }
+    }
+
+    /// The `data` value of a Pusher frame, as JSON text.
+    #[must_use]
+    pub fn pusher_data(&self) -> Cow<'_, str> {
+        match self {
+            Data::Object(object) => Cow::Owned(Value::String(object.get().to_owned()).to_string()),
+            Data::Pusher(raw) => Cow::Borrowed(raw.get()),
+        }
+    }
 }
 
 /// Who may join a topic without a token.
@@ -31,27 +82,14 @@ impl Scope {
         }
     }
 
+    /// The seed's topic of an app's scope: `"#{scope}:#{app_slug}"`.
     #[must_use]
-    pub fn as_str(self) -> &'static str {
+    pub fn topic(self, slug: &str) -> String {
         match self {
-            Scope::Public => "public",
-            Scope::Private => "private",
+            Scope::Public => format!("public:{slug}"),
+            Scope::Private => format!("private:{slug}"),
         }
     }
-}
-
-/// Splits `public:foo-app` into its scope and app slug; `None` for any other shape.
-#[must_use]
-pub fn parse_topic(topic: &str) -> Option<(Scope, &str)> {
-    let (scope, slug) = topic.split_once(':')?;
-    let scope = Scope::parse(scope)?;
-    (!slug.is_empty()).then_some((scope, slug))
-}
-
-/// The bus topic of an app's scope: `"#{scope}:#{app_slug}"`.
-#[must_use]
-pub fn topic_for(scope: Scope, slug: &str) -> String {
-    format!("{}:{slug}", scope.as_str())
 }
 
 /// Checks a client-supplied name: non-empty, at most [`NAME_MAX_BYTES`], no control characters.
@@ -92,15 +130,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn topics() {
+    fn payloads_cross_protocols() {
+        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
+        let object = Data::Object(raw(r#"{"a":1}"#));
+        assert_eq!(object.phoenix_payload(), r#"{"a":1}"#);
+        assert_eq!(object.pusher_data(), r#""{\"a\":1}""#);
+        let sdk = Data::Pusher(raw(r#""{\"a\": 1}""#));
+        assert_eq!(sdk.pusher_data(), r#""{\"a\": 1}""#);
+        assert_eq!(sdk.phoenix_payload(), r#"{"a": 1}"#);
+        let text = Data::Pusher(raw(r#""hello""#));
+        assert_eq!(text.phoenix_payload(), r#"{"data":"hello"}"#);
+        let broken = Data::Pusher(raw(r#""{oops""#));
+        assert_eq!(broken.phoenix_payload(), r#"{"data":"{oops"}"#);
+        let client = Data::Pusher(raw(r#"{"b":2}"#));
+        assert_eq!(client.phoenix_payload(), r#"{"b":2}"#);
+        assert_eq!(client.pusher_data(), r#"{"b":2}"#);
         assert_eq!(
-            parse_topic("public:foo-app"),
-            Some((Scope::Public, "foo-app"))
+            Data::Pusher(raw("[1]")).phoenix_payload(),
+            r#"{"data":[1]}"#
         );
-        assert_eq!(parse_topic("private:a:b"), Some((Scope::Private, "a:b")));
-        assert_eq!(parse_topic("room:lobby"), None);
-        assert_eq!(parse_topic("public:"), None);
-        assert_eq!(topic_for(Scope::Private, "x"), "private:x");
+        assert_eq!(Scope::Private.topic("x"), "private:x");
     }
 
     #[test]

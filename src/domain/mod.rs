@@ -2,3 +2,5 @@
 
 pub mod app;
 pub mod event;
+pub mod signature;
+pub mod topic;

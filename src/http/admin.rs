@@ -9,16 +9,16 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 
-use super::AppState;
 use super::auth::{basic_credentials, credentials_match};
 use super::body;
 use super::error::ApiError;
 use super::extract::Slug;
 use crate::domain::app::{App, AppParams, random_credential};
+use crate::node::NodeState;
 
 /// Middleware applied once to every admin route.
 pub async fn require_admin(
-    State(state): State<AppState>,
+    State(state): State<NodeState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -37,7 +37,7 @@ fn data(app: &App) -> Json<serde_json::Value> {
     Json(json!({ "data": app }))
 }
 
-async fn find(state: &AppState, slug: &str) -> Result<App, ApiError> {
+async fn find(state: &NodeState, slug: &str) -> Result<App, ApiError> {
     state
         .database
         .by_slug(slug)
@@ -45,13 +45,13 @@ async fn find(state: &AppState, slug: &str) -> Result<App, ApiError> {
         .ok_or(ApiError::NotFound("no app with this slug"))
 }
 
-pub async fn index(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub async fn index(State(state): State<NodeState>) -> Result<impl IntoResponse, ApiError> {
     let apps = state.database.list().await?;
     Ok(Json(json!({ "data": apps })))
 }
 
 pub async fn create(
-    State(state): State<AppState>,
+    State(state): State<NodeState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -69,14 +69,14 @@ pub async fn create(
 }
 
 pub async fn show(
-    State(state): State<AppState>,
+    State(state): State<NodeState>,
     Slug(slug): Slug,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(data(&find(&state, &slug).await?))
 }
 
 pub async fn update(
-    State(state): State<AppState>,
+    State(state): State<NodeState>,
     Slug(slug): Slug,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -100,7 +100,7 @@ pub async fn update(
 }
 
 pub async fn rotate_secret(
-    State(state): State<AppState>,
+    State(state): State<NodeState>,
     Slug(slug): Slug,
 ) -> Result<impl IntoResponse, ApiError> {
     let app = to_completion(async move {
@@ -118,7 +118,7 @@ pub async fn rotate_secret(
 }
 
 pub async fn delete(
-    State(state): State<AppState>,
+    State(state): State<NodeState>,
     Slug(slug): Slug,
 ) -> Result<StatusCode, ApiError> {
     to_completion(async move {

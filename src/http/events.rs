@@ -9,12 +9,12 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use super::AppState;
 use super::auth::{basic_credentials, credentials_match};
 use super::body;
 use super::error::ApiError;
 use super::extract::Slug;
-use crate::domain::event::{Event, Scope, check_name, event_name, is_reserved, topic_for};
+use crate::domain::event::{Data, Event, Scope, check_name, event_name, is_reserved};
+use crate::node::NodeState;
 
 /// Room for the other fields and for percent-encoding (up to three bytes per payload byte).
 #[must_use]
@@ -23,7 +23,7 @@ pub fn body_limit(payload_limit: usize) -> usize {
 }
 
 pub async fn trigger(
-    State(state): State<AppState>,
+    State(state): State<NodeState>,
     Slug(slug): Slug,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -105,8 +105,9 @@ fn parse_event(
         ));
     }
     Ok(Event {
-        topic: topic_for(scope, slug),
+        topic: scope.topic(slug),
         event: name,
-        payload,
+        data: Data::Object(payload),
+        exclude: None,
     })
 }

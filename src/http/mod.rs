@@ -6,12 +6,11 @@ mod body;
 mod error;
 mod events;
 mod extract;
+mod pusher_api;
 pub mod server;
 pub mod stats;
 mod ws;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
@@ -22,84 +21,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::bus::{Bus, BusSink, Control};
-use crate::config::Config;
-use crate::control::NodeSink;
-use crate::directory::NodeDirectory;
-use crate::domain::app::App;
-use crate::hub::{ConnId, Hub};
-use crate::metrics::Metrics;
-use crate::registry::AppRegistry;
-use crate::shutdown::Shutdown;
+use crate::node::NodeState;
 
 pub use error::ApiError;
-
-/// Shared by every handler; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    /// The cached registry, for the hot lookups (joins, triggers).
-    pub registry: Arc<dyn AppRegistry>,
-    /// The same registry without the cache: the admin API always shows the stored row.
-    pub database: Arc<dyn AppRegistry>,
-    pub bus: Arc<dyn Bus>,
-    pub hub: Arc<Hub>,
-    /// Applies control messages locally when the bus cannot announce them.
-    pub sink: Arc<NodeSink>,
-    pub conn_ids: Arc<AtomicU64>,
-    pub metrics: Metrics,
-    pub shutdown: Arc<Shutdown>,
-    pub directory: Arc<dyn NodeDirectory>,
-    pub node: Arc<NodeInfo>,
-}
-
-/// Who this node is, for the cluster directory.
-pub struct NodeInfo {
-    /// `$HOSTNAME` (the pod name on Kubernetes) plus a random suffix, unique per process.
-    pub id: String,
-    pub started_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl Default for NodeInfo {
-    fn default() -> NodeInfo {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pushlite".to_owned());
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        NodeInfo {
-            id: format!("{host}-{}", &suffix[..8]),
-            started_at: chrono::Utc::now(),
-        }
-    }
-}
-
-impl AppState {
-    #[must_use]
-    pub fn next_conn_id(&self) -> ConnId {
-        self.conn_ids.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// After an admin write, tells every node to drop its cached copy of the app, and to close
-    /// its channels when the app is gone, inactive or renamed.
-    pub async fn app_changed(&self, old_slug: &str, now: Option<&App>) {
-        let still_open = now.is_some_and(|app| app.active && app.slug == old_slug);
-        let control = Control::AppChanged {
-            slug: old_slug.to_owned(),
-            close: !still_open,
-        };
-        if let Err(e) = self.bus.publish_control(&control).await {
-            tracing::warn!(
-                error = %e,
-                slug = %old_slug,
-                "app change not announced: other nodes keep their cached copy until cache.ttl_secs"
-            );
-            self.sink.control(control);
-        }
-    }
-}
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Builds the router with every route and layer.
-pub fn router(state: AppState) -> Router {
+pub fn router(state: NodeState) -> Router {
     let admin_limit = state.config.limits.admin_body_bytes;
     let admin = Router::new()
         .route("/", get(admin::index).post(admin::create))
@@ -138,20 +67,44 @@ pub fn router(state: AppState) -> Router {
             post(events::trigger).layer(DefaultBodyLimit::max(events_limit)),
         )
         .route("/socket/websocket", get(ws::upgrade))
+        .route("/app/{key}", get(ws::upgrade_pusher))
+        .merge(pusher_routes(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .with_state(state)
 }
 
+/// The Pusher HTTP API.
+fn pusher_routes(state: &NodeState) -> Router<NodeState> {
+    let limit = pusher_api::body_limit(&state.config);
+    Router::new()
+        .route("/apps/{app_id}/events", post(pusher_api::trigger))
+        .route("/apps/{app_id}/batch_events", post(pusher_api::batch))
+        .route("/apps/{app_id}/channels", get(pusher_api::channels))
+        .route(
+            "/apps/{app_id}/channels/{channel}",
+            get(pusher_api::channel),
+        )
+        .route(
+            "/apps/{app_id}/channels/{channel}/users",
+            get(pusher_api::users),
+        )
+        .route(
+            "/apps/{app_id}/users/{user_id}/terminate_connections",
+            post(pusher_api::terminate),
+        )
+        .layer(DefaultBodyLimit::max(limit))
+}
+
 /// `/metrics` alone, for a separate metrics listener.
-pub fn metrics_router(state: AppState) -> Router {
+pub fn metrics_router(state: NodeState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+async fn metrics(axum::extract::State(state): axum::extract::State<NodeState>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -168,7 +121,7 @@ async fn healthz() -> impl IntoResponse {
 
 /// Ready to take traffic: the database answers and the bus can publish with its guarantee.
 /// Says which check failed, never why (no internals to unauthenticated callers).
-async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+async fn readyz(axum::extract::State(state): axum::extract::State<NodeState>) -> Response {
     let database = tokio::time::timeout(READY_TIMEOUT, state.registry.ping())
         .await
         .is_ok_and(|r| r.is_ok());
@@ -210,7 +163,7 @@ fn is_request_id(id: &str) -> bool {
 /// Headers are never logged, so neither are credentials; every logged field comes from a
 /// closed set or is bounded.
 async fn log_request(
-    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::State(state): axum::extract::State<NodeState>,
     request: Request,
     next: Next,
 ) -> Response {

@@ -6,23 +6,22 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::Slug;
 use crate::directory::NodeReport;
-use crate::domain::event::{Scope, topic_for};
+use crate::domain::topic::app_of;
+use crate::node::NodeState;
 
 /// This node's report, fresh.
 #[must_use]
-pub fn node_report(state: &AppState) -> NodeReport {
+pub fn node_report(state: &NodeState) -> NodeReport {
     let mut apps = state.metrics.usage().report();
-    for (slug, report) in &mut apps {
-        for scope in [Scope::Public, Scope::Private] {
-            let topic = topic_for(scope, slug);
-            let subscribers = state.hub.subscriber_count(&topic);
-            if subscribers > 0 {
-                report.topics.insert(topic, subscribers);
-            }
+    for (topic, subscribers) in state.hub.topic_counts() {
+        if let Some(slug) = app_of(&topic) {
+            apps.entry(slug.to_owned())
+                .or_default()
+                .topics
+                .insert(topic, subscribers);
         }
     }
     NodeReport {
@@ -35,7 +34,7 @@ pub fn node_report(state: &AppState) -> NodeReport {
 }
 
 /// This node's fresh report and every other live node's latest one.
-async fn cluster(state: &AppState) -> Result<Vec<NodeReport>, ApiError> {
+pub async fn cluster(state: &NodeState) -> Result<Vec<NodeReport>, ApiError> {
     let mut reports = state
         .directory
         .reports()
@@ -47,7 +46,7 @@ async fn cluster(state: &AppState) -> Result<Vec<NodeReport>, ApiError> {
     Ok(reports)
 }
 
-pub async fn nodes(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn nodes(State(state): State<NodeState>) -> Result<Json<Value>, ApiError> {
     let nodes: Vec<Value> = cluster(&state)
         .await?
         .into_iter()
@@ -60,7 +59,7 @@ pub async fn nodes(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 }
 
 pub async fn app_stats(
-    State(state): State<AppState>,
+    State(state): State<NodeState>,
     Slug(slug): Slug,
 ) -> Result<Json<Value>, ApiError> {
     state

@@ -1,18 +1,19 @@
-//! `GET /socket/websocket`: the Phoenix Channels endpoint.
+//! `GET /socket/websocket` (Phoenix Channels) and `GET /app/:key` (Pusher protocol 7).
 
 use std::collections::HashMap;
 
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::WebSocket;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 
-use super::AppState;
 use super::error::detail_response;
+use crate::node::NodeState;
 use crate::protocol::phoenix::Vsn;
-use crate::session::{self, Connect};
+use crate::session::{self, PhoenixConnect, PusherConnect};
 
 /// Per-socket buffers. tungstenite's defaults (128 KiB each) would make idle sockets expensive.
 /// The read buffer is only the initial allocation: a larger frame makes it grow (up to the
@@ -21,36 +22,57 @@ use crate::session::{self, Connect};
 const READ_BUFFER: usize = 512;
 const WRITE_BUFFER: usize = 8 * 1024;
 
+/// The checks both endpoints share; the upgrade and the query on success.
+#[allow(clippy::result_large_err)]
+fn accept(
+    state: &NodeState,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<(WebSocketUpgrade, HashMap<String, String>), Response> {
+    let ws = ws.map_err(|rejection| {
+        detail_response(
+            rejection.status(),
+            &format!("not a WebSocket upgrade: {rejection}"),
+        )
+    })?;
+    let Query(params) = query.map_err(|rejection| {
+        detail_response(
+            StatusCode::BAD_REQUEST,
+            &format!("bad query string: {rejection}"),
+        )
+    })?;
+    if state.shutdown.is_closing() {
+        return Err(detail_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is shutting down; reconnect",
+        ));
+    }
+    let frame_limit = state.config.limits.ws_frame_bytes;
+    let ws = ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(frame_limit)
+        .max_frame_size(frame_limit);
+    Ok((ws, params))
+}
+
+fn origin(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 pub async fn upgrade(
-    State(state): State<AppState>,
+    State(state): State<NodeState>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let ws = match ws {
-        Ok(ws) => ws,
-        Err(rejection) => {
-            return detail_response(
-                rejection.status(),
-                &format!("not a WebSocket upgrade: {rejection}"),
-            );
-        }
+    let (ws, params) = match accept(&state, query, ws) {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
     };
-    let params = match query {
-        Ok(Query(params)) => params,
-        Err(rejection) => {
-            return detail_response(
-                StatusCode::BAD_REQUEST,
-                &format!("bad query string: {rejection}"),
-            );
-        }
-    };
-    if state.shutdown.is_closing() {
-        return detail_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this node is shutting down; reconnect",
-        );
-    }
     let Some(vsn) = Vsn::negotiate(params.get("vsn").map(String::as_str)) else {
         return detail_response(StatusCode::FORBIDDEN, "unsupported vsn: use 1.0.0 or 2.0.0");
     };
@@ -58,14 +80,31 @@ pub async fn upgrade(
         .get("token")
         .or_else(|| params.get("guardian_token"))
         .cloned();
-    let origin = headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let frame_limit = state.config.limits.ws_frame_bytes;
-    ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(frame_limit)
-        .max_frame_size(frame_limit)
-        .on_upgrade(move |socket| session::run(socket, Connect { vsn, token, origin }, state))
+    let connect = PhoenixConnect {
+        vsn,
+        token,
+        origin: origin(&headers),
+    };
+    ws.on_upgrade(move |socket: WebSocket| session::run_phoenix(socket, connect, state))
+}
+
+/// Pusher clients learn why they were refused from the close code, so every check but the
+/// upgrade itself happens on the open socket.
+pub async fn upgrade_pusher(
+    State(state): State<NodeState>,
+    Path(key): Path<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let (ws, mut params) = match accept(&state, query, ws) {
+        Ok(accepted) => accepted,
+        Err(response) => return response,
+    };
+    let connect = PusherConnect {
+        key,
+        protocol: params.remove("protocol"),
+        origin: origin(&headers),
+    };
+    ws.on_upgrade(move |socket: WebSocket| session::run_pusher(socket, connect, state))
 }

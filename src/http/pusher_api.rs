@@ -1,0 +1,572 @@
+//! The Pusher HTTP API (`/apps/:app_id/...`), signed as Pusher signs it, on the same apps, bus
+//! and hub as everything else. `:app_id` is the app's numeric `id` or its slug.
+//!
+//! Errors are `{"error": "..."}` with the status the Pusher server SDKs expect: 400 for bad
+//! parameters, 401 for a bad signature, 403 for a disabled app, 413 for size.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use percent_encoding::percent_decode_str;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+
+use super::error::ApiError;
+use super::stats;
+use crate::bus::Control;
+use crate::domain::app::App;
+use crate::domain::event::{Data, Event, check_name, is_reserved};
+use crate::domain::signature;
+use crate::domain::topic::{ChannelKind, Topic};
+use crate::node::NodeState;
+
+/// A Pusher-shaped error.
+#[derive(Debug)]
+pub struct PusherError {
+    status: StatusCode,
+    message: String,
+}
+
+impl PusherError {
+    fn new(status: StatusCode, message: impl Into<String>) -> PusherError {
+        PusherError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> PusherError {
+        PusherError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn unauthorized(message: impl Into<String>) -> PusherError {
+        PusherError::new(StatusCode::UNAUTHORIZED, message)
+    }
+}
+
+impl From<ApiError> for PusherError {
+    fn from(error: ApiError) -> PusherError {
+        let response = error.into_response();
+        let status = response.status();
+        let message = if status.is_server_error() {
+            "service unavailable, try again later".to_owned()
+        } else {
+            status.canonical_reason().unwrap_or("error").to_owned()
+        };
+        PusherError { status, message }
+    }
+}
+
+impl IntoResponse for PusherError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+type Result<T> = std::result::Result<T, PusherError>;
+
+/// Room for the other fields of a trigger: up to `max_trigger_channels` names and a socket id.
+#[must_use]
+pub fn body_limit(state: &crate::config::Config) -> usize {
+    let events = state
+        .pusher
+        .max_batch_events
+        .max(1)
+        .saturating_mul(state.limits.event_payload_bytes.saturating_mul(2));
+    let channels = state.pusher.max_trigger_channels.saturating_mul(170);
+    events.saturating_add(channels).saturating_add(4096)
+}
+
+/// The decoded query parameters; a repeated name is refused.
+fn query_params(uri: &Uri) -> Result<Vec<(String, String)>> {
+    let mut params: Vec<(String, String)> = Vec::new();
+    for pair in uri.query().unwrap_or_default().split('&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| PusherError::bad_request("query parameters must be UTF-8"))
+        };
+        let (key, value) = (decode(key)?, decode(value)?);
+        if params.iter().any(|(k, _)| k.eq_ignore_ascii_case(&key)) {
+            return Err(PusherError::bad_request(format!(
+                "query parameter {key} is repeated"
+            )));
+        }
+        params.push((key, value));
+    }
+    Ok(params)
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// Checks a request's signature and returns its app, which `app_id` must name.
+async fn authenticate(
+    state: &NodeState,
+    method: &Method,
+    uri: &Uri,
+    app_id: &str,
+    body: &[u8],
+) -> Result<(App, Vec<(String, String)>)> {
+    let params = query_params(uri)?;
+    let required = |name: &str| {
+        param(&params, name)
+            .ok_or_else(|| PusherError::unauthorized(format!("missing {name} parameter")))
+    };
+    let key = required("auth_key")?;
+    let timestamp = required("auth_timestamp")?;
+    let given = required("auth_signature")?;
+    if required("auth_version")? != "1.0" {
+        return Err(PusherError::unauthorized("auth_version must be 1.0"));
+    }
+    if !crate::domain::app::is_valid_key(key) {
+        return Err(PusherError::unauthorized("unknown auth_key"));
+    }
+    let app = state
+        .registry
+        .by_key(key)
+        .await
+        .map_err(|e| PusherError::from(ApiError::from(e)))?
+        .ok_or_else(|| PusherError::unauthorized("unknown auth_key"))?;
+    let timestamp: i64 = timestamp
+        .parse()
+        .map_err(|_| PusherError::unauthorized("auth_timestamp must be a Unix time in seconds"))?;
+    let skew = i64::try_from(state.config.pusher.timestamp_skew_secs).unwrap_or(i64::MAX);
+    if (chrono::Utc::now().timestamp() - timestamp).abs() > skew {
+        return Err(PusherError::unauthorized(format!(
+            "auth_timestamp is more than {skew} seconds from the server's time"
+        )));
+    }
+    if !body.is_empty() {
+        let md5 = required("body_md5")?;
+        if !md5.eq_ignore_ascii_case(&signature::md5_hex(body)) {
+            return Err(PusherError::unauthorized(
+                "body_md5 does not match the body",
+            ));
+        }
+    }
+    let string = signature::request_string(method.as_str(), uri.path(), &params);
+    if !signature::verify(&app.secret, &string, given) {
+        return Err(PusherError::unauthorized("invalid signature"));
+    }
+    // Only now, to a caller holding the secret, is anything about the app revealed.
+    if app.id.to_string() != app_id && app.slug != app_id {
+        return Err(PusherError::unauthorized(
+            "auth_key does not belong to this app_id",
+        ));
+    }
+    if !app.active {
+        return Err(PusherError::new(
+            StatusCode::FORBIDDEN,
+            "application is disabled",
+        ));
+    }
+    Ok((app, params))
+}
+
+fn body_of(body: std::result::Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes> {
+    body.map_err(|r| PusherError::from(ApiError::from_body(&r, limit)))
+}
+
+fn path<T>(path: std::result::Result<Path<T>, PathRejection>) -> Result<T> {
+    path.map(|Path(t)| t)
+        .map_err(|e| PusherError::bad_request(format!("bad path: {e}")))
+}
+
+/// One event to trigger, as the SDKs send it.
+#[derive(Debug, Deserialize)]
+struct Trigger {
+    name: Option<String>,
+    data: Option<Box<RawValue>>,
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    socket_id: Option<String>,
+    info: Option<String>,
+}
+
+/// Which channel attributes a caller asked for.
+#[derive(Debug, Default, Clone, Copy)]
+struct Info {
+    user_count: bool,
+    subscription_count: bool,
+}
+
+impl Info {
+    fn parse(info: Option<&str>) -> Result<Info> {
+        let mut parsed = Info::default();
+        for attribute in info.unwrap_or_default().split(',').map(str::trim) {
+            match attribute {
+                "" => {}
+                "user_count" => parsed.user_count = true,
+                "subscription_count" => parsed.subscription_count = true,
+                other => {
+                    return Err(PusherError::bad_request(format!(
+                        "unknown info attribute {other}: use user_count or subscription_count"
+                    )));
+                }
+            }
+        }
+        Ok(parsed)
+    }
+
+    fn any(self) -> bool {
+        self.user_count || self.subscription_count
+    }
+
+    /// `user_count` is a presence attribute, as in Pusher.
+    fn check(self, topic: &Topic) -> Result<()> {
+        if self.user_count && topic.kind() != ChannelKind::Presence {
+            return Err(PusherError::bad_request(
+                "user_count is only available for presence channels",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The requested attributes of a channel with `subscriptions` subscribers.
+    fn render(self, subscriptions: usize) -> Map<String, Value> {
+        let mut map = Map::new();
+        if self.subscription_count {
+            map.insert("subscription_count".into(), json!(subscriptions));
+        }
+        if self.user_count {
+            // Presence members are not tracked yet: no presence subscription can succeed.
+            map.insert("user_count".into(), json!(0));
+        }
+        map
+    }
+}
+
+fn is_socket_id(id: &str) -> bool {
+    id.split_once('.').is_some_and(|(a, b)| {
+        [a, b]
+            .iter()
+            .all(|p| (1..=20).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// A validated trigger: its events (one per channel) and the info it asked for.
+struct Checked {
+    events: Vec<Event>,
+    info: Info,
+}
+
+fn check_trigger(state: &NodeState, app: &App, trigger: Trigger, many: bool) -> Result<Checked> {
+    let name = trigger
+        .name
+        .ok_or_else(|| PusherError::bad_request("name is required"))?;
+    check_name("name", &name).map_err(PusherError::bad_request)?;
+    if name.starts_with("pusher:") || name.starts_with("pusher_internal:") || is_reserved(&name) {
+        return Err(PusherError::bad_request(
+            "event names starting with pusher:, pusher_internal: or phx_ are reserved",
+        ));
+    }
+    let data = trigger
+        .data
+        .ok_or_else(|| PusherError::bad_request("data is required"))?;
+    let limit = state.config.limits.event_payload_bytes;
+    let size = if data.get().starts_with('"') {
+        serde_json::from_str::<String>(data.get()).map_or(data.get().len(), |s| s.len())
+    } else {
+        data.get().len()
+    };
+    if size > limit {
+        return Err(PusherError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("data content of this event exceeds the allowed maximum ({limit} bytes)"),
+        ));
+    }
+    let channels = match (trigger.channel, trigger.channels) {
+        (Some(channel), None) => vec![channel],
+        (None, Some(channels)) if many => channels,
+        (None, Some(_)) => {
+            return Err(PusherError::bad_request(
+                "use channel, not channels, in a batch",
+            ));
+        }
+        _ => {
+            return Err(PusherError::bad_request(
+                "give exactly one of channel and channels",
+            ));
+        }
+    };
+    let max = state.config.pusher.max_trigger_channels;
+    if channels.is_empty() || channels.len() > max {
+        return Err(PusherError::bad_request(format!(
+            "between 1 and {max} channels per event"
+        )));
+    }
+    if let Some(id) = &trigger.socket_id
+        && !is_socket_id(id)
+    {
+        return Err(PusherError::bad_request("socket_id must look like 123.456"));
+    }
+    let info = Info::parse(trigger.info.as_deref())?;
+    let mut events = Vec::with_capacity(channels.len());
+    for channel in &channels {
+        let topic = Topic::new(channel, &app.slug)
+            .map_err(|e| PusherError::bad_request(format!("{channel}: {e}")))?;
+        info.check(&topic)?;
+        events.push(Event {
+            topic: topic.into_string(),
+            event: name.clone(),
+            data: Data::Pusher(data.clone()),
+            exclude: trigger.socket_id.clone(),
+        });
+    }
+    Ok(Checked { events, info })
+}
+
+/// Subscribers per topic of `app`, summed over every live node.
+async fn occupancy(state: &NodeState, app: &App) -> Result<BTreeMap<String, usize>> {
+    let reports = stats::cluster(state).await.map_err(PusherError::from)?;
+    let mut topics = BTreeMap::new();
+    for report in reports.iter().filter_map(|node| node.apps.get(&app.slug)) {
+        for (topic, subscribers) in &report.topics {
+            *topics.entry(topic.clone()).or_default() += subscribers;
+        }
+    }
+    Ok(topics)
+}
+
+async fn publish(state: &NodeState, app: &App, events: &[Event]) -> Result<()> {
+    for event in events {
+        state
+            .bus
+            .publish(event)
+            .await
+            .map_err(|e| PusherError::from(ApiError::Unavailable(e.to_string())))?;
+        state.metrics.published(&app.slug, "http");
+    }
+    Ok(())
+}
+
+/// The `channels` object of a trigger response with `info`.
+async fn channel_info(state: &NodeState, app: &App, checked: &[&Checked]) -> Result<Value> {
+    let topics = occupancy(state, app).await?;
+    let mut channels = Map::new();
+    for c in checked.iter().filter(|c| c.info.any()) {
+        for event in &c.events {
+            let count = topics.get(&event.topic).copied().unwrap_or(0);
+            let channel = event.topic.split_once(':').map_or("", |(c, _)| c);
+            channels.insert(channel.to_owned(), Value::Object(c.info.render(count)));
+        }
+    }
+    Ok(Value::Object(channels))
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| PusherError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// `POST /apps/:app_id/events`.
+pub async fn trigger(
+    State(state): State<NodeState>,
+    app_id: std::result::Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
+    let app_id = path(app_id)?;
+    let body = body_of(body, body_limit(&state.config))?;
+    let (app, _) = authenticate(&state, &method, &uri, &app_id, &body).await?;
+    let checked = check_trigger(&state, &app, parse_json(&body)?, true)?;
+    publish(&state, &app, &checked.events).await?;
+    if !checked.info.any() {
+        return Ok(Json(json!({})));
+    }
+    let channels = channel_info(&state, &app, &[&checked]).await?;
+    Ok(Json(json!({ "channels": channels })))
+}
+
+#[derive(Deserialize)]
+struct Batch {
+    batch: Vec<Trigger>,
+}
+
+/// `POST /apps/:app_id/batch_events`: every event is checked before any is published.
+pub async fn batch(
+    State(state): State<NodeState>,
+    app_id: std::result::Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
+    let app_id = path(app_id)?;
+    let body = body_of(body, body_limit(&state.config))?;
+    let (app, _) = authenticate(&state, &method, &uri, &app_id, &body).await?;
+    let Batch { batch } = parse_json(&body)?;
+    let max = state.config.pusher.max_batch_events;
+    if batch.is_empty() || batch.len() > max {
+        return Err(PusherError::bad_request(format!(
+            "between 1 and {max} events per batch"
+        )));
+    }
+    let checked = batch
+        .into_iter()
+        .map(|trigger| check_trigger(&state, &app, trigger, false))
+        .collect::<Result<Vec<_>>>()?;
+    for c in &checked {
+        publish(&state, &app, &c.events).await?;
+    }
+    if !checked.iter().any(|c| c.info.any()) {
+        return Ok(Json(json!({})));
+    }
+    let topics = occupancy(&state, &app).await?;
+    let items: Vec<Value> = checked
+        .iter()
+        .map(|c| {
+            let count = c
+                .events
+                .first()
+                .and_then(|e| topics.get(&e.topic))
+                .copied()
+                .unwrap_or(0);
+            Value::Object(c.info.render(count))
+        })
+        .collect();
+    Ok(Json(json!({ "batch": items })))
+}
+
+/// `GET /apps/:app_id/channels`: the occupied channels, cluster-wide.
+pub async fn channels(
+    State(state): State<NodeState>,
+    app_id: std::result::Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+) -> Result<Json<Value>> {
+    let app_id = path(app_id)?;
+    let (app, params) = authenticate(&state, &method, &uri, &app_id, &[]).await?;
+    let prefix = param(&params, "filter_by_prefix").unwrap_or_default();
+    let info = Info::parse(param(&params, "info"))?;
+    if info.user_count && !prefix.starts_with("presence-") {
+        return Err(PusherError::bad_request(
+            "user_count needs filter_by_prefix=presence-",
+        ));
+    }
+    let mut channels = Map::new();
+    for (topic, count) in occupancy(&state, &app).await? {
+        let Some(topic) = Topic::parse(&topic) else {
+            continue;
+        };
+        if count == 0 || topic.kind() == ChannelKind::User || !topic.channel().starts_with(prefix) {
+            continue;
+        }
+        channels.insert(
+            topic.channel().to_owned(),
+            Value::Object(info.render(count)),
+        );
+    }
+    Ok(Json(json!({ "channels": channels })))
+}
+
+/// `GET /apps/:app_id/channels/:channel`.
+pub async fn channel(
+    State(state): State<NodeState>,
+    params: std::result::Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    uri: Uri,
+) -> Result<Json<Value>> {
+    let (app_id, channel) = path(params)?;
+    let (app, params) = authenticate(&state, &method, &uri, &app_id, &[]).await?;
+    let topic =
+        Topic::new(&channel, &app.slug).map_err(|e| PusherError::bad_request(e.to_string()))?;
+    let info = Info::parse(param(&params, "info"))?;
+    info.check(&topic)?;
+    let count = occupancy(&state, &app)
+        .await?
+        .get(topic.as_str())
+        .copied()
+        .unwrap_or(0);
+    let mut body = info.render(count);
+    body.insert("occupied".into(), json!(count > 0));
+    Ok(Json(Value::Object(body)))
+}
+
+/// `GET /apps/:app_id/channels/:channel/users`: presence channels only.
+pub async fn users(
+    State(state): State<NodeState>,
+    params: std::result::Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    uri: Uri,
+) -> Result<Json<Value>> {
+    let (app_id, channel) = path(params)?;
+    let (app, _) = authenticate(&state, &method, &uri, &app_id, &[]).await?;
+    let topic =
+        Topic::new(&channel, &app.slug).map_err(|e| PusherError::bad_request(e.to_string()))?;
+    if topic.kind() != ChannelKind::Presence {
+        return Err(PusherError::bad_request(
+            "users are only available for presence channels",
+        ));
+    }
+    // Presence members are not tracked yet: no presence subscription can succeed.
+    Ok(Json(json!({ "users": [] })))
+}
+
+/// `POST /apps/:app_id/users/:user_id/terminate_connections`: on every node.
+pub async fn terminate(
+    State(state): State<NodeState>,
+    params: std::result::Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
+    let (app_id, user_id) = path(params)?;
+    let body = body_of(body, body_limit(&state.config))?;
+    let (app, _) = authenticate(&state, &method, &uri, &app_id, &body).await?;
+    let channel = format!("{}{user_id}", crate::domain::topic::USER_CHANNEL_PREFIX);
+    if user_id.len() > 128 || crate::domain::topic::check_channel(&channel).is_err() {
+        return Err(PusherError::bad_request("not a user id"));
+    }
+    let control = Control::TerminateUser {
+        slug: app.slug.clone(),
+        user_id,
+    };
+    state
+        .bus
+        .publish_control(&control)
+        .await
+        .map_err(|e| PusherError::from(ApiError::Unavailable(e.to_string())))?;
+    Ok(Json(json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_ids_and_queries() {
+        assert!(is_socket_id("123.456"));
+        for bad in ["123", ".1", "1.", "a.1", "1.2.3", "1.-2"] {
+            assert!(!is_socket_id(bad), "{bad}");
+        }
+        let uri: Uri =
+            "/apps/1/channels?filter_by_prefix=presence-&info=user_count%2Csubscription_count"
+                .parse()
+                .unwrap();
+        let params = query_params(&uri).unwrap();
+        assert_eq!(
+            param(&params, "info"),
+            Some("user_count,subscription_count")
+        );
+        let uri: Uri = "/x?a=1&A=2".parse().unwrap();
+        assert!(query_params(&uri).is_err());
+        assert!(Info::parse(Some("subscription_count,bogus")).is_err());
+    }
+}

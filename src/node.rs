@@ -1,0 +1,84 @@
+//! The node's shared state: what every handler and every session of this process uses. It
+//! belongs to neither the HTTP layer nor the sessions, so neither depends on the other.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::bus::{Bus, BusSink, Control};
+use crate::config::Config;
+use crate::control::NodeSink;
+use crate::directory::NodeDirectory;
+use crate::domain::app::App;
+use crate::hub::{ConnId, Hub};
+use crate::metrics::Metrics;
+use crate::registry::AppRegistry;
+use crate::shutdown::Shutdown;
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct NodeState {
+    pub config: Arc<Config>,
+    /// The cached registry, for the hot lookups (joins, triggers).
+    pub registry: Arc<dyn AppRegistry>,
+    /// The same registry without the cache: the admin API always shows the stored row.
+    pub database: Arc<dyn AppRegistry>,
+    pub bus: Arc<dyn Bus>,
+    pub hub: Arc<Hub>,
+    /// Applies control messages locally when the bus cannot announce them.
+    pub sink: Arc<NodeSink>,
+    pub conn_ids: Arc<AtomicU64>,
+    pub metrics: Metrics,
+    pub shutdown: Arc<Shutdown>,
+    pub directory: Arc<dyn NodeDirectory>,
+    pub node: Arc<NodeInfo>,
+}
+
+/// Who this node is, for the cluster directory.
+pub struct NodeInfo {
+    /// `$HOSTNAME` (the pod name on Kubernetes) plus a random suffix, unique per process.
+    pub id: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    /// The first half of this node's Pusher socket ids (`prefix.conn`): random, so socket ids
+    /// are unique across the cluster with no coordination.
+    pub socket_prefix: u32,
+}
+
+impl Default for NodeInfo {
+    fn default() -> NodeInfo {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "pushlite".to_owned());
+        let random = uuid::Uuid::new_v4();
+        let suffix = random.simple().to_string();
+        let bytes = random.as_bytes();
+        let word = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        NodeInfo {
+            id: format!("{host}-{}", &suffix[..8]),
+            started_at: chrono::Utc::now(),
+            socket_prefix: 1 + word % 999_999_999,
+        }
+    }
+}
+
+impl NodeState {
+    #[must_use]
+    pub fn next_conn_id(&self) -> ConnId {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// After an admin write, tells every node to drop its cached copy of the app, and to close
+    /// its channels when the app is gone, inactive or renamed.
+    pub async fn app_changed(&self, old_slug: &str, now: Option<&App>) {
+        let still_open = now.is_some_and(|app| app.active && app.slug == old_slug);
+        let control = Control::AppChanged {
+            slug: old_slug.to_owned(),
+            close: !still_open,
+        };
+        if let Err(e) = self.bus.publish_control(&control).await {
+            tracing::warn!(
+                error = %e,
+                slug = %old_slug,
+                "app change not announced: other nodes keep their cached copy until cache.ttl_secs"
+            );
+            self.sink.control(control);
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! One WebSocket connection: the protocol-neutral core (outbound queue, batched writes, timers,
+//! hub membership, per-app counting, the close handshake) and one thin module per protocol
+//! that turns client frames into joins, leaves and publishes.
+
+mod phoenix;
+mod pusher;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::{Instant, Sleep, sleep_until};
+
+use crate::bus::BusError;
+use crate::domain::app::App;
+use crate::domain::event::Event;
+use crate::domain::topic::{ChannelKind, Topic, app_of};
+use crate::hub::{ConnId, Outbound, Subscriber};
+use crate::metrics::CloseReason;
+use crate::node::NodeState;
+use crate::protocol::Wire;
+
+pub use phoenix::Connect as PhoenixConnect;
+pub use pusher::Connect as PusherConnect;
+
+/// How long the server waits to hand a close frame to a client.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Frames written per flush when the queue has backed up.
+const FLUSH_BATCH: usize = 64;
+
+/// Why the server ends a connection. Each protocol maps it once to a close code.
+#[derive(Debug)]
+pub(crate) enum Close {
+    /// The client closed or the transport failed: nothing more to send.
+    Gone,
+    Idle,
+    /// A Pusher client did not answer the server's `pusher:ping`.
+    PongTimeout,
+    /// The queue overflowed, or a write blocked past the write timeout.
+    SlowConsumer,
+    TooBig,
+    Unsupported(String),
+    /// A text frame that is not UTF-8 (RFC 6455 §8.1: close with 1007).
+    BadUtf8,
+    /// A frame that breaks RFC 6455 (unmasked, RSV bits, reserved opcode).
+    Violation(String),
+    RateLimited,
+    /// The node is shutting down: the client should reconnect to another node.
+    Shutdown,
+    /// The app's server ended this user's connections.
+    Terminated,
+    /// The app changed under a connection bound to it (Pusher): reconnect and re-authorize.
+    Reconnect,
+    /// A Pusher connection refused at its start: the close code and why.
+    Refused(u16, &'static str),
+}
+
+impl Close {
+    fn reason(&self) -> CloseReason {
+        match self {
+            Close::Gone => CloseReason::Client,
+            Close::Idle => CloseReason::Idle,
+            Close::PongTimeout => CloseReason::PongTimeout,
+            Close::SlowConsumer => CloseReason::SlowConsumer,
+            Close::TooBig => CloseReason::TooBig,
+            Close::Unsupported(_) | Close::BadUtf8 | Close::Violation(_) | Close::Refused(..) => {
+                CloseReason::Protocol
+            }
+            Close::RateLimited => CloseReason::RateLimited,
+            Close::Shutdown => CloseReason::Shutdown,
+            Close::Terminated => CloseReason::Terminated,
+            Close::Reconnect => CloseReason::AppClosed,
+        }
+    }
+}
+
+/// Why a join or subscription is refused, whatever the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Not a topic (or channel) this server routes.
+    Unmatched,
+    /// No active app with this slug.
+    NotFound,
+    Origin,
+    /// No valid token or auth signature for a channel that needs one.
+    Unauthorized,
+    /// Too many channels on this connection.
+    Limit,
+    /// A kind of channel this version does not serve.
+    Unsupported,
+    /// The registry or the bus is down.
+    Unavailable,
+}
+
+impl Refusal {
+    /// The `pushlite_joins_total` result label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Unmatched => "unmatched",
+            Refusal::NotFound => "not_found",
+            Refusal::Origin => "origin",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::Limit => "limit",
+            Refusal::Unsupported => "unsupported",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+
+    /// Whether the registry had found the app (only then may the app take a metric label).
+    fn app_known(self) -> bool {
+        matches!(self, Refusal::Origin | Refusal::Unauthorized)
+    }
+}
+
+/// A token bucket for client events: `per_sec` a second, bursts of `per_sec`.
+pub(crate) struct RateLimit {
+    per_sec: f64,
+    tokens: f64,
+    refilled: Instant,
+    /// Events refused in a row; past `per_sec` of them the socket is closed.
+    strikes: u32,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32) -> RateLimit {
+        RateLimit {
+            per_sec: f64::from(per_sec),
+            tokens: f64::from(per_sec),
+            refilled: Instant::now(),
+            strikes: 0,
+        }
+    }
+
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.per_sec;
+        self.tokens = (self.tokens + earned).min(self.per_sec);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes = self.strikes.saturating_add(1);
+            false
+        }
+    }
+
+    pub fn persistent(&self) -> bool {
+        f64::from(self.strikes) > self.per_sec
+    }
+}
+
+/// What every protocol's session shares: the socket's write half, its hub registrations and its
+/// per-app counts.
+pub(crate) struct Core {
+    pub id: ConnId,
+    pub state: NodeState,
+    pub origin: Option<String>,
+    pub client_events: RateLimit,
+    subscriber: Subscriber,
+    sink: SplitSink<WebSocket, Message>,
+    /// How long one write (or one batch of queued frames) may block.
+    write_timeout: Duration,
+    /// References per app slug (joined topics; a Pusher connection also holds one for its
+    /// app while it is open), for the per-app connection metrics.
+    apps: HashMap<String, usize>,
+    /// Topics this connection is registered for in the hub, joined or still joining: all of
+    /// them are left when the connection ends, whatever step of a join it ended in.
+    in_hub: HashSet<String>,
+}
+
+impl Core {
+    pub async fn send(&mut self, text: String) -> Result<(), Close> {
+        match tokio::time::timeout(
+            self.write_timeout,
+            self.sink.send(Message::Text(text.into())),
+        )
+        .await
+        {
+            Ok(sent) => sent.map_err(|_| Close::Gone),
+            Err(_) => Err(Close::SlowConsumer),
+        }
+    }
+
+    /// Registers for a topic's events; returns once the bus delivers the topic to this node.
+    pub async fn enter(&mut self, topic: &str) -> Result<(), BusError> {
+        self.in_hub.insert(topic.to_owned());
+        let entered = self
+            .state
+            .hub
+            .join(topic, self.id, self.subscriber.clone())
+            .await;
+        if entered.is_err() {
+            // The hub has already removed the subscriber again.
+            self.in_hub.remove(topic);
+        }
+        entered
+    }
+
+    pub fn exit(&mut self, topic: &str) {
+        self.state.hub.leave(topic, self.id);
+        self.in_hub.remove(topic);
+    }
+
+    /// Counts one more reference of this connection to `slug`.
+    pub fn hold_app(&mut self, slug: &str) {
+        let count = self.apps.entry(slug.to_owned()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.state
+                .metrics
+                .connection_opened(slug, self.subscriber.wire.label());
+        }
+    }
+
+    pub fn release_app(&mut self, slug: &str, reason: CloseReason) {
+        if let Some(count) = self.apps.get_mut(slug) {
+            *count -= 1;
+            if *count == 0 {
+                self.apps.remove(slug);
+                self.state
+                    .metrics
+                    .connection_closed(slug, self.subscriber.wire.label(), reason);
+            }
+        }
+    }
+
+    /// Counts a join or subscription. A topic no app routes counts under kind `none`.
+    pub fn count_join(&self, topic: Option<&Topic>, result: Result<(), Refusal>) {
+        let topic = topic.filter(|_| result != Err(Refusal::Unmatched));
+        let (app, kind) = topic.map_or((None, "none"), |t| (Some(t.app()), t.kind().label()));
+        let (registered, label) = match result {
+            Ok(()) => (true, "ok"),
+            Err(refusal) => (refusal.app_known(), refusal.label()),
+        };
+        self.state
+            .metrics
+            .join(app.filter(|_| registered), kind, label);
+    }
+
+    /// Looks up the active app of a topic.
+    pub async fn active_app(&self, slug: &str) -> Result<App, Refusal> {
+        match self.state.registry.by_slug(slug).await {
+            Ok(Some(app)) if app.active => Ok(app),
+            Ok(_) => Err(Refusal::NotFound),
+            Err(e) => {
+                tracing::warn!(error = %e, "join failed: registry unavailable");
+                Err(Refusal::Unavailable)
+            }
+        }
+    }
+
+    /// Publishes a client event and counts it.
+    pub async fn publish_client_event(&self, event: &Event) -> Result<(), BusError> {
+        self.state.bus.publish(event).await?;
+        if let Some(slug) = app_of(&event.topic) {
+            self.state.metrics.published(slug, "client");
+        }
+        Ok(())
+    }
+}
+
+/// A server-side change to one of the connection's topics, for its protocol to act on.
+pub(crate) enum Notice {
+    /// The topic's app was deactivated, renamed or deleted.
+    Closed(String),
+    /// The topic's app changed: check the channel's rights against it.
+    Recheck(String, Arc<App>),
+}
+
+/// What a protocol adds to the core.
+pub(crate) trait Protocol: Send {
+    /// Runs once the socket is open: the greeting, or a refusal.
+    fn start(&mut self, core: &mut Core) -> impl Future<Output = Result<(), Close>> + Send;
+    fn on_text(
+        &mut self,
+        core: &mut Core,
+        text: &str,
+    ) -> impl Future<Output = Result<(), Close>> + Send;
+    /// A change the hub announced; returns the frame to send, if any.
+    fn on_notice(&mut self, core: &mut Core, notice: Notice) -> Result<Option<String>, Close>;
+    /// The client sent nothing for the idle period: end, or send a frame and wait this long.
+    fn on_idle(&mut self) -> Result<(String, Duration), Close>;
+    /// The client sent a frame.
+    fn on_activity(&mut self) {}
+    /// How long the client may stay silent before `on_idle`.
+    fn idle_after(&self) -> Duration;
+    /// A protocol timer (a token's expiry), if one is armed.
+    fn deadline(&self) -> Option<i64> {
+        None
+    }
+    fn on_deadline(&mut self, _core: &mut Core) -> impl Future<Output = Result<(), Close>> + Send {
+        async { Ok(()) }
+    }
+    /// What to send before closing: a last frame and the close frame.
+    fn farewell(&self, close: &Close) -> (Option<String>, Option<CloseFrame>);
+}
+
+/// Runs `work` unless the connection must end first: its queue overflowed (`killed`) or the
+/// node is closing sockets. Whatever `work` is blocked on (a write to a client that does not
+/// read, a registry lookup) never holds the socket open past either.
+async fn guarded(
+    work: impl Future<Output = Result<(), Close>>,
+    killed: Pin<&mut impl Future<Output = ()>>,
+    shutting_down: Pin<&mut impl Future<Output = ()>>,
+) -> Result<(), Close> {
+    tokio::select! {
+        done = work => done,
+        () = killed => Err(Close::SlowConsumer),
+        () = shutting_down => Err(Close::Shutdown),
+    }
+}
+
+/// Completes when `timer` does; never when there is none.
+async fn fire(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The instant a Unix timestamp (seconds) falls on.
+fn instant_at(unix_secs: i64) -> Instant {
+    let left = unix_secs
+        .saturating_sub(chrono::Utc::now().timestamp())
+        .max(0);
+    Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
+}
+
+fn read_error(error: &axum::Error) -> Close {
+    let source = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>());
+    match source {
+        Some(tungstenite::Error::Capacity(_)) => Close::TooBig,
+        Some(tungstenite::Error::Utf8(_)) => Close::BadUtf8,
+        // The peer went away without a close frame: an ordinary disconnect, not a violation.
+        Some(tungstenite::Error::Protocol(
+            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        )) => Close::Gone,
+        Some(tungstenite::Error::Protocol(e)) => Close::Violation(e.to_string()),
+        _ => Close::Gone,
+    }
+}
+
+/// Runs a Phoenix Channels connection until it closes.
+pub async fn run_phoenix(socket: WebSocket, connect: PhoenixConnect, state: NodeState) {
+    let wire = Wire::Phoenix(connect.vsn);
+    let origin = connect.origin.clone();
+    let protocol = phoenix::Phoenix::new(connect, &state);
+    run(socket, wire, origin, protocol, state).await;
+}
+
+/// Runs a Pusher protocol 7 connection until it closes.
+pub async fn run_pusher(socket: WebSocket, connect: PusherConnect, state: NodeState) {
+    let origin = connect.origin.clone();
+    let protocol = pusher::Pusher::new(connect, &state);
+    run(socket, Wire::Pusher, origin, protocol, state).await;
+}
+
+async fn run<P: Protocol>(
+    socket: WebSocket,
+    wire: Wire,
+    origin: Option<String>,
+    mut protocol: P,
+    state: NodeState,
+) {
+    let id = state.next_conn_id();
+    let (tx, mut rx) = mpsc::channel(state.config.limits.outbound_queue);
+    let kill = Arc::new(Notify::new());
+    let (sink, mut stream) = socket.split();
+    let mut core = Core {
+        id,
+        subscriber: Subscriber {
+            wire,
+            tx,
+            kill: kill.clone(),
+        },
+        origin,
+        write_timeout: Duration::from_secs(state.config.limits.write_timeout_secs),
+        client_events: RateLimit::new(state.config.limits.client_events_per_sec),
+        state,
+        apps: HashMap::new(),
+        in_hub: HashSet::new(),
+        sink,
+    };
+    let shutdown = core.state.shutdown.clone();
+    let _live = shutdown.session_started();
+    let mut closing = shutdown.closing();
+    // These futures live as long as the loop: re-creating them per message would register
+    // and deregister a timer, and a waiter on the watch channel every session shares, for
+    // every frame sent.
+    let idle_timer = sleep_until(Instant::now() + protocol.idle_after());
+    // Boxed and only while armed: most sockets never use a token.
+    let mut deadline_timer: Option<Pin<Box<Sleep>>> = None;
+    let mut armed: Option<i64> = None;
+    let killed = kill.notified();
+    let shutting_down = async move {
+        let _ = closing.wait_for(|closing| *closing).await;
+    };
+    tokio::pin!(idle_timer, killed, shutting_down);
+    let started = guarded(
+        Box::pin(protocol.start(&mut core)),
+        killed.as_mut(),
+        shutting_down.as_mut(),
+    )
+    .await;
+    let outcome = match started {
+        Err(close) => close,
+        Ok(()) => loop {
+            if protocol.deadline() != armed {
+                armed = protocol.deadline();
+                deadline_timer = armed.map(|at| Box::pin(sleep_until(instant_at(at))));
+            }
+            let result = tokio::select! {
+                () = &mut killed => Err(Close::SlowConsumer),
+                () = &mut idle_timer => match protocol.on_idle() {
+                    Err(close) => Err(close),
+                    Ok((frame, wait)) => {
+                        idle_timer.as_mut().reset(Instant::now() + wait);
+                        guarded(core.send(frame), killed.as_mut(), shutting_down.as_mut()).await
+                    }
+                },
+                () = &mut shutting_down => Err(Close::Shutdown),
+                () = fire(&mut deadline_timer) => {
+                    armed = None;
+                    deadline_timer = None;
+                    guarded(Box::pin(protocol.on_deadline(&mut core)), killed.as_mut(), shutting_down.as_mut()).await
+                }
+                outbound = rx.recv() => match outbound {
+                    // The session holds a sender itself, so the queue never closes first.
+                    None => Err(Close::Gone),
+                    Some(outbound) => {
+                        let write_timeout = core.write_timeout;
+                        let batch = tokio::time::timeout(
+                            write_timeout,
+                            write_batch(&mut protocol, &mut core, outbound, &mut rx),
+                        );
+                        let batch = async { batch.await.unwrap_or(Err(Close::SlowConsumer)) };
+                        guarded(batch, killed.as_mut(), shutting_down.as_mut()).await
+                    }
+                },
+                frame = stream.next() => {
+                    idle_timer.as_mut().reset(Instant::now() + protocol.idle_after());
+                    protocol.on_activity();
+                    match frame {
+                        None => Err(Close::Gone),
+                        Some(Err(e)) => Err(read_error(&e)),
+                        Some(Ok(Message::Text(text))) => {
+                            // Boxed: handling a client frame (a join waits on the registry
+                            // and the bus) is the largest state of this future, which every
+                            // idle socket would otherwise carry inline.
+                            guarded(Box::pin(protocol.on_text(&mut core, &text)), killed.as_mut(), shutting_down.as_mut()).await
+                        }
+                        Some(Ok(Message::Binary(_))) => Err(Close::Unsupported("binary frames are not supported".to_owned())),
+                        Some(Ok(Message::Close(_))) => Err(Close::Gone),
+                        // tungstenite answers pings itself; both count as activity.
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    }
+                }
+            };
+            if let Err(close) = result {
+                break close;
+            }
+        },
+    };
+    match &outcome {
+        Close::Unsupported(why) | Close::Violation(why) => {
+            tracing::info!(conn = id, reason = %why, "closing socket: protocol error");
+        }
+        Close::SlowConsumer => tracing::info!(conn = id, "closing socket: slow consumer"),
+        Close::RateLimited => tracing::info!(conn = id, "closing socket: client event rate limit"),
+        _ => {}
+    }
+    let (last, frame) = protocol.farewell(&outcome);
+    if let Some(frame) = frame {
+        // A stalled client may never take the close frame; do not wait for it for long. Then
+        // read (and drop) what the client still sends until its close reply: closing with
+        // unread bytes makes the kernel reset the connection, and the client would lose the
+        // close frame, and with it the reason.
+        let sink = &mut core.sink;
+        let closing = async {
+            if let Some(last) = last {
+                sink.send(Message::Text(last.into())).await.ok()?;
+            }
+            sink.send(Message::Close(Some(frame))).await.ok()?;
+            while let Some(Ok(message)) = stream.next().await {
+                if let Message::Close(_) = message {
+                    break;
+                }
+            }
+            Some(())
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+    }
+    for topic in &core.in_hub {
+        core.state.hub.leave(topic, id);
+    }
+    let reason = outcome.reason();
+    for app in core.apps.keys() {
+        core.state
+            .metrics
+            .connection_closed(app, wire.label(), reason);
+    }
+}
+
+/// Writes this outbound message and whatever else is queued (up to a batch), then flushes
+/// once.
+async fn write_batch<P: Protocol>(
+    protocol: &mut P,
+    core: &mut Core,
+    first: Outbound,
+    rx: &mut mpsc::Receiver<Outbound>,
+) -> Result<(), Close> {
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(outbound) = next.take() {
+        let frame = match outbound {
+            Outbound::Frame(frame) => Some(frame),
+            Outbound::Close { topic } => protocol
+                .on_notice(core, Notice::Closed(topic))?
+                .map(Utf8Bytes::from),
+            Outbound::Recheck { topic, app } => protocol
+                .on_notice(core, Notice::Recheck(topic, app))?
+                .map(Utf8Bytes::from),
+            Outbound::Terminate => return Err(Close::Terminated),
+        };
+        if let Some(frame) = frame {
+            core.sink
+                .feed(Message::Text(frame))
+                .await
+                .map_err(|_| Close::Gone)?;
+        }
+        taken += 1;
+        if taken < FLUSH_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    core.sink.flush().await.map_err(|_| Close::Gone)
+}
+
+/// Whether a kind of channel needs credentials and is served by this version.
+pub(crate) fn served(kind: ChannelKind) -> Result<(), Refusal> {
+    match kind {
+        ChannelKind::Presence => Err(Refusal::Unsupported),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,436 @@
+//! The Phoenix Channels side of a session: `phx_join` / `phx_leave`, heartbeats, client events
+//! and join tokens.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Utf8Bytes, close_code};
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::{Close, Core, Notice, Protocol, Refusal, served};
+use crate::domain::app::App;
+use crate::domain::event::{Data, Event, check_name, is_reserved};
+use crate::domain::topic::{ChannelKind, Topic, app_of};
+use crate::metrics::CloseReason;
+use crate::node::NodeState;
+use crate::protocol::phoenix::{self, DecodeError, Inbound, Status, Vsn};
+use crate::token;
+
+/// What the upgrade request told us about the client.
+pub struct Connect {
+    pub vsn: Vsn,
+    /// `token` (or the article's `guardian_token`) from the connect params.
+    pub token: Option<String>,
+    pub origin: Option<String>,
+}
+
+struct Channel {
+    join_ref: Option<String>,
+    kind: ChannelKind,
+    publish: Publish,
+    /// The `updated_at` of the app row the channel's rights were last checked against: a
+    /// recheck with an older row (reloads of back-to-back changes can finish out of order) is
+    /// ignored.
+    checked: DateTime<Utc>,
+}
+
+/// Whether a channel may push client events, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    Allowed,
+    /// The join token grants no publishing on this topic.
+    Unauthorized,
+    /// The app switched client events off.
+    Disabled,
+}
+
+/// The refusal reasons Phoenix clients have always been sent.
+fn reason(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Unmatched => "unmatched topic",
+        Refusal::NotFound => "app not found",
+        Refusal::Origin => "origin not allowed",
+        Refusal::Unauthorized => "unauthorized",
+        Refusal::Limit => "too many channels joined",
+        Refusal::Unsupported => "presence channels are not supported by this version",
+        Refusal::Unavailable => "unavailable",
+    }
+}
+
+pub(super) struct Phoenix {
+    vsn: Vsn,
+    token: Option<String>,
+    idle: Duration,
+    channels: HashMap<String, Channel>,
+    /// The connect token's `exp`, once a channel needing it has been joined: those channels
+    /// close when it passes.
+    token_expiry: Option<i64>,
+}
+
+impl Phoenix {
+    pub(super) fn new(connect: Connect, state: &NodeState) -> Phoenix {
+        Phoenix {
+            vsn: connect.vsn,
+            token: connect.token,
+            idle: Duration::from_secs(state.config.limits.idle_timeout_secs),
+            channels: HashMap::new(),
+            token_expiry: None,
+        }
+    }
+
+    fn reply(
+        &self,
+        message: &Inbound,
+        join_ref: Option<&str>,
+        status: Status,
+        response: &Value,
+    ) -> String {
+        phoenix::reply(
+            self.vsn,
+            join_ref,
+            message.msg_ref.as_deref(),
+            &message.topic,
+            status,
+            response,
+        )
+    }
+
+    fn error(&self, message: &Inbound, join_ref: Option<&str>, reason: &str) -> String {
+        self.reply(
+            message,
+            join_ref,
+            Status::Error,
+            &json!({ "reason": reason }),
+        )
+    }
+
+    /// Drops a channel the server ends; returns the `phx_close` frame to send, if it was joined.
+    fn close_channel(
+        &mut self,
+        core: &mut Core,
+        topic: &str,
+        reason: CloseReason,
+    ) -> Option<String> {
+        let channel = self.channels.remove(topic)?;
+        core.exit(topic);
+        if let Some(slug) = app_of(topic) {
+            core.release_app(slug, reason);
+        }
+        Some(phoenix::close(self.vsn, channel.join_ref.as_deref(), topic))
+    }
+
+    async fn join(&mut self, core: &mut Core, message: Inbound) -> Result<(), Close> {
+        // V1 joins may omit join_ref; Phoenix then uses the join's ref.
+        let join_ref = message.join_ref.clone().or_else(|| message.msg_ref.clone());
+        let name = message.topic.clone();
+        let rejoin = self.channels.remove(&name);
+        if let Some(old) = &rejoin {
+            let close = phoenix::close(self.vsn, old.join_ref.as_deref(), &name);
+            core.send(close).await?;
+        }
+        let topic = Topic::parse(&name);
+        let mut decision = match &topic {
+            Some(topic) => self.authorize(core, topic).await,
+            None => Err(Refusal::Unmatched),
+        };
+        if decision.is_ok()
+            && rejoin.is_none()
+            && let Err(e) = core.enter(&name).await
+        {
+            tracing::warn!(error = %e, topic = %name, "join failed: bus unavailable");
+            decision = Err(Refusal::Unavailable);
+        }
+        core.count_join(
+            topic.as_ref(),
+            decision.as_ref().map(|_| ()).map_err(|r| *r),
+        );
+        match (decision, topic) {
+            (Ok((publish, checked)), Some(topic)) => {
+                if rejoin.is_none() {
+                    core.hold_app(topic.app());
+                }
+                self.channels.insert(
+                    name,
+                    Channel {
+                        join_ref: join_ref.clone(),
+                        kind: topic.kind(),
+                        publish,
+                        checked,
+                    },
+                );
+                let reply = self.reply(&message, join_ref.as_deref(), Status::Ok, &json!({}));
+                core.send(reply).await
+            }
+            (decision, topic) => {
+                let refusal = decision.err().unwrap_or(Refusal::Unmatched);
+                if rejoin.is_some() {
+                    core.exit(&name);
+                    if let Some(topic) = &topic {
+                        core.release_app(topic.app(), CloseReason::Left);
+                    }
+                }
+                // Phoenix answers an unrouted topic without a join_ref.
+                let reply_join_ref = if refusal == Refusal::Unmatched {
+                    None
+                } else {
+                    join_ref.as_deref()
+                };
+                let reply = self.error(&message, reply_join_ref, reason(refusal));
+                core.send(reply).await
+            }
+        }
+    }
+
+    /// Decides a join: the channel's publishing right and the `updated_at` of the app row it
+    /// was decided on; or the refusal.
+    async fn authorize(
+        &mut self,
+        core: &Core,
+        topic: &Topic,
+    ) -> Result<(Publish, DateTime<Utc>), Refusal> {
+        if self.channels.len() >= core.state.config.limits.channels_per_socket {
+            return Err(Refusal::Limit);
+        }
+        let app = match core.active_app(topic.app()).await {
+            // Other names were never routed: a topic that names no app stays "unmatched".
+            Err(Refusal::NotFound) if !topic.is_seed() => return Err(Refusal::Unmatched),
+            other => other?,
+        };
+        let publish = self.rights(core, &app, topic.kind(), topic.as_str())?;
+        Ok((publish, app.updated_at))
+    }
+
+    /// What this socket may do on `topic` of `app` now: at a join, and again whenever the app
+    /// changes. Arms the token expiry for channels that need a token.
+    fn rights(
+        &mut self,
+        core: &Core,
+        app: &App,
+        kind: ChannelKind,
+        topic: &str,
+    ) -> Result<Publish, Refusal> {
+        if !app.active {
+            return Err(Refusal::NotFound);
+        }
+        if !app.origin_allowed(core.origin.as_deref()) {
+            return Err(Refusal::Origin);
+        }
+        served(kind)?;
+        let granted = if kind.needs_auth() {
+            let token = self.token.as_deref().ok_or(Refusal::Unauthorized)?;
+            let claims = token::verify(&app.secret, token, chrono::Utc::now().timestamp())
+                .map_err(|_| Refusal::Unauthorized)?;
+            if !claims.may_subscribe(topic) {
+                return Err(Refusal::Unauthorized);
+            }
+            self.token_expiry = Some(claims.exp);
+            claims.may_publish(topic)
+        } else {
+            true
+        };
+        Ok(if !granted {
+            Publish::Unauthorized
+        } else if !app.client_events {
+            Publish::Disabled
+        } else {
+            Publish::Allowed
+        })
+    }
+
+    /// Checks a joined channel against its app as it is now; closes it when the rights it
+    /// was joined with no longer hold.
+    fn recheck(&mut self, core: &mut Core, topic: &str, app: &App) -> Option<String> {
+        let channel = self.channels.get(topic)?;
+        if app.updated_at < channel.checked {
+            return None;
+        }
+        let kind = channel.kind;
+        match self.rights(core, app, kind, topic) {
+            Ok(publish) => {
+                if let Some(channel) = self.channels.get_mut(topic) {
+                    channel.publish = publish;
+                    channel.checked = app.updated_at;
+                }
+                None
+            }
+            Err(refusal) => {
+                tracing::info!(conn = core.id, %topic, reason = reason(refusal), "closing channel: rights revoked");
+                self.close_channel(core, topic, CloseReason::Revoked)
+            }
+        }
+    }
+
+    async fn leave(&mut self, core: &mut Core, message: &Inbound) -> Result<(), Close> {
+        let topic = &message.topic;
+        let Some(channel) = self.channels.get(topic) else {
+            let reply = self.reply(message, message.join_ref.as_deref(), Status::Ok, &json!({}));
+            return core.send(reply).await;
+        };
+        if message.join_ref.is_some() && message.join_ref != channel.join_ref {
+            // A leave for an earlier instance of this channel: the client raced a close.
+            return Ok(());
+        }
+        let join_ref = channel.join_ref.clone();
+        self.channels.remove(topic);
+        core.exit(topic);
+        if let Some(slug) = app_of(topic) {
+            core.release_app(slug, CloseReason::Left);
+        }
+        let reply = self.reply(message, join_ref.as_deref(), Status::Ok, &json!({}));
+        core.send(reply).await?;
+        let close = phoenix::close(self.vsn, join_ref.as_deref(), topic);
+        core.send(close).await
+    }
+
+    async fn client_event(&mut self, core: &mut Core, message: Inbound) -> Result<(), Close> {
+        let Some(channel) = self.channels.get(&message.topic) else {
+            let reply = self.error(&message, None, "unmatched topic");
+            return core.send(reply).await;
+        };
+        if message.join_ref.is_some() && message.join_ref != channel.join_ref {
+            return Ok(()); // stale: meant for an earlier instance of this channel
+        }
+        let join_ref = channel.join_ref.clone();
+        let refusal = match channel.publish {
+            Publish::Unauthorized => Some("unauthorized".to_owned()),
+            Publish::Disabled => Some("client events are disabled for this app".to_owned()),
+            Publish::Allowed if !core.client_events.take() => {
+                if core.client_events.persistent() {
+                    return Err(Close::RateLimited);
+                }
+                Some(format!(
+                    "rate limit exceeded: at most {} client events per second",
+                    core.state.config.limits.client_events_per_sec
+                ))
+            }
+            Publish::Allowed => {
+                if let Err(e) = check_name("event", &message.event) {
+                    Some(e)
+                } else if is_reserved(&message.event) {
+                    Some("event names starting with phx_ are reserved".to_owned())
+                } else if !message.payload.is_object() {
+                    Some("payload must be a JSON object".to_owned())
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(reason) = refusal {
+            let reply = self.error(&message, join_ref.as_deref(), &reason);
+            return core.send(reply).await;
+        }
+        let payload = message.payload.to_string();
+        if payload.len() > core.state.config.limits.event_payload_bytes {
+            let reply = self.error(&message, join_ref.as_deref(), "payload too large");
+            return core.send(reply).await;
+        }
+        let Ok(raw) = RawValue::from_string(payload) else {
+            let reply = self.error(
+                &message,
+                join_ref.as_deref(),
+                "payload must be a JSON object",
+            );
+            return core.send(reply).await;
+        };
+        let event = Event {
+            topic: message.topic.clone(),
+            event: message.event.clone(),
+            data: Data::Object(raw),
+            exclude: None,
+        };
+        let reply = match core.publish_client_event(&event).await {
+            Ok(()) => self.reply(&message, join_ref.as_deref(), Status::Ok, &json!({})),
+            Err(e) => {
+                tracing::warn!(error = %e, "client event not published");
+                self.error(&message, join_ref.as_deref(), "unavailable")
+            }
+        };
+        core.send(reply).await
+    }
+}
+
+impl Protocol for Phoenix {
+    async fn start(&mut self, _core: &mut Core) -> Result<(), Close> {
+        Ok(())
+    }
+
+    async fn on_text(&mut self, core: &mut Core, text: &str) -> Result<(), Close> {
+        let message = match phoenix::decode(self.vsn, text) {
+            Ok(message) => message,
+            Err(e @ (DecodeError::Json(_) | DecodeError::Shape(_))) => {
+                return Err(Close::Unsupported(e.to_string()));
+            }
+        };
+        match (message.topic.as_str(), message.event.as_str()) {
+            ("phoenix", "heartbeat") => {
+                let reply = self.reply(&message, None, Status::Ok, &json!({}));
+                core.send(reply).await
+            }
+            (_, "phx_join") => self.join(core, message).await,
+            (_, "phx_leave") => self.leave(core, &message).await,
+            _ => self.client_event(core, message).await,
+        }
+    }
+
+    fn on_notice(&mut self, core: &mut Core, notice: Notice) -> Result<Option<String>, Close> {
+        Ok(match notice {
+            Notice::Closed(topic) => self.close_channel(core, &topic, CloseReason::AppClosed),
+            Notice::Recheck(topic, app) => self.recheck(core, &topic, &app),
+        })
+    }
+
+    fn on_idle(&mut self) -> Result<(String, Duration), Close> {
+        Err(Close::Idle)
+    }
+
+    fn idle_after(&self) -> Duration {
+        self.idle
+    }
+
+    fn deadline(&self) -> Option<i64> {
+        self.token_expiry
+    }
+
+    /// The connect token expired: every channel joined with it closes.
+    async fn on_deadline(&mut self, core: &mut Core) -> Result<(), Close> {
+        self.token_expiry = None;
+        let with_token: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, channel)| channel.kind.needs_auth())
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        for topic in with_token {
+            if let Some(close) = self.close_channel(core, &topic, CloseReason::Revoked) {
+                core.send(close).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn farewell(&self, close: &Close) -> (Option<String>, Option<CloseFrame>) {
+        let (code, reason) = match close {
+            Close::Gone => return (None, None),
+            Close::Idle | Close::PongTimeout => (close_code::AWAY, "idle timeout"),
+            Close::SlowConsumer => (close_code::POLICY, "slow consumer"),
+            Close::TooBig => (close_code::SIZE, "message too big"),
+            Close::Unsupported(_) | Close::Refused(..) => {
+                (close_code::UNSUPPORTED, "unsupported message")
+            }
+            Close::BadUtf8 => (close_code::INVALID, "text frame is not UTF-8"),
+            Close::Violation(_) => (close_code::PROTOCOL, "protocol error"),
+            Close::RateLimited => (close_code::POLICY, "client event rate limit exceeded"),
+            Close::Shutdown | Close::Reconnect => (close_code::RESTART, "server shutting down"),
+            Close::Terminated => (close_code::POLICY, "connection terminated by the app"),
+        };
+        (
+            None,
+            Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            }),
+        )
+    }
+}

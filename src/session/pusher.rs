@@ -1,0 +1,477 @@
+//! The Pusher protocol 7 side of a session: one app per connection (named by its key in the
+//! URL), `pusher:subscribe` with HMAC auth, sign-in, client events and the ping/pong keepalive.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Utf8Bytes, close_code};
+use serde_json::value::RawValue;
+
+use super::{Close, Core, Notice, Protocol, Refusal, served};
+use crate::domain::app::App;
+use crate::domain::event::{Data, Event, check_name};
+use crate::domain::signature;
+use crate::domain::topic::{ChannelKind, ChannelNameError, Topic, USER_CHANNEL_PREFIX};
+use crate::metrics::CloseReason;
+use crate::node::NodeState;
+use crate::protocol::pusher::{self, Inbound, Signin, Subscribe};
+
+/// What the upgrade request told us about the client.
+pub struct Connect {
+    pub key: String,
+    /// The `protocol` query parameter, as sent.
+    pub protocol: Option<String>,
+    pub origin: Option<String>,
+}
+
+struct Subscription {
+    kind: ChannelKind,
+    /// The auth value the channel was subscribed with, checked again when the secret rotates.
+    auth: Option<String>,
+}
+
+/// Pusher's close codes (the protocol's 4000–4399 ranges) and WebSocket ones.
+mod code {
+    pub const APP_NOT_FOUND: u16 = 4001;
+    pub const APP_DISABLED: u16 = 4003;
+    pub const INVALID_VERSION: u16 = 4006;
+    pub const UNSUPPORTED_VERSION: u16 = 4007;
+    pub const NO_VERSION: u16 = 4008;
+    pub const UNAUTHORIZED: u16 = 4009;
+    pub const OVER_CAPACITY: u16 = 4100;
+    pub const RECONNECT: u16 = 4200;
+    pub const PONG_TIMEOUT: u16 = 4201;
+    pub const CLIENT_EVENT_RATE: u16 = 4301;
+}
+
+pub(super) struct Pusher {
+    connect: Connect,
+    app: Option<App>,
+    socket_id: String,
+    activity: Duration,
+    pong_wait: Duration,
+    awaiting_pong: bool,
+    channels: HashMap<String, Subscription>,
+    /// The id of the user this connection signed in as, once it has.
+    user: Option<String>,
+}
+
+impl Pusher {
+    pub(super) fn new(connect: Connect, state: &NodeState) -> Pusher {
+        Pusher {
+            connect,
+            app: None,
+            socket_id: String::new(),
+            activity: Duration::from_secs(state.config.pusher.activity_timeout_secs),
+            pong_wait: Duration::from_secs(state.config.pusher.pong_timeout_secs),
+            awaiting_pong: false,
+            channels: HashMap::new(),
+            user: None,
+        }
+    }
+
+    fn app(&self) -> Result<&App, Close> {
+        self.app.as_ref().ok_or(Close::Gone)
+    }
+
+    fn topic(&self, channel: &str) -> Result<Topic, ChannelNameError> {
+        let slug = self.app.as_ref().map_or("", |app| app.slug.as_str());
+        Topic::new(channel, slug)
+    }
+
+    async fn subscribe(&mut self, core: &mut Core, data: Option<&RawValue>) -> Result<(), Close> {
+        let request: Subscribe = match pusher::data_of(data) {
+            Ok(request) => request,
+            Err(e) => return core.send(pusher::error(None, &e.to_string())).await,
+        };
+        let channel = request.channel.clone();
+        if self.channels.contains_key(&channel) {
+            return core.send(pusher::subscription_succeeded(&channel)).await;
+        }
+        let topic = match self.topic(&channel) {
+            Ok(topic) => topic,
+            Err(e) => {
+                core.count_join(None, Err(Refusal::Unmatched));
+                let frame =
+                    pusher::subscription_error(&channel, "InvalidChannel", &e.to_string(), 400);
+                return core.send(frame).await;
+            }
+        };
+        let mut decision = self.authorize(core, &topic, &request);
+        if decision.is_ok()
+            && let Err(e) = core.enter(topic.as_str()).await
+        {
+            tracing::warn!(error = %e, %topic, "subscription failed: bus unavailable");
+            decision = Err(Refusal::Unavailable);
+        }
+        core.count_join(Some(&topic), decision);
+        match decision {
+            Ok(()) => {
+                core.hold_app(topic.app());
+                self.channels.insert(
+                    channel.clone(),
+                    Subscription {
+                        kind: topic.kind(),
+                        auth: request.auth,
+                    },
+                );
+                core.send(pusher::subscription_succeeded(&channel)).await
+            }
+            Err(refusal) => {
+                let (kind, message, status) = match refusal {
+                    Refusal::Unauthorized => {
+                        ("AuthError", "invalid or missing auth signature", 401)
+                    }
+                    Refusal::Limit => (
+                        "LimitReached",
+                        "too many channels subscribed on this connection",
+                        400,
+                    ),
+                    Refusal::Unsupported => (
+                        "UnsupportedChannel",
+                        "presence channels are not supported by this version",
+                        501,
+                    ),
+                    Refusal::Unavailable => {
+                        ("ServiceUnavailable", "service unavailable, try again", 503)
+                    }
+                    Refusal::Unmatched | Refusal::NotFound | Refusal::Origin => {
+                        ("AuthError", "not allowed", 403)
+                    }
+                };
+                core.send(pusher::subscription_error(&channel, kind, message, status))
+                    .await
+            }
+        }
+    }
+
+    fn authorize(&self, core: &Core, topic: &Topic, request: &Subscribe) -> Result<(), Refusal> {
+        let app = self.app.as_ref().ok_or(Refusal::NotFound)?;
+        if self.channels.len() >= core.state.config.limits.channels_per_socket {
+            return Err(Refusal::Limit);
+        }
+        served(topic.kind())?;
+        match topic.kind() {
+            ChannelKind::Public => Ok(()),
+            ChannelKind::User => {
+                let id = topic.channel().strip_prefix(USER_CHANNEL_PREFIX);
+                if id.is_some() && id == self.user.as_deref() {
+                    Ok(())
+                } else {
+                    Err(Refusal::Unauthorized)
+                }
+            }
+            ChannelKind::Private | ChannelKind::Encrypted | ChannelKind::Presence => {
+                let message = signature::channel_string(
+                    &self.socket_id,
+                    topic.channel(),
+                    request.channel_data.as_deref(),
+                );
+                match &request.auth {
+                    Some(auth) if signature::check_auth(&app.key, &app.secret, auth, &message) => {
+                        Ok(())
+                    }
+                    _ => Err(Refusal::Unauthorized),
+                }
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, core: &mut Core, data: Option<&RawValue>) {
+        #[derive(serde::Deserialize)]
+        struct Unsubscribe {
+            channel: String,
+        }
+        let Ok(request) = pusher::data_of::<Unsubscribe>(data) else {
+            return;
+        };
+        if self.channels.remove(&request.channel).is_some()
+            && let Ok(topic) = self.topic(&request.channel)
+        {
+            // The user channel stays entered while signed in: the app's server reaches the
+            // user there.
+            if !(topic.kind() == ChannelKind::User && self.user.is_some()) {
+                core.exit(topic.as_str());
+            }
+            core.release_app(topic.app(), CloseReason::Left);
+        }
+    }
+
+    async fn signin(&mut self, core: &mut Core, data: Option<&RawValue>) -> Result<(), Close> {
+        let request: Signin = match pusher::data_of(data) {
+            Ok(request) => request,
+            Err(e) => return core.send(pusher::error(None, &e.to_string())).await,
+        };
+        let app = self.app()?;
+        let message = signature::user_string(&self.socket_id, &request.user_data);
+        if !signature::check_auth(&app.key, &app.secret, &request.auth, &message) {
+            let frame = pusher::error(Some(code::UNAUTHORIZED), "invalid sign-in signature");
+            return core.send(frame).await;
+        }
+        let id = serde_json::from_str::<serde_json::Value>(&request.user_data)
+            .ok()
+            .and_then(|user| user.get("id").and_then(|id| id.as_str()).map(str::to_owned))
+            .filter(|id| !id.is_empty() && id.len() <= 128);
+        let Some(id) = id else {
+            let frame = pusher::error(
+                Some(code::UNAUTHORIZED),
+                "user_data must be a JSON object with a string id of 1 to 128 characters",
+            );
+            return core.send(frame).await;
+        };
+        let Ok(topic) = self.topic(&format!("{USER_CHANNEL_PREFIX}{id}")) else {
+            let frame = pusher::error(
+                Some(code::UNAUTHORIZED),
+                "user id has characters a channel name cannot hold",
+            );
+            return core.send(frame).await;
+        };
+        if self.user.as_deref() != Some(id.as_str()) {
+            if let Some(old) = self.user.take()
+                && let Ok(old) = self.topic(&format!("{USER_CHANNEL_PREFIX}{old}"))
+            {
+                core.exit(old.as_str());
+            }
+            if let Err(e) = core.enter(topic.as_str()).await {
+                tracing::warn!(error = %e, "sign-in failed: bus unavailable");
+                let frame = pusher::error(None, "service unavailable, try again");
+                return core.send(frame).await;
+            }
+            self.user = Some(id);
+        }
+        core.send(pusher::signin_success(&request.user_data)).await
+    }
+
+    async fn client_event(&mut self, core: &mut Core, message: Inbound) -> Result<(), Close> {
+        let app = self.app()?;
+        let Some(channel) = message.channel.as_deref() else {
+            return core
+                .send(pusher::error(None, "client events need a channel"))
+                .await;
+        };
+        let refusal = match self.channels.get(channel).map(|s| s.kind) {
+            None => Some("not subscribed to this channel"),
+            Some(ChannelKind::Private | ChannelKind::Presence) if !app.client_events => {
+                Some("client events are disabled for this app")
+            }
+            Some(ChannelKind::Private | ChannelKind::Presence) => None,
+            Some(_) => Some("client events are only allowed on private and presence channels"),
+        };
+        if let Some(refusal) = refusal {
+            return core.send(pusher::error(None, refusal)).await;
+        }
+        if !core.client_events.take() {
+            return Err(Close::RateLimited);
+        }
+        if let Err(e) = check_name("event", &message.event) {
+            return core.send(pusher::error(None, &e)).await;
+        }
+        let data = match message.data {
+            Some(data) if data.get().len() > core.state.config.limits.event_payload_bytes => {
+                return core
+                    .send(pusher::error(None, "client event data is too large"))
+                    .await;
+            }
+            Some(data) => data,
+            None => RawValue::from_string("null".to_owned())
+                .map_err(|e| Close::Unsupported(e.to_string()))?,
+        };
+        let topic = self
+            .topic(channel)
+            .map_err(|e| Close::Unsupported(e.to_string()))?;
+        let event = Event {
+            topic: topic.into_string(),
+            event: message.event,
+            data: Data::Pusher(data),
+            exclude: Some(self.socket_id.clone()),
+        };
+        if let Err(e) = core.publish_client_event(&event).await {
+            tracing::warn!(error = %e, "client event not published");
+            return core
+                .send(pusher::error(None, "service unavailable, try again"))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Whether the connection still holds under the app as it is now.
+    fn recheck(&mut self, core: &Core, app: &App) -> Result<(), Close> {
+        let Some(current) = &self.app else {
+            return Ok(());
+        };
+        if app.updated_at < current.updated_at {
+            return Ok(());
+        }
+        if !app.active {
+            return Err(Close::Reconnect);
+        }
+        if !app.origin_allowed(core.origin.as_deref()) {
+            return Err(Close::Refused(code::UNAUTHORIZED, "origin not allowed"));
+        }
+        for (channel, subscription) in &self.channels {
+            if let Some(auth) = &subscription.auth
+                && subscription.kind != ChannelKind::User
+            {
+                let message = signature::channel_string(&self.socket_id, channel, None);
+                if !signature::check_auth(&app.key, &app.secret, auth, &message) {
+                    // The secret rotated: reconnect, and sign again with the new one.
+                    return Err(Close::Reconnect);
+                }
+            }
+        }
+        self.app = Some(app.clone());
+        Ok(())
+    }
+}
+
+/// Reads the `protocol` parameter: 7 is served (5 and 6 frame the same way).
+fn check_version(protocol: Option<&str>) -> Result<(), Close> {
+    let Some(protocol) = protocol else {
+        return Err(Close::Refused(
+            code::NO_VERSION,
+            "no protocol version supplied",
+        ));
+    };
+    match protocol.parse::<u32>() {
+        Err(_) => Err(Close::Refused(
+            code::INVALID_VERSION,
+            "invalid version string format",
+        )),
+        Ok(5..=pusher::PROTOCOL) => Ok(()),
+        Ok(_) => Err(Close::Refused(
+            code::UNSUPPORTED_VERSION,
+            "unsupported protocol version",
+        )),
+    }
+}
+
+impl Protocol for Pusher {
+    async fn start(&mut self, core: &mut Core) -> Result<(), Close> {
+        check_version(self.connect.protocol.as_deref())?;
+        let app = match core.state.registry.by_key(&self.connect.key).await {
+            Ok(Some(app)) => app,
+            Ok(None) => {
+                return Err(Close::Refused(
+                    code::APP_NOT_FOUND,
+                    "application does not exist",
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "connection refused: registry unavailable");
+                return Err(Close::Refused(
+                    code::OVER_CAPACITY,
+                    "service unavailable, try again",
+                ));
+            }
+        };
+        if !app.active {
+            return Err(Close::Refused(
+                code::APP_DISABLED,
+                "application is disabled",
+            ));
+        }
+        if !app.origin_allowed(self.connect.origin.as_deref()) {
+            return Err(Close::Refused(code::UNAUTHORIZED, "origin not allowed"));
+        }
+        self.socket_id = core.state.hub.socket_id(core.id);
+        core.hold_app(&app.slug);
+        self.app = Some(app);
+        let hello = pusher::connection_established(&self.socket_id, self.activity.as_secs());
+        core.send(hello).await
+    }
+
+    async fn on_text(&mut self, core: &mut Core, text: &str) -> Result<(), Close> {
+        let message = match pusher::decode(text) {
+            Ok(message) => message,
+            Err(e) => return core.send(pusher::error(None, &e.to_string())).await,
+        };
+        match message.event.as_str() {
+            "pusher:ping" => core.send(pusher::pong()).await,
+            "pusher:pong" => Ok(()),
+            "pusher:subscribe" => self.subscribe(core, message.data.as_deref()).await,
+            "pusher:unsubscribe" => {
+                self.unsubscribe(core, message.data.as_deref());
+                Ok(())
+            }
+            "pusher:signin" => self.signin(core, message.data.as_deref()).await,
+            event if event.starts_with("client-") => self.client_event(core, message).await,
+            _ => core.send(pusher::error(None, "unsupported event")).await,
+        }
+    }
+
+    fn on_notice(&mut self, core: &mut Core, notice: Notice) -> Result<Option<String>, Close> {
+        match notice {
+            // Deactivated, renamed or deleted: a reconnect finds out which.
+            Notice::Closed(_) => Err(Close::Reconnect),
+            Notice::Recheck(_, app) => self.recheck(core, &app).map(|()| None),
+        }
+    }
+
+    fn on_idle(&mut self) -> Result<(String, Duration), Close> {
+        if self.awaiting_pong {
+            return Err(Close::PongTimeout);
+        }
+        self.awaiting_pong = true;
+        Ok((pusher::ping(), self.pong_wait))
+    }
+
+    fn on_activity(&mut self) {
+        self.awaiting_pong = false;
+    }
+
+    fn idle_after(&self) -> Duration {
+        self.activity
+    }
+
+    fn farewell(&self, close: &Close) -> (Option<String>, Option<CloseFrame>) {
+        let (code, reason): (u16, &'static str) = match close {
+            Close::Gone => return (None, None),
+            Close::Idle | Close::PongTimeout => (code::PONG_TIMEOUT, "pong reply not received"),
+            Close::SlowConsumer => (code::OVER_CAPACITY, "slow consumer: reconnect later"),
+            Close::TooBig => (close_code::SIZE, "message too big"),
+            Close::Unsupported(_) => (close_code::UNSUPPORTED, "unsupported message"),
+            Close::BadUtf8 => (close_code::INVALID, "text frame is not UTF-8"),
+            Close::Violation(_) => (close_code::PROTOCOL, "protocol error"),
+            Close::RateLimited => (
+                code::CLIENT_EVENT_RATE,
+                "client event rejected due to rate limit",
+            ),
+            Close::Shutdown => (code::RECONNECT, "server restarting: reconnect"),
+            Close::Reconnect => (code::RECONNECT, "application changed: reconnect"),
+            Close::Terminated => (code::UNAUTHORIZED, "connection terminated by the app"),
+            Close::Refused(code, reason) => (*code, *reason),
+        };
+        let last = (code >= 4000).then(|| pusher::error(Some(code), reason));
+        (
+            last,
+            Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert!(check_version(Some("7")).is_ok());
+        assert!(check_version(Some("5")).is_ok());
+        assert!(matches!(check_version(None), Err(Close::Refused(4008, _))));
+        assert!(matches!(
+            check_version(Some("x")),
+            Err(Close::Refused(4006, _))
+        ));
+        assert!(matches!(
+            check_version(Some("4")),
+            Err(Close::Refused(4007, _))
+        ));
+        assert!(matches!(
+            check_version(Some("8")),
+            Err(Close::Refused(4007, _))
+        ));
+    }
+}
