@@ -92,7 +92,13 @@ async fn metric_names_labels_and_values() {
         value(&m, &format!("pushlite_connections_opened_total{{{conn}}}")),
         1.0
     );
-    assert_eq!(value(&m, r#"pushlite_connections{app="other",protocol="phoenix"}"#), 1.0);
+    assert_eq!(
+        value(
+            &m,
+            r#"pushlite_connections{app="other",protocol="phoenix"}"#
+        ),
+        1.0
+    );
     assert_eq!(
         value(
             &m,

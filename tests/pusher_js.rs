@@ -26,7 +26,10 @@ async fn pusher_clients_and_sdk_across_two_nodes() {
         config.redis.url = Some(redis_url());
         nodes.push(spawn_config(config, None).await);
     }
-    let name = format!("pusher-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let name = format!(
+        "pusher-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    );
     let app = create_app(&nodes[0], json!({ "name": name })).await;
     let args = json!({
         "a": nodes[0].addr.to_string(),

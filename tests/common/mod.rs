@@ -8,6 +8,7 @@
 pub mod phx;
 pub mod process;
 pub mod proxy;
+pub mod pusher;
 pub mod redis;
 
 use std::collections::HashMap;
