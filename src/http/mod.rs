@@ -94,6 +94,10 @@ fn pusher_routes(state: &NodeState) -> Router<NodeState> {
             "/apps/{app_id}/users/{user_id}/terminate_connections",
             post(pusher_api::terminate),
         )
+        .route(
+            "/users/{user_id}/terminate_connections",
+            post(pusher_api::terminate_unscoped),
+        )
         .layer(DefaultBodyLimit::max(limit))
 }
 

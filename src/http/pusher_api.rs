@@ -23,7 +23,7 @@ use crate::bus::Control;
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, check_name, is_reserved};
 use crate::domain::signature;
-use crate::domain::topic::{ChannelKind, Topic};
+use crate::domain::topic::{ChannelKind, Topic, USER_CHANNEL_PREFIX, check_channel};
 use crate::node::NodeState;
 
 /// A Pusher-shaped error.
@@ -115,12 +115,12 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Checks a request's signature and returns its app, which `app_id` must name.
+/// Checks a request's signature and returns its app, which `app_id` must name when given.
 async fn authenticate(
     state: &NodeState,
     method: &Method,
     uri: &Uri,
-    app_id: &str,
+    app_id: Option<&str>,
     body: &[u8],
 ) -> Result<(App, Vec<(String, String)>)> {
     let params = query_params(uri)?;
@@ -165,7 +165,10 @@ async fn authenticate(
         return Err(PusherError::unauthorized("invalid signature"));
     }
     // Only now, to a caller holding the secret, is anything about the app revealed.
-    if app.id.to_string() != app_id && app.slug != app_id {
+    if let Some(app_id) = app_id
+        && app.id.to_string() != app_id
+        && app.slug != app_id
+    {
         return Err(PusherError::unauthorized(
             "auth_key does not belong to this app_id",
         ));
@@ -385,7 +388,7 @@ pub async fn trigger(
 ) -> Result<Json<Value>> {
     let app_id = path(app_id)?;
     let body = body_of(body, body_limit(&state.config))?;
-    let (app, _) = authenticate(&state, &method, &uri, &app_id, &body).await?;
+    let (app, _) = authenticate(&state, &method, &uri, Some(&app_id), &body).await?;
     let checked = check_trigger(&state, &app, parse_json(&body)?, true)?;
     publish(&state, &app, &checked.events).await?;
     if !checked.info.any() {
@@ -410,7 +413,7 @@ pub async fn batch(
 ) -> Result<Json<Value>> {
     let app_id = path(app_id)?;
     let body = body_of(body, body_limit(&state.config))?;
-    let (app, _) = authenticate(&state, &method, &uri, &app_id, &body).await?;
+    let (app, _) = authenticate(&state, &method, &uri, Some(&app_id), &body).await?;
     let Batch { batch } = parse_json(&body)?;
     let max = state.config.pusher.max_batch_events;
     if batch.is_empty() || batch.len() > max {
@@ -452,7 +455,7 @@ pub async fn channels(
     uri: Uri,
 ) -> Result<Json<Value>> {
     let app_id = path(app_id)?;
-    let (app, params) = authenticate(&state, &method, &uri, &app_id, &[]).await?;
+    let (app, params) = authenticate(&state, &method, &uri, Some(&app_id), &[]).await?;
     let prefix = param(&params, "filter_by_prefix").unwrap_or_default();
     let info = Info::parse(param(&params, "info"))?;
     if info.user_count && !prefix.starts_with("presence-") {
@@ -484,7 +487,7 @@ pub async fn channel(
     uri: Uri,
 ) -> Result<Json<Value>> {
     let (app_id, channel) = path(params)?;
-    let (app, params) = authenticate(&state, &method, &uri, &app_id, &[]).await?;
+    let (app, params) = authenticate(&state, &method, &uri, Some(&app_id), &[]).await?;
     let topic =
         Topic::new(&channel, &app.slug).map_err(|e| PusherError::bad_request(e.to_string()))?;
     let info = Info::parse(param(&params, "info"))?;
@@ -507,7 +510,7 @@ pub async fn users(
     uri: Uri,
 ) -> Result<Json<Value>> {
     let (app_id, channel) = path(params)?;
-    let (app, _) = authenticate(&state, &method, &uri, &app_id, &[]).await?;
+    let (app, _) = authenticate(&state, &method, &uri, Some(&app_id), &[]).await?;
     let topic =
         Topic::new(&channel, &app.slug).map_err(|e| PusherError::bad_request(e.to_string()))?;
     if topic.kind() != ChannelKind::Presence {
@@ -528,15 +531,39 @@ pub async fn terminate(
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>> {
     let (app_id, user_id) = path(params)?;
+    terminate_user(&state, Some(&app_id), &user_id, &method, &uri, body).await
+}
+
+/// `POST /users/:user_id/terminate_connections`, the app named by `auth_key` alone: the path
+/// the Python SDK (3.x) signs and sends.
+pub async fn terminate_unscoped(
+    State(state): State<NodeState>,
+    user_id: std::result::Result<Path<String>, PathRejection>,
+    method: Method,
+    uri: Uri,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
+    let user_id = path(user_id)?;
+    terminate_user(&state, None, &user_id, &method, &uri, body).await
+}
+
+async fn terminate_user(
+    state: &NodeState,
+    app_id: Option<&str>,
+    user_id: &str,
+    method: &Method,
+    uri: &Uri,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>> {
     let body = body_of(body, body_limit(&state.config))?;
-    let (app, _) = authenticate(&state, &method, &uri, &app_id, &body).await?;
-    let channel = format!("{}{user_id}", crate::domain::topic::USER_CHANNEL_PREFIX);
-    if user_id.len() > 128 || crate::domain::topic::check_channel(&channel).is_err() {
+    let (app, _) = authenticate(state, method, uri, app_id, &body).await?;
+    let channel = format!("{USER_CHANNEL_PREFIX}{user_id}");
+    if user_id.len() > 128 || check_channel(&channel).is_err() {
         return Err(PusherError::bad_request("not a user id"));
     }
     let control = Control::TerminateUser {
         slug: app.slug.clone(),
-        user_id,
+        user_id: user_id.to_owned(),
     };
     state
         .bus
