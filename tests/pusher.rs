@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::phx::{self, Vsn};
 use common::process::NodeProcess;
 use common::pusher::{self, channel_auth, signed_query};
 use common::{Db, TestApp, create_app, spawn_app, spawn_app_with};
@@ -543,4 +544,108 @@ async fn draining_closes_pusher_sockets_with_4200() {
     let (code, frames) = client.closed_with().await;
     assert_eq!(code, Some(4200));
     assert_eq!(frames.last().unwrap()["data"]["code"], 4200);
+}
+
+#[tokio::test]
+async fn phoenix_and_pusher_clients_meet_on_the_same_channels() {
+    let node = spawn_app(Db::Postgres).await;
+    let app = create_app(&node, json!({"name": "meet-app"})).await;
+    let (key, secret) = creds(&app);
+    let id = app["id"].to_string();
+    let claims = pushlite::token::Claims {
+        exp: chrono::Utc::now().timestamp() + 600,
+        subscribe: vec!["private-room:meet-app".to_owned()],
+        publish: vec!["private-room:meet-app".to_owned()],
+        ..Default::default()
+    };
+    let token = pushlite::token::mint(secret, &claims);
+    let mut phoenix = phx::connect(node.addr, Vsn::V2, &format!("token={token}"), None).await;
+    let mut anonymous = phx::connect(node.addr, Vsn::V2, "", None).await;
+    // any channel name of a registered app is a public topic for Phoenix too
+    assert_eq!(
+        phoenix.join("orders:meet-app").await.1.payload["status"],
+        "ok"
+    );
+    for topic in [
+        "private-room:meet-app",
+        "private-encrypted-x:meet-app",
+        "#server-to-user-1:meet-app",
+    ] {
+        let reply = anonymous.join(topic).await.1;
+        assert_eq!(
+            reply.payload["response"]["reason"], "unauthorized",
+            "{topic}"
+        );
+    }
+    let reply = anonymous.join("presence-room:meet-app").await.1;
+    assert_eq!(reply.payload["status"], "error");
+    let (phx_ref, reply) = phoenix.join("private-room:meet-app").await;
+    assert_eq!(reply.payload["status"], "ok");
+
+    let mut client = pusher::connect(node.addr, key).await;
+    let sid = client.socket_id.clone();
+    client.subscribed("orders", None).await;
+    client
+        .subscribed(
+            "private-room",
+            Some(channel_auth(key, secret, &sid, "private-room")),
+        )
+        .await;
+
+    // a Pusher trigger: JSON-text data arrives at Phoenix as the object, other data wrapped
+    let path = format!("/apps/{id}/events");
+    let body = json!({"name": "shipped", "channel": "orders", "data": "{\"id\":7}"});
+    assert_eq!(
+        api(&node, &app, reqwest::Method::POST, &path, &[], Some(body))
+            .await
+            .0,
+        200
+    );
+    let frame = phoenix.recv_event("shipped").await;
+    assert_eq!(
+        (frame.topic.as_str(), frame.payload.clone()),
+        ("orders:meet-app", json!({"id": 7}))
+    );
+    let pushed = client.recv_event("shipped").await;
+    assert_eq!(
+        pushed["data"], "{\"id\":7}",
+        "byte-identical data for Pusher clients"
+    );
+    let body = json!({"name": "note", "channel": "orders", "data": "hello"});
+    assert_eq!(
+        api(&node, &app, reqwest::Method::POST, &path, &[], Some(body))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        phoenix.recv_event("note").await.payload,
+        json!({"data": "hello"})
+    );
+
+    // a Phoenix client event arrives at the Pusher client with the object as JSON text
+    phoenix
+        .push(
+            Some(&phx_ref),
+            "p1",
+            "private-room:meet-app",
+            "client-hi",
+            json!({"from": "phoenix"}),
+        )
+        .await;
+    assert_eq!(phoenix.recv_reply("p1").await.payload["status"], "ok");
+    let hi = client.recv_event("client-hi").await;
+    assert_eq!(hi["channel"], "private-room");
+    assert_eq!(
+        serde_json::from_str::<Value>(hi["data"].as_str().unwrap()).unwrap(),
+        json!({"from": "phoenix"})
+    );
+    // and a Pusher client event at the Phoenix client as the object
+    client
+        .send(json!({"event": "client-hey", "channel": "private-room", "data": {"from": "pusher"}}))
+        .await;
+    assert_eq!(
+        phoenix.recv_event("client-hey").await.payload,
+        json!({"from": "pusher"})
+    );
 }
