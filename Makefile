@@ -44,9 +44,11 @@ fmt:
 bench: bench-font
 	scripts/with-test-services.sh $(CARGO) bench --bench loadgen -- --plot target/bench/plots
 
-## The same scenarios against pushlite and Sockudo (pinned, built into target/peers once).
+## The same scenarios against pushlite (both drivers), Sockudo and Soketi (pinned, installed
+## into target/peers once): pushlite's Pusher driver meets the peers on the same protocol.
 bench-peers: bench-font
 	scripts/install-sockudo.sh
+	scripts/install-soketi.sh
 	scripts/with-test-services.sh $(CARGO) bench --bench loadgen -- --peers --plot target/bench/plots
 
 ## The charts of --plot need a TrueType font.

@@ -1,13 +1,14 @@
 //! The load generator: starts the servers it measures, drives them over real WebSockets and
 //! HTTP, and reports per scenario.
 //!
-//! It speaks Phoenix Channels v2 to pushlite and Pusher protocol 7 (HMAC-signed HTTP API,
-//! `/app/:key` WebSocket) to Sockudo. Every payload carries a sequence number and a send
-//! time, so each run reports publish-to-receive latency (HDR histogram), deliveries per second,
-//! losses and duplicates, errors, connect time and the server's RSS.
+//! It has two drivers: Phoenix Channels v2 (pushlite's `/socket/websocket` and the seed's events
+//! API) and Pusher protocol 7 (`/app/:key` WebSocket, HMAC-signed HTTP API), which it speaks to
+//! pushlite (`pushlite-pusher`), Sockudo and Soketi alike. Every payload carries a sequence
+//! number and a send time, so each run reports publish-to-receive latency (HDR histogram),
+//! deliveries per second, losses and duplicates, errors, connect time and the server's RSS.
 //!
 //! ```sh
-//! cargo bench --bench loadgen -- [--peers] [--scenario all|fanout|topics|idle|trigger|cross-node] [--quick]
+//! cargo bench --bench loadgen -- [--peers] [--only pushlite-pusher,soketi] [--scenario all|fanout|topics|idle|trigger|cross-node] [--quick]
 //! ```
 //! Results: `target/bench/results.json` and `target/bench/results.md`.
 
@@ -32,7 +33,8 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 const ADMIN: (&str, &str) = ("bench-admin", "bench-admin-password");
-const SOCKUDO_APP: (&str, &str, &str) = ("app-id", "app-key", "app-secret");
+/// The one app configured on the peers (Sockudo, Soketi).
+const PEER_APP: (&str, &str, &str) = ("app-id", "app-key", "app-secret");
 /// Client sockets are spread over these source addresses so many fit in the port range.
 const SOURCES: u8 = 8;
 
@@ -52,10 +54,14 @@ struct Args {
     /// Which scenario to run.
     #[arg(long, value_enum, default_value = "all")]
     scenario: ScenarioArg,
-    /// Also run every scenario against Sockudo (installed by scripts/install-sockudo.sh),
-    /// alternating with pushlite, and print pushlite/Sockudo ratios.
+    /// Also run every scenario against Sockudo and Soketi (installed by
+    /// scripts/install-sockudo.sh and scripts/install-soketi.sh), and print the ratios of
+    /// pushlite's Pusher driver to each.
     #[arg(long)]
     peers: bool,
+    /// Run only these servers (pushlite, pushlite-pusher, sockudo, soketi).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Peer>,
     /// Smaller sizes and shorter steps, for a quick check.
     #[arg(long)]
     quick: bool,
@@ -77,18 +83,33 @@ struct Args {
     bench: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Peer {
+    /// pushlite through its Phoenix Channels endpoint and the seed's events API.
     Pushlite,
+    /// pushlite through its Pusher protocol endpoint and HTTP API.
+    PushlitePusher,
     Sockudo,
+    Soketi,
 }
 
 impl Peer {
     fn name(self) -> &'static str {
         match self {
             Peer::Pushlite => "pushlite",
+            Peer::PushlitePusher => "pushlite-pusher",
             Peer::Sockudo => "sockudo",
+            Peer::Soketi => "soketi",
         }
+    }
+
+    /// Whether the load generator speaks the Pusher protocol to it.
+    fn pusher(self) -> bool {
+        self != Peer::Pushlite
+    }
+
+    fn is_pushlite(self) -> bool {
+        matches!(self, Peer::Pushlite | Peer::PushlitePusher)
     }
 }
 
@@ -133,11 +154,12 @@ fn number_after(text: &str, name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// One app (pushlite) or one channel (Sockudo) that events go to.
+/// One app (Phoenix driver) or one channel of one app (Pusher driver) that events go to.
 #[derive(Debug, Clone)]
 struct Target {
-    /// pushlite: app slug; Sockudo: channel name.
+    /// Phoenix driver: the app slug; Pusher driver: the channel name.
     name: String,
+    app_id: String,
     key: String,
     secret: String,
 }
@@ -156,7 +178,7 @@ impl Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let child = match peer {
-            Peer::Pushlite => {
+            Peer::Pushlite | Peer::PushlitePusher => {
                 let db = shared_db.map_or_else(|| dir.path().join("bench.db"), Path::to_path_buf);
                 let mut command = Command::new(env!("CARGO_BIN_EXE_pushlite"));
                 command
@@ -188,6 +210,25 @@ impl Server {
                     .env_clear();
                 command
             }
+            Peer::Soketi => {
+                let home = PathBuf::from("target/peers/soketi");
+                assert!(
+                    home.join("node_modules/.bin/node").exists(),
+                    "run scripts/install-soketi.sh first (make bench-peers does)"
+                );
+                let home = std::fs::canonicalize(home).expect("soketi path");
+                let config = dir.path().join("soketi.json");
+                std::fs::write(&config, soketi_config(port, redis)).expect("config");
+                let mut command = Command::new(home.join("node_modules/.bin/node"));
+                command
+                    .arg(home.join("node_modules/@soketi/soketi/bin/server.js"))
+                    .arg("start")
+                    .arg(format!("--config={}", config.display()))
+                    .current_dir(dir.path())
+                    .env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap_or_default());
+                command
+            }
         };
         let mut child = {
             let mut command = child;
@@ -200,8 +241,9 @@ impl Server {
         let pid = child.id().expect("pid");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let health = match peer {
-            Peer::Pushlite => format!("http://{addr}/readyz"),
-            Peer::Sockudo => format!("http://{addr}/up/{}", SOCKUDO_APP.0),
+            Peer::Pushlite | Peer::PushlitePusher => format!("http://{addr}/readyz"),
+            Peer::Sockudo => format!("http://{addr}/up/{}", PEER_APP.0),
+            Peer::Soketi => format!("http://{addr}/ready"),
         };
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -230,66 +272,107 @@ impl Server {
         }
     }
 
-    /// Makes `count` event targets: apps on pushlite (a topic is `public:<slug>`), channels
-    /// in one app on Sockudo.
+    /// Makes `count` event targets: apps on pushlite's Phoenix driver (a topic is
+    /// `public:<slug>`), channels of one app with the Pusher driver.
     async fn prepare_targets(&mut self, count: usize, http: &reqwest::Client) {
         self.targets.clear();
+        let pusher_app = match self.peer {
+            Peer::PushlitePusher => Some(self.create_app("bench-pusher", http).await),
+            Peer::Sockudo | Peer::Soketi => Some(Target {
+                name: String::new(),
+                app_id: PEER_APP.0.to_owned(),
+                key: PEER_APP.1.to_owned(),
+                secret: PEER_APP.2.to_owned(),
+            }),
+            Peer::Pushlite => None,
+        };
         for i in 0..count {
             let name = format!("bench-t{i}");
-            match self.peer {
-                Peer::Pushlite => {
-                    let url = format!("http://{}/api/admin/apps", self.addr);
-                    let response = http
-                        .post(&url)
-                        .basic_auth(ADMIN.0, Some(ADMIN.1))
-                        .json(&json!({"app": {"name": name}}))
-                        .send()
-                        .await
-                        .expect("create app");
-                    let body: Value = response.json().await.expect("app JSON");
-                    let data = if body["data"].is_object() {
-                        body["data"].clone()
-                    } else {
-                        // Already created by an earlier scenario on a shared registry.
-                        let shown: Value = http
-                            .get(format!("{url}/{name}"))
-                            .basic_auth(ADMIN.0, Some(ADMIN.1))
-                            .send()
-                            .await
-                            .expect("show app")
-                            .json()
-                            .await
-                            .expect("app JSON");
-                        shown["data"].clone()
-                    };
-                    self.targets.push(Target {
-                        name,
-                        key: data["key"].as_str().unwrap_or_default().to_owned(),
-                        secret: data["secret"].as_str().unwrap_or_default().to_owned(),
-                    });
-                }
-                Peer::Sockudo => self.targets.push(Target {
+            let target = match &pusher_app {
+                Some(app) => Target {
                     name,
-                    key: SOCKUDO_APP.1.to_owned(),
-                    secret: SOCKUDO_APP.2.to_owned(),
-                }),
-            }
+                    ..app.clone()
+                },
+                None => self.create_app(&name, http).await,
+            };
+            self.targets.push(target);
+        }
+    }
+
+    /// Creates a pushlite app (or finds it, on a registry an earlier scenario shared).
+    async fn create_app(&self, name: &str, http: &reqwest::Client) -> Target {
+        let url = format!("http://{}/api/admin/apps", self.addr);
+        let response = http
+            .post(&url)
+            .basic_auth(ADMIN.0, Some(ADMIN.1))
+            .json(&json!({"app": {"name": name}}))
+            .send()
+            .await
+            .expect("create app");
+        let body: Value = response.json().await.expect("app JSON");
+        let data = if body["data"].is_object() {
+            body["data"].clone()
+        } else {
+            let shown: Value = http
+                .get(format!("{url}/{name}"))
+                .basic_auth(ADMIN.0, Some(ADMIN.1))
+                .send()
+                .await
+                .expect("show app")
+                .json()
+                .await
+                .expect("app JSON");
+            shown["data"].clone()
+        };
+        Target {
+            name: name.to_owned(),
+            app_id: data["id"].to_string(),
+            key: data["key"].as_str().unwrap_or_default().to_owned(),
+            secret: data["secret"].as_str().unwrap_or_default().to_owned(),
         }
     }
 
     fn ws_url(&self) -> String {
-        match self.peer {
-            Peer::Pushlite => format!("ws://{}/socket/websocket?vsn=2.0.0", self.addr),
-            Peer::Sockudo => format!(
-                "ws://{}/app/{}?protocol=7&client=bench&version=1.0",
-                self.addr, SOCKUDO_APP.1
-            ),
+        if self.peer.pusher() {
+            let key = self.targets.first().map_or(PEER_APP.1, |t| t.key.as_str());
+            format!(
+                "ws://{}/app/{key}?protocol=7&client=bench&version=1.0",
+                self.addr
+            )
+        } else {
+            format!("ws://{}/socket/websocket?vsn=2.0.0", self.addr)
         }
     }
 
     async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+fn soketi_config(port: u16, redis: Option<&str>) -> String {
+    let mut config = json!({
+        "host": "127.0.0.1",
+        "port": port,
+        "appManager.array.apps.0.id": PEER_APP.0,
+        "appManager.array.apps.0.key": PEER_APP.1,
+        "appManager.array.apps.0.secret": PEER_APP.2,
+        "appManager.array.apps.0.enableClientMessages": true,
+        "metrics.enabled": false,
+        // Loopback only: Soketi's node discovery otherwise broadcasts to the network.
+        "cluster.address": "127.0.0.1",
+        "cluster.hostname": "127.0.0.1",
+        "cluster.unicast": "127.0.0.1",
+        "cluster.port": free_port(),
+    });
+    if let Some((host, redis_port)) = redis
+        .and_then(|url| url.strip_prefix("redis://"))
+        .and_then(|hp| hp.trim_end_matches('/').split_once(':'))
+    {
+        config["adapter.driver"] = json!("redis");
+        config["database.redis.host"] = json!(host);
+        config["database.redis.port"] = json!(redis_port.parse::<u16>().unwrap_or(6379));
+    }
+    config.to_string()
 }
 
 fn sockudo_config(port: u16, metrics_port: u16, redis: Option<&str>) -> String {
@@ -314,7 +397,7 @@ fn sockudo_config(port: u16, metrics_port: u16, redis: Option<&str>) -> String {
          max_connections = 0\nenable_client_messages = true\nmax_client_events_per_second = 0\n\
          {adapter}[queue]\ndriver = \"memory\"\n[rate_limiter]\nenabled = false\n\
          [metrics]\nenabled = false\nhost = \"127.0.0.1\"\nport = {metrics_port}\n",
-        SOCKUDO_APP.0, SOCKUDO_APP.1, SOCKUDO_APP.2
+        PEER_APP.0, PEER_APP.1, PEER_APP.2
     )
 }
 
@@ -346,9 +429,10 @@ async fn subscribe(server: &Server, count: usize, targets: usize, join: bool) ->
     let mut pending = Vec::new();
     for i in 0..count {
         let target = i % targets.max(1);
-        let channel = match server.peer {
-            Peer::Pushlite => format!("public:{}", server.targets[target].name),
-            Peer::Sockudo => server.targets[target].name.clone(),
+        let channel = if server.peer.pusher() {
+            server.targets[target].name.clone()
+        } else {
+            format!("public:{}", server.targets[target].name)
         };
         let (peer, url, addr) = (server.peer, server.ws_url(), server.addr);
         let source = IpAddr::V4(Ipv4Addr::new(
@@ -453,7 +537,7 @@ async fn connect(
                 }
             }
         }
-        Peer::Sockudo => {
+        Peer::PushlitePusher | Peer::Sockudo | Peer::Soketi => {
             let hello = tokio::time::timeout(Duration::from_secs(30), ws.next())
                 .await
                 .ok()??
@@ -554,7 +638,7 @@ fn trigger_request(
             .json(
                 &json!({"topic": "bench", "event": "tick", "scope": "public", "payload": payload}),
             ),
-        Peer::Sockudo => {
+        Peer::PushlitePusher | Peer::Sockudo | Peer::Soketi => {
             let body =
                 json!({"name": "tick", "channels": [target.name], "data": payload.to_string()})
                     .to_string();
@@ -562,10 +646,10 @@ fn trigger_request(
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect();
-            let path = format!("/apps/{}/events", SOCKUDO_APP.0);
+            let path = format!("/apps/{}/events", target.app_id);
             let query = format!(
                 "auth_key={}&auth_timestamp={}&auth_version=1.0&body_md5={md5}",
-                SOCKUDO_APP.1,
+                target.key,
                 now_micros() / 1_000_000
             );
             let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(target.secret.as_bytes())
@@ -952,19 +1036,29 @@ fn headline(scenario: &str, r: &Value) -> Vec<(String, f64, bool)> {
     }
 }
 
+/// The pairs compared in ratio columns: pushlite's Pusher driver against each Pusher peer.
+fn ratio_pairs(peers: &[Peer]) -> Vec<(Peer, Peer)> {
+    if !peers.contains(&Peer::PushlitePusher) {
+        return Vec::new();
+    }
+    peers
+        .iter()
+        .filter(|p| !p.is_pushlite())
+        .map(|p| (Peer::PushlitePusher, *p))
+        .collect()
+}
+
 fn markdown(results: &Value, peers: &[Peer]) -> String {
+    let pairs = ratio_pairs(peers);
     let mut md = String::from("| scenario | metric |");
     for p in peers {
         md.push_str(&format!(" {} |", p.name()));
     }
-    if peers.len() == 2 {
-        md.push_str(" pushlite/sockudo |");
+    for (a, b) in &pairs {
+        md.push_str(&format!(" {}/{} |", a.name(), b.name()));
     }
     md.push_str("\n|---|---|");
-    for _ in peers {
-        md.push_str("---|");
-    }
-    if peers.len() == 2 {
+    for _ in 0..peers.len() + pairs.len() {
         md.push_str("---|");
     }
     md.push('\n');
@@ -973,15 +1067,12 @@ fn markdown(results: &Value, peers: &[Peer]) -> String {
         let first = &by_peer[peers[0].name()];
         for (i, (metric, _, higher)) in headline(scenario, first).iter().enumerate() {
             md.push_str(&format!("| {scenario} | {metric} |"));
-            let values: Vec<f64> = peers
-                .iter()
-                .map(|p| headline(scenario, &by_peer[p.name()])[i].1)
-                .collect();
-            for v in &values {
-                md.push_str(&format!(" {v} |"));
+            let value = |p: Peer| headline(scenario, &by_peer[p.name()])[i].1;
+            for p in peers {
+                md.push_str(&format!(" {} |", value(*p)));
             }
-            if values.len() == 2 {
-                let ratio = values[0] / values[1];
+            for (a, b) in &pairs {
+                let ratio = value(*a) / value(*b);
                 let better = if *higher { ratio >= 1.0 } else { ratio <= 1.0 };
                 md.push_str(&format!(
                     " {ratio:.2}{} |",
@@ -1038,10 +1129,17 @@ async fn main() {
         .pool_max_idle_per_host(256)
         .build()
         .expect("http client");
-    let peers: Vec<Peer> = if args.peers {
-        vec![Peer::Pushlite, Peer::Sockudo]
+    let peers: Vec<Peer> = if !args.only.is_empty() {
+        args.only.clone()
+    } else if args.peers {
+        vec![
+            Peer::Pushlite,
+            Peer::PushlitePusher,
+            Peer::Sockudo,
+            Peer::Soketi,
+        ]
     } else {
-        vec![Peer::Pushlite]
+        vec![Peer::Pushlite, Peer::PushlitePusher]
     };
     let scenarios: Vec<&str> = match args.scenario {
         ScenarioArg::All => vec!["fanout", "topics", "idle", "trigger", "cross-node"],
@@ -1080,7 +1178,8 @@ async fn main() {
         "date": chrono::Utc::now().to_rfc3339(),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "pushlite": env!("CARGO_PKG_VERSION"),
-        "sockudo": if args.peers { "5.2.0" } else { "not run" },
+        "sockudo": if peers.contains(&Peer::Sockudo) { "5.2.0" } else { "not run" },
+        "soketi": if peers.contains(&Peer::Soketi) { "1.6.1" } else { "not run" },
         "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         "results": results,
     });

@@ -3,11 +3,8 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use common::{Db, create_app, spawn_app};
-use serde_json::{Value, json};
+use common::{Db, create_app, run_client, spawn_app};
+use serde_json::json;
 
 #[tokio::test]
 async fn official_phoenix_client_joins_receives_and_pushes() {
@@ -20,28 +17,14 @@ async fn official_phoenix_client_joins_receives_and_pushes() {
     );
     let app = spawn_app(Db::Sqlite).await;
     let data = create_app(&app, json!({"name": "foo-app"})).await;
-    let child = tokio::process::Command::new("node")
-        .arg("e2e.mjs")
-        .arg(app.addr.to_string())
-        .arg(data["slug"].as_str().unwrap())
-        .arg(data["key"].as_str().unwrap())
-        .arg(data["secret"].as_str().unwrap())
-        .current_dir(js)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node is installed");
-    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("the node script finishes")
-        .expect("node runs");
-    assert!(
-        output.status.success(),
-        "node failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results: Value = serde_json::from_slice(&output.stdout).expect("JSON results");
+    let args = [
+        "e2e.mjs".to_owned(),
+        app.addr.to_string(),
+        data["slug"].as_str().unwrap().to_owned(),
+        data["key"].as_str().unwrap().to_owned(),
+        data["secret"].as_str().unwrap().to_owned(),
+    ];
+    let results = run_client("node", &args, js).await;
     assert_eq!(results["joined"], true);
     assert_eq!(
         results["scoped"],

@@ -649,3 +649,42 @@ async fn phoenix_and_pusher_clients_meet_on_the_same_channels() {
         json!({"from": "pusher"})
     );
 }
+
+#[tokio::test]
+async fn a_pusher_client_that_does_not_read_is_closed_as_a_slow_consumer() {
+    let node = spawn_app_with(Db::Postgres, |c| {
+        c.limits.outbound_queue = 8;
+        c.limits.write_timeout_secs = 1;
+    })
+    .await;
+    let app = create_app(&node, json!({"name": "slow-app"})).await;
+    // a small receive window, and nothing read after the subscription
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(node.addr).await.unwrap();
+    let url = format!("ws://{}/app/{}?protocol=7", node.addr, creds(&app).0);
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let mut client = pusher::Client {
+        ws,
+        socket_id: String::new(),
+        activity_timeout: 0,
+    };
+    assert_eq!(
+        client.recv().await["event"],
+        "pusher:connection_established"
+    );
+    client.subscribed("firehose", None).await;
+    let path = format!("/apps/{}/events", app["id"]);
+    let data = "x".repeat(10 * 1024);
+    let closed = r#"pushlite_connections_closed_total{app="slow-app",protocol="pusher",reason="slow_consumer"}"#;
+    for _ in 0..2000 {
+        let body = json!({"name": "big", "channel": "firehose", "data": data});
+        let (status, _) = api(&node, &app, reqwest::Method::POST, &path, &[], Some(body)).await;
+        assert_eq!(status, 200);
+        if node.metrics().await.get(closed) == Some(&1.0) {
+            return;
+        }
+    }
+    panic!("{closed} never reached 1");
+}

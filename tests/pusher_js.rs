@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use common::{create_app, fresh_postgres_database, redis_url, spawn_config, test_config};
-use serde_json::{Value, json};
+use common::{
+    create_app, fresh_postgres_database, redis_url, run_client, spawn_config, test_config,
+};
+use serde_json::json;
 
 #[tokio::test]
 async fn pusher_clients_and_sdk_across_two_nodes() {
@@ -39,25 +38,7 @@ async fn pusher_clients_and_sdk_across_two_nodes() {
         "key": app["key"],
         "secret": app["secret"],
     });
-    let child = tokio::process::Command::new("node")
-        .arg("pusher_e2e.mjs")
-        .arg(args.to_string())
-        .current_dir(js)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node is installed");
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the node script finishes")
-        .expect("node runs");
-    assert!(
-        output.status.success(),
-        "node failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let r: Value = serde_json::from_slice(&output.stdout).expect("JSON results");
+    let r = run_client("node", &["pusher_e2e.mjs".to_owned(), args.to_string()], js).await;
     let socket_id = r["socketId"].as_str().expect("a socket id");
     let (left, right) = socket_id.split_once('.').expect("two integers");
     assert!(

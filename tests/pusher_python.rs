@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::pusher;
-use common::{Db, create_app, redis_url, spawn_app_with};
+use common::{Db, create_app, redis_url, run_client, spawn_app_with};
 use pushlite::domain::signature;
 use serde_json::{Value, json};
 
@@ -64,24 +63,8 @@ async fn python_sdk_drives_the_http_api() {
         "secret": secret,
         "socketId": excluded.socket_id,
     });
-    let child = tokio::process::Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/sdk.py"))
-        .arg(args.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python runs");
-    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the SDK script finishes")
-        .expect("python runs");
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let r: Value = serde_json::from_slice(&output.stdout).expect("JSON results");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/sdk.py");
+    let r = run_client(python, &[script.to_owned(), args.to_string()], ".").await;
     for call in ["trigger", "multi", "excluded", "sendToUser", "terminate"] {
         assert_eq!(r[call], json!({"ok": {}}), "{call}");
     }

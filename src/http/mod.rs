@@ -96,7 +96,7 @@ fn pusher_routes(state: &NodeState) -> Router<NodeState> {
         )
         .route(
             "/users/{user_id}/terminate_connections",
-            post(pusher_api::terminate_unscoped),
+            post(pusher_api::terminate),
         )
         .layer(DefaultBodyLimit::max(limit))
 }

@@ -7,8 +7,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request, State};
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -182,13 +181,57 @@ async fn authenticate(
     Ok((app, params))
 }
 
-fn body_of(body: std::result::Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes> {
-    body.map_err(|r| PusherError::from(ApiError::from_body(&r, limit)))
+/// A request whose Pusher signature checked out: its app, query parameters, path parameters
+/// and body. Every handler of this module takes one, so none runs unsigned.
+pub struct Signed {
+    app: App,
+    params: Vec<(String, String)>,
+    path: Vec<(String, String)>,
+    body: Bytes,
 }
 
-fn path<T>(path: std::result::Result<Path<T>, PathRejection>) -> Result<T> {
-    path.map(|Path(t)| t)
-        .map_err(|e| PusherError::bad_request(format!("bad path: {e}")))
+impl Signed {
+    fn param(&self, name: &str) -> Option<&str> {
+        param(&self.params, name)
+    }
+
+    fn path(&self, name: &str) -> Result<&str> {
+        self.path
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| PusherError::bad_request(format!("missing {name} in the path")))
+    }
+}
+
+impl FromRequest<NodeState> for Signed {
+    type Rejection = PusherError;
+
+    async fn from_request(request: Request, state: &NodeState) -> Result<Signed> {
+        let (mut parts, body) = request.into_parts();
+        let path: Vec<(String, String)> = RawPathParams::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| PusherError::bad_request(format!("bad path: {e}")))?
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let (method, uri) = (parts.method.clone(), parts.uri.clone());
+        let limit = body_limit(&state.config);
+        let body = Bytes::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(|r| PusherError::from(ApiError::from_body(&r, limit)))?;
+        let app_id = path
+            .iter()
+            .find(|(k, _)| k == "app_id")
+            .map(|(_, v)| v.as_str());
+        let (app, params) = authenticate(state, &method, &uri, app_id, &body).await?;
+        Ok(Signed {
+            app,
+            params,
+            path,
+            body,
+        })
+    }
 }
 
 /// One event to trigger, as the SDKs send it.
@@ -379,22 +422,14 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
 }
 
 /// `POST /apps/:app_id/events`.
-pub async fn trigger(
-    State(state): State<NodeState>,
-    app_id: std::result::Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>> {
-    let app_id = path(app_id)?;
-    let body = body_of(body, body_limit(&state.config))?;
-    let (app, _) = authenticate(&state, &method, &uri, Some(&app_id), &body).await?;
-    let checked = check_trigger(&state, &app, parse_json(&body)?, true)?;
-    publish(&state, &app, &checked.events).await?;
+pub async fn trigger(State(state): State<NodeState>, signed: Signed) -> Result<Json<Value>> {
+    let app = &signed.app;
+    let checked = check_trigger(&state, app, parse_json(&signed.body)?, true)?;
+    publish(&state, app, &checked.events).await?;
     if !checked.info.any() {
         return Ok(Json(json!({})));
     }
-    let channels = channel_info(&state, &app, &[&checked]).await?;
+    let channels = channel_info(&state, app, &[&checked]).await?;
     Ok(Json(json!({ "channels": channels })))
 }
 
@@ -404,17 +439,9 @@ struct Batch {
 }
 
 /// `POST /apps/:app_id/batch_events`: every event is checked before any is published.
-pub async fn batch(
-    State(state): State<NodeState>,
-    app_id: std::result::Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>> {
-    let app_id = path(app_id)?;
-    let body = body_of(body, body_limit(&state.config))?;
-    let (app, _) = authenticate(&state, &method, &uri, Some(&app_id), &body).await?;
-    let Batch { batch } = parse_json(&body)?;
+pub async fn batch(State(state): State<NodeState>, signed: Signed) -> Result<Json<Value>> {
+    let app = &signed.app;
+    let Batch { batch } = parse_json(&signed.body)?;
     let max = state.config.pusher.max_batch_events;
     if batch.is_empty() || batch.len() > max {
         return Err(PusherError::bad_request(format!(
@@ -423,15 +450,15 @@ pub async fn batch(
     }
     let checked = batch
         .into_iter()
-        .map(|trigger| check_trigger(&state, &app, trigger, false))
+        .map(|trigger| check_trigger(&state, app, trigger, false))
         .collect::<Result<Vec<_>>>()?;
     for c in &checked {
-        publish(&state, &app, &c.events).await?;
+        publish(&state, app, &c.events).await?;
     }
     if !checked.iter().any(|c| c.info.any()) {
         return Ok(Json(json!({})));
     }
-    let topics = occupancy(&state, &app).await?;
+    let topics = occupancy(&state, app).await?;
     let items: Vec<Value> = checked
         .iter()
         .map(|c| {
@@ -448,23 +475,16 @@ pub async fn batch(
 }
 
 /// `GET /apps/:app_id/channels`: the occupied channels, cluster-wide.
-pub async fn channels(
-    State(state): State<NodeState>,
-    app_id: std::result::Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-) -> Result<Json<Value>> {
-    let app_id = path(app_id)?;
-    let (app, params) = authenticate(&state, &method, &uri, Some(&app_id), &[]).await?;
-    let prefix = param(&params, "filter_by_prefix").unwrap_or_default();
-    let info = Info::parse(param(&params, "info"))?;
+pub async fn channels(State(state): State<NodeState>, signed: Signed) -> Result<Json<Value>> {
+    let prefix = signed.param("filter_by_prefix").unwrap_or_default();
+    let info = Info::parse(signed.param("info"))?;
     if info.user_count && !prefix.starts_with("presence-") {
         return Err(PusherError::bad_request(
             "user_count needs filter_by_prefix=presence-",
         ));
     }
     let mut channels = Map::new();
-    for (topic, count) in occupancy(&state, &app).await? {
+    for (topic, count) in occupancy(&state, &signed.app).await? {
         let Some(topic) = Topic::parse(&topic) else {
             continue;
         };
@@ -479,20 +499,18 @@ pub async fn channels(
     Ok(Json(json!({ "channels": channels })))
 }
 
+/// The topic of the `:channel` path parameter.
+fn channel_topic(signed: &Signed) -> Result<Topic> {
+    Topic::new(signed.path("channel")?, &signed.app.slug)
+        .map_err(|e| PusherError::bad_request(e.to_string()))
+}
+
 /// `GET /apps/:app_id/channels/:channel`.
-pub async fn channel(
-    State(state): State<NodeState>,
-    params: std::result::Result<Path<(String, String)>, PathRejection>,
-    method: Method,
-    uri: Uri,
-) -> Result<Json<Value>> {
-    let (app_id, channel) = path(params)?;
-    let (app, params) = authenticate(&state, &method, &uri, Some(&app_id), &[]).await?;
-    let topic =
-        Topic::new(&channel, &app.slug).map_err(|e| PusherError::bad_request(e.to_string()))?;
-    let info = Info::parse(param(&params, "info"))?;
+pub async fn channel(State(state): State<NodeState>, signed: Signed) -> Result<Json<Value>> {
+    let topic = channel_topic(&signed)?;
+    let info = Info::parse(signed.param("info"))?;
     info.check(&topic)?;
-    let count = occupancy(&state, &app)
+    let count = occupancy(&state, &signed.app)
         .await?
         .get(topic.as_str())
         .copied()
@@ -503,17 +521,8 @@ pub async fn channel(
 }
 
 /// `GET /apps/:app_id/channels/:channel/users`: presence channels only.
-pub async fn users(
-    State(state): State<NodeState>,
-    params: std::result::Result<Path<(String, String)>, PathRejection>,
-    method: Method,
-    uri: Uri,
-) -> Result<Json<Value>> {
-    let (app_id, channel) = path(params)?;
-    let (app, _) = authenticate(&state, &method, &uri, Some(&app_id), &[]).await?;
-    let topic =
-        Topic::new(&channel, &app.slug).map_err(|e| PusherError::bad_request(e.to_string()))?;
-    if topic.kind() != ChannelKind::Presence {
+pub async fn users(signed: Signed) -> Result<Json<Value>> {
+    if channel_topic(&signed)?.kind() != ChannelKind::Presence {
         return Err(PusherError::bad_request(
             "users are only available for presence channels",
         ));
@@ -522,47 +531,17 @@ pub async fn users(
     Ok(Json(json!({ "users": [] })))
 }
 
-/// `POST /apps/:app_id/users/:user_id/terminate_connections`: on every node.
-pub async fn terminate(
-    State(state): State<NodeState>,
-    params: std::result::Result<Path<(String, String)>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>> {
-    let (app_id, user_id) = path(params)?;
-    terminate_user(&state, Some(&app_id), &user_id, &method, &uri, body).await
-}
-
-/// `POST /users/:user_id/terminate_connections`, the app named by `auth_key` alone: the path
-/// the Python SDK (3.x) signs and sends.
-pub async fn terminate_unscoped(
-    State(state): State<NodeState>,
-    user_id: std::result::Result<Path<String>, PathRejection>,
-    method: Method,
-    uri: Uri,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>> {
-    let user_id = path(user_id)?;
-    terminate_user(&state, None, &user_id, &method, &uri, body).await
-}
-
-async fn terminate_user(
-    state: &NodeState,
-    app_id: Option<&str>,
-    user_id: &str,
-    method: &Method,
-    uri: &Uri,
-    body: std::result::Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>> {
-    let body = body_of(body, body_limit(&state.config))?;
-    let (app, _) = authenticate(state, method, uri, app_id, &body).await?;
+/// `POST /apps/:app_id/users/:user_id/terminate_connections`, and
+/// `POST /users/:user_id/terminate_connections` with the app named by `auth_key` alone (the
+/// path the Python SDK 3.x signs and sends): on every node.
+pub async fn terminate(State(state): State<NodeState>, signed: Signed) -> Result<Json<Value>> {
+    let user_id = signed.path("user_id")?;
     let channel = format!("{USER_CHANNEL_PREFIX}{user_id}");
     if user_id.len() > 128 || check_channel(&channel).is_err() {
         return Err(PusherError::bad_request("not a user id"));
     }
     let control = Control::TerminateUser {
-        slug: app.slug.clone(),
+        slug: signed.app.slug.clone(),
         user_id: user_id.to_owned(),
     };
     state

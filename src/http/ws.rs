@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::WebSocket;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -92,7 +92,7 @@ pub async fn upgrade(
 /// upgrade itself happens on the open socket.
 pub async fn upgrade_pusher(
     State(state): State<NodeState>,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -100,6 +100,9 @@ pub async fn upgrade_pusher(
     let (ws, mut params) = match accept(&state, query, ws) {
         Ok(accepted) => accepted,
         Err(response) => return response,
+    };
+    let Ok(Path(key)) = key else {
+        return detail_response(StatusCode::BAD_REQUEST, "bad app key in the path");
     };
     let connect = PusherConnect {
         key,

@@ -3,6 +3,15 @@
 pub mod phoenix;
 pub mod pusher;
 
+/// Why a client frame could not be decoded, whatever the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("wrong message shape: {0}")]
+    Shape(&'static str),
+}
+
 /// The wire format of one socket: what the hub encodes an event into for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {

@@ -43,13 +43,7 @@ pub struct Inbound {
     pub payload: Value,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    #[error("malformed JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("wrong message shape: {0}")]
-    Shape(&'static str),
-}
+pub use super::DecodeError;
 
 fn opt_string(value: Value, what: &'static str) -> Result<Option<String>, DecodeError> {
     match value {

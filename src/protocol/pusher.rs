@@ -19,13 +19,7 @@ pub struct Inbound {
     pub data: Option<Box<RawValue>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
-    #[error("malformed JSON: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("wrong message shape: {0}")]
-    Shape(&'static str),
-}
+pub use super::DecodeError;
 
 /// Decodes one text frame.
 ///

@@ -176,6 +176,29 @@ pub async fn trigger_form(
         .expect("trigger")
 }
 
+/// Runs a real client program (a Node or Python script) to completion, at most 60 s, and
+/// returns what it printed on stdout as JSON; its stderr is shown when it fails.
+pub async fn run_client(program: &str, args: &[String], dir: &str) -> serde_json::Value {
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the client finishes within 60 s")
+        .expect("the client runs");
+    assert!(
+        output.status.success(),
+        "{program} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON results on stdout")
+}
+
 /// `name{sorted labels}` → value, from the text exposition.
 pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
     let mut series = HashMap::new();
