@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, Sleep, sleep_until};
@@ -351,32 +351,46 @@ fn read_error(error: &axum::Error) -> Close {
 }
 
 /// Runs a Phoenix Channels connection until it closes.
-pub async fn run_phoenix(socket: WebSocket, connect: PhoenixConnect, state: NodeState) {
+///
+/// These are plain functions returning the session's future, not `async fn`s: an async fn keeps
+/// its arguments in its state for its whole life, so each layer would carry the socket and the
+/// node state a second time, in every idle connection's task.
+pub fn run_phoenix(
+    socket: WebSocket,
+    connect: PhoenixConnect,
+    state: NodeState,
+) -> impl Future<Output = ()> + Send {
     let wire = Wire::Phoenix(connect.vsn);
     let origin = connect.origin.clone();
     let protocol = phoenix::Phoenix::new(connect, &state);
-    run(socket, wire, origin, protocol, state).await;
+    run(socket, wire, origin, protocol, state)
 }
 
 /// Runs a Pusher protocol 7 connection until it closes.
-pub async fn run_pusher(socket: WebSocket, connect: PusherConnect, state: NodeState) {
+pub fn run_pusher(
+    socket: WebSocket,
+    connect: PusherConnect,
+    state: NodeState,
+) -> impl Future<Output = ()> + Send {
     let origin = connect.origin.clone();
     let protocol = pusher::Pusher::new(connect, &state);
-    run(socket, Wire::Pusher, origin, protocol, state).await;
+    run(socket, Wire::Pusher, origin, protocol, state)
 }
 
-async fn run<P: Protocol>(
+/// Builds the connection's state, then returns the future that owns it (see [`run_phoenix`]
+/// for why this is not an `async fn`).
+fn run<P: Protocol>(
     socket: WebSocket,
     wire: Wire,
     origin: Option<String>,
-    mut protocol: P,
+    protocol: P,
     state: NodeState,
-) {
+) -> impl Future<Output = ()> + Send {
     let id = state.next_conn_id();
-    let (tx, mut rx) = mpsc::channel(state.config.limits.outbound_queue);
+    let (tx, rx) = mpsc::channel(state.config.limits.outbound_queue);
     let kill = Arc::new(Notify::new());
-    let (sink, mut stream) = socket.split();
-    let mut core = Core {
+    let (sink, stream) = socket.split();
+    let core = Core {
         id,
         subscriber: Subscriber {
             wire,
@@ -391,123 +405,144 @@ async fn run<P: Protocol>(
         in_hub: HashSet::new(),
         sink,
     };
-    let shutdown = core.state.shutdown.clone();
-    let _live = shutdown.session_started();
-    let mut closing = shutdown.closing();
-    // These futures live as long as the loop: re-creating them per message would register
-    // and deregister a timer, and a waiter on the watch channel every session shares, for
-    // every frame sent.
-    let idle_timer = sleep_until(Instant::now() + protocol.idle_after());
-    // Boxed and only while armed: most sockets never use a token.
-    let mut deadline_timer: Option<Pin<Box<Sleep>>> = None;
-    let mut armed: Option<i64> = None;
-    let killed = kill.notified();
-    let shutting_down = async move {
-        let _ = closing.wait_for(|closing| *closing).await;
-    };
-    tokio::pin!(idle_timer, killed, shutting_down);
-    let started = guarded(
-        Box::pin(protocol.start(&mut core)),
-        killed.as_mut(),
-        shutting_down.as_mut(),
-    )
-    .await;
-    let outcome = match started {
-        Err(close) => close,
-        Ok(()) => loop {
-            if protocol.deadline() != armed {
-                armed = protocol.deadline();
-                deadline_timer = armed.map(|at| Box::pin(sleep_until(instant_at(at))));
-            }
-            let result = tokio::select! {
-                () = &mut killed => Err(Close::SlowConsumer),
-                () = &mut idle_timer => match protocol.on_idle() {
-                    Err(close) => Err(close),
-                    Ok((frame, wait)) => {
-                        idle_timer.as_mut().reset(Instant::now() + wait);
-                        guarded(core.send(frame), killed.as_mut(), shutting_down.as_mut()).await
-                    }
-                },
-                () = &mut shutting_down => Err(Close::Shutdown),
-                () = fire(&mut deadline_timer) => {
-                    armed = None;
-                    deadline_timer = None;
-                    guarded(Box::pin(protocol.on_deadline(&mut core)), killed.as_mut(), shutting_down.as_mut()).await
-                }
-                outbound = rx.recv() => match outbound {
-                    // The session holds a sender itself, so the queue never closes first.
-                    None => Err(Close::Gone),
-                    Some(outbound) => {
-                        let write_timeout = core.write_timeout;
-                        let batch = tokio::time::timeout(
-                            write_timeout,
-                            write_batch(&mut protocol, &mut core, outbound, &mut rx),
-                        );
-                        let batch = async { batch.await.unwrap_or(Err(Close::SlowConsumer)) };
-                        guarded(batch, killed.as_mut(), shutting_down.as_mut()).await
-                    }
-                },
-                frame = stream.next() => {
-                    idle_timer.as_mut().reset(Instant::now() + protocol.idle_after());
-                    protocol.on_activity();
-                    match frame {
-                        None => Err(Close::Gone),
-                        Some(Err(e)) => Err(read_error(&e)),
-                        Some(Ok(Message::Text(text))) => {
-                            // Boxed: handling a client frame (a join waits on the registry
-                            // and the bus) is the largest state of this future, which every
-                            // idle socket would otherwise carry inline.
-                            guarded(Box::pin(protocol.on_text(&mut core, &text)), killed.as_mut(), shutting_down.as_mut()).await
-                        }
-                        Some(Ok(Message::Binary(_))) => Err(Close::Unsupported("binary frames are not supported".to_owned())),
-                        Some(Ok(Message::Close(_))) => Err(Close::Gone),
-                        // tungstenite answers pings itself; both count as activity.
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
-                    }
-                }
-            };
-            if let Err(close) = result {
-                break close;
-            }
-        },
-    };
-    match &outcome {
-        Close::Unsupported(why) | Close::Violation(why) => {
-            tracing::info!(conn = id, reason = %why, "closing socket: protocol error");
-        }
-        Close::SlowConsumer => tracing::info!(conn = id, "closing socket: slow consumer"),
-        Close::RateLimited => tracing::info!(conn = id, "closing socket: client event rate limit"),
-        _ => {}
-    }
-    let (last, frame) = protocol.farewell(&outcome);
-    if let Some(frame) = frame {
-        // A stalled client may never take the close frame; do not wait for it for long. Then
-        // read (and drop) what the client still sends until its close reply: closing with
-        // unread bytes makes the kernel reset the connection, and the client would lose the
-        // close frame, and with it the reason.
-        let sink = &mut core.sink;
-        let closing = async {
-            if let Some(last) = last {
-                sink.send(Message::Text(last.into())).await.ok()?;
-            }
-            sink.send(Message::Close(Some(frame))).await.ok()?;
-            while let Some(Ok(message)) = stream.next().await {
-                if let Message::Close(_) = message {
-                    break;
-                }
-            }
-            Some(())
+    serve(core, protocol, rx, stream, kill)
+}
+
+/// The connection's loop, over the state [`run`] built. An `async move` block rather than an
+/// `async fn`: it owns its captures in place instead of moving arguments into new locals.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice (rust-lang/rust#62958)"
+)]
+fn serve<P: Protocol>(
+    mut core: Core,
+    mut protocol: P,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut stream: SplitStream<WebSocket>,
+    kill: Arc<Notify>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let (id, wire) = (core.id, core.subscriber.wire);
+        let shutdown = core.state.shutdown.clone();
+        let _live = shutdown.session_started();
+        let mut closing = shutdown.closing();
+        // These futures live as long as the loop: re-creating them per message would register
+        // and deregister a timer, and a waiter on the watch channel every session shares, for
+        // every frame sent.
+        let idle_timer = sleep_until(Instant::now() + protocol.idle_after());
+        // Boxed and only while armed: most sockets never use a token.
+        let mut deadline_timer: Option<Pin<Box<Sleep>>> = None;
+        let mut armed: Option<i64> = None;
+        let killed = kill.notified();
+        let shutting_down = async move {
+            let _ = closing.wait_for(|closing| *closing).await;
         };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-    }
-    for topic in &core.in_hub {
-        core.state.hub.leave(topic, id);
-    }
-    let reason = outcome.reason();
-    for app in core.apps.keys() {
-        core.state
-            .metrics
-            .connection_closed(app, wire.label(), reason);
+        tokio::pin!(idle_timer, killed, shutting_down);
+        let started = guarded(
+            Box::pin(protocol.start(&mut core)),
+            killed.as_mut(),
+            shutting_down.as_mut(),
+        )
+        .await;
+        let outcome = match started {
+            Err(close) => close,
+            Ok(()) => loop {
+                if protocol.deadline() != armed {
+                    armed = protocol.deadline();
+                    deadline_timer = armed.map(|at| Box::pin(sleep_until(instant_at(at))));
+                }
+                let result = tokio::select! {
+                    () = &mut killed => Err(Close::SlowConsumer),
+                    () = &mut idle_timer => match protocol.on_idle() {
+                        Err(close) => Err(close),
+                        Ok((frame, wait)) => {
+                            idle_timer.as_mut().reset(Instant::now() + wait);
+                            guarded(core.send(frame), killed.as_mut(), shutting_down.as_mut()).await
+                        }
+                    },
+                    () = &mut shutting_down => Err(Close::Shutdown),
+                    () = fire(&mut deadline_timer) => {
+                        armed = None;
+                        deadline_timer = None;
+                        guarded(Box::pin(protocol.on_deadline(&mut core)), killed.as_mut(), shutting_down.as_mut()).await
+                    }
+                    outbound = rx.recv() => match outbound {
+                        // The session holds a sender itself, so the queue never closes first.
+                        None => Err(Close::Gone),
+                        Some(outbound) => {
+                            let write_timeout = core.write_timeout;
+                            let batch = tokio::time::timeout(
+                                write_timeout,
+                                write_batch(&mut protocol, &mut core, outbound, &mut rx),
+                            );
+                            let batch = async { batch.await.unwrap_or(Err(Close::SlowConsumer)) };
+                            guarded(batch, killed.as_mut(), shutting_down.as_mut()).await
+                        }
+                    },
+                    frame = stream.next() => {
+                        idle_timer.as_mut().reset(Instant::now() + protocol.idle_after());
+                        protocol.on_activity();
+                        match frame {
+                            None => Err(Close::Gone),
+                            Some(Err(e)) => Err(read_error(&e)),
+                            Some(Ok(Message::Text(text))) => {
+                                // Boxed: handling a client frame (a join waits on the registry
+                                // and the bus) is the largest state of this future, which every
+                                // idle socket would otherwise carry inline.
+                                guarded(Box::pin(protocol.on_text(&mut core, &text)), killed.as_mut(), shutting_down.as_mut()).await
+                            }
+                            Some(Ok(Message::Binary(_))) => Err(Close::Unsupported("binary frames are not supported".to_owned())),
+                            Some(Ok(Message::Close(_))) => Err(Close::Gone),
+                            // tungstenite answers pings itself; both count as activity.
+                            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                        }
+                    }
+                };
+                if let Err(close) = result {
+                    break close;
+                }
+            },
+        };
+        match &outcome {
+            Close::Unsupported(why) | Close::Violation(why) => {
+                tracing::info!(conn = id, reason = %why, "closing socket: protocol error");
+            }
+            Close::SlowConsumer => tracing::info!(conn = id, "closing socket: slow consumer"),
+            Close::RateLimited => {
+                tracing::info!(conn = id, "closing socket: client event rate limit")
+            }
+            _ => {}
+        }
+        let (last, frame) = protocol.farewell(&outcome);
+        if let Some(frame) = frame {
+            // A stalled client may never take the close frame; do not wait for it for long. Then
+            // read (and drop) what the client still sends until its close reply: closing with
+            // unread bytes makes the kernel reset the connection, and the client would lose the
+            // close frame, and with it the reason.
+            let sink = &mut core.sink;
+            let closing = async {
+                if let Some(last) = last {
+                    sink.send(Message::Text(last.into())).await.ok()?;
+                }
+                sink.send(Message::Close(Some(frame))).await.ok()?;
+                while let Some(Ok(message)) = stream.next().await {
+                    if let Message::Close(_) = message {
+                        break;
+                    }
+                }
+                Some(())
+            };
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+        }
+        for topic in &core.in_hub {
+            core.state.hub.leave(topic, id);
+        }
+        let reason = outcome.reason();
+        for app in core.apps.keys() {
+            core.state
+                .metrics
+                .connection_closed(app, wire.label(), reason);
+        }
     }
 }
 
