@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::phx::{self, Vsn};
 use common::proxy::Proxy;
+use common::pusher;
 use common::{create_app, fresh_postgres_database, redis_url, spawn_config, test_config};
 use serde_json::{Value, json};
 
@@ -48,10 +49,29 @@ async fn cached_apps_survive_a_database_outage() {
             .json(&json!({"topic": "t", "event": "e", "scope": "public", "payload": {"n": 1}}))
             .send()
     };
-    // the node has the app cached once it served it
+    let key = app["key"].as_str().unwrap().to_owned();
+    let secret = app["secret"].as_str().unwrap().to_owned();
+    let events = format!("/apps/{}/events", app["id"]);
+    let pusher_trigger = || {
+        let body = json!({"name": "p", "channel": "pusher-room", "data": "{\"n\":2}"}).to_string();
+        let now = chrono::Utc::now().timestamp();
+        let query = pusher::signed_query(&key, &secret, "POST", &events, &[], body.as_bytes(), now);
+        node.http
+            .post(node.url(&format!("{events}?{query}")))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // the node has the app cached once it served it, by slug and by key
     assert_eq!(trigger().await.unwrap().status(), 200);
+    assert_eq!(pusher_trigger().await.unwrap().status(), 200);
 
     proxy.cut();
+    // Pusher connections and HTTP API calls of a cached app too
+    let mut pusher_client = pusher::connect(node.addr, &key).await;
+    pusher_client.subscribed("pusher-room", None).await;
+    assert_eq!(pusher_trigger().await.unwrap().status(), 200);
+    assert_eq!(pusher_client.recv_event("p").await["data"], "{\"n\":2}");
     let mut client = phx::connect(node.addr, Vsn::V2, "", None).await;
     let (_, reply) = client.join(&topic).await;
     assert_eq!(

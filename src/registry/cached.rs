@@ -1,5 +1,5 @@
-//! A bounded, expiring cache in front of the registry for the hot lookup (by slug, on every
-//! join and trigger). Writes go through and drop the local entry; other nodes drop theirs when
+//! A bounded, expiring cache in front of the registry for the hot lookups: by slug (every
+//! Phoenix join and seed trigger) and by key (every Pusher connection and HTTP API call). Writes go through and drop the local entry; other nodes drop theirs when
 //! the change is announced on the bus (see `Control::AppChanged`).
 //!
 //! While the database is down, apps still in the cache keep working: joins and triggers do
@@ -22,6 +22,10 @@ use crate::domain::app::{App, AppChanges, NewApp};
 #[derive(Clone)]
 pub struct AppCache {
     apps: Cache<String, App>,
+    /// Key → slug. Only a hint: a key lookup reads the app through the slug cache (which
+    /// invalidations keep right) and checks the key, so a stale hint costs a database read,
+    /// never a wrong answer.
+    slugs: Cache<String, String>,
     /// Counts invalidations; the lock also orders every invalidation against every insert.
     generation: Arc<Mutex<u64>>,
 }
@@ -31,6 +35,10 @@ impl AppCache {
     pub fn new(capacity: u64, ttl: Duration) -> AppCache {
         AppCache {
             apps: Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(ttl)
+                .build(),
+            slugs: Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(ttl)
                 .build(),
@@ -99,7 +107,19 @@ impl AppRegistry for CachedRegistry {
     }
 
     async fn by_key(&self, key: &str) -> Result<Option<App>, RegistryError> {
-        self.inner.by_key(key).await
+        if let Some(slug) = self.cache.slugs.get(key)
+            && let Some(app) = self.cache.apps.get(&slug)
+            && app.key == key
+        {
+            return Ok(Some(app));
+        }
+        let seen = *self.cache.generation();
+        let found = self.inner.by_key(key).await?;
+        if let Some(app) = &found {
+            self.cache.slugs.insert(key.to_owned(), app.slug.clone());
+            self.cache.insert_if_current(&app.slug, app.clone(), seen);
+        }
+        Ok(found)
     }
 
     async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {
@@ -132,11 +152,13 @@ mod tests {
     use crate::registry::SqliteRegistry;
     use tokio::sync::{Mutex as AsyncMutex, oneshot};
 
-    /// Holds the first `by_slug` after it has read the row, until told to go on.
+    /// Holds the first `by_slug` after it has read the row, until told to go on; counts the
+    /// key lookups that reach the database.
     struct Gated {
         inner: SqliteRegistry,
         loaded: AsyncMutex<Option<oneshot::Sender<()>>>,
         proceed: AsyncMutex<Option<oneshot::Receiver<()>>>,
+        key_lookups: std::sync::atomic::AtomicUsize,
     }
 
     #[async_trait]
@@ -161,6 +183,8 @@ mod tests {
             found
         }
         async fn by_key(&self, key: &str) -> Result<Option<App>, RegistryError> {
+            self.key_lookups
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.inner.by_key(key).await
         }
         async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {
@@ -185,10 +209,7 @@ mod tests {
         }
     }
 
-    /// Issue 10, D4: a lookup that read the row before a rotation committed must not put the
-    /// superseded row back into the cache after the rotation's invalidation.
-    #[tokio::test]
-    async fn a_load_overtaken_by_a_write_is_not_cached() {
+    async fn foo_app() -> SqliteRegistry {
         let inner = SqliteRegistry::connect("sqlite::memory:", 1, Duration::from_secs(5))
             .await
             .expect("in-memory SQLite");
@@ -205,12 +226,57 @@ mod tests {
             })
             .await
             .expect("insert");
+        inner
+    }
+
+    /// Pusher connections and API calls look apps up by key: cached, and never stale.
+    #[tokio::test]
+    async fn key_lookups_are_cached_and_follow_invalidations() {
+        let gated = Arc::new(Gated {
+            inner: foo_app().await,
+            loaded: AsyncMutex::new(None),
+            proceed: AsyncMutex::new(None),
+            key_lookups: 0.into(),
+        });
+        let cache = AppCache::new(100, Duration::from_secs(300));
+        let registry = CachedRegistry::new(gated.clone(), cache);
+        let lookups = || gated.key_lookups.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..3 {
+            let app = registry
+                .by_key("key")
+                .await
+                .expect("lookup")
+                .expect("found");
+            assert_eq!(app.secret, "old-secret");
+        }
+        assert_eq!(lookups(), 1);
+        registry
+            .rotate_secret("foo-app", "new-secret")
+            .await
+            .expect("rotate");
+        let app = registry
+            .by_key("key")
+            .await
+            .expect("lookup")
+            .expect("found");
+        assert_eq!(app.secret, "new-secret");
+        assert_eq!(lookups(), 2);
+        registry.delete("foo-app").await.expect("delete");
+        assert!(registry.by_key("key").await.expect("lookup").is_none());
+        assert!(registry.by_key("other").await.expect("lookup").is_none());
+    }
+
+    /// Issue 10, D4: a lookup that read the row before a rotation committed must not put the
+    /// superseded row back into the cache after the rotation's invalidation.
+    #[tokio::test]
+    async fn a_load_overtaken_by_a_write_is_not_cached() {
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let (proceed_tx, proceed_rx) = oneshot::channel();
         let gated = Gated {
-            inner,
+            inner: foo_app().await,
             loaded: AsyncMutex::new(Some(loaded_tx)),
             proceed: AsyncMutex::new(Some(proceed_rx)),
+            key_lookups: 0.into(),
         };
         let cache = AppCache::new(100, Duration::from_secs(300));
         let registry = Arc::new(CachedRegistry::new(Arc::new(gated), cache));
