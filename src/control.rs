@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::bus::{BusSink, Control};
 use crate::domain::event::Event;
-use crate::domain::topic::USER_CHANNEL_PREFIX;
+use crate::domain::topic::Topic;
 use crate::hub::Hub;
 use crate::registry::{AppCache, AppRegistry};
 
@@ -24,8 +24,9 @@ impl BusSink for NodeSink {
     fn control(&self, control: Control) {
         match control {
             Control::TerminateUser { slug, user_id } => {
-                self.hub
-                    .terminate_topic(&format!("{USER_CHANNEL_PREFIX}{user_id}:{slug}"));
+                if let Ok(topic) = Topic::user(&user_id, &slug) {
+                    self.hub.terminate_topic(topic.as_str());
+                }
             }
             Control::AppChanged { slug, close } => {
                 self.cache.invalidate(&slug);

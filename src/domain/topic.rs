@@ -118,6 +118,14 @@ impl Topic {
         })
     }
 
+    /// The internal channel of user `id` in app `slug` (`#server-to-user-<id>:<slug>`).
+    ///
+    /// # Errors
+    /// `id` has characters a channel name cannot hold.
+    pub fn user(id: &str, slug: &str) -> Result<Topic, ChannelNameError> {
+        Topic::new(&format!("{USER_CHANNEL_PREFIX}{id}"), slug)
+    }
+
     /// The topic of `channel` in app `slug`.
     ///
     /// # Errors
@@ -213,6 +221,11 @@ mod tests {
             assert_eq!(Topic::new(channel, "s").unwrap().kind(), kind, "{channel}");
         }
         assert_eq!(Topic::new("x", "s").unwrap().as_str(), "x:s");
+        assert_eq!(
+            Topic::user("42", "s").unwrap().as_str(),
+            "#server-to-user-42:s"
+        );
+        assert!(Topic::user("a b", "s").is_err());
         assert_eq!(app_of("public:foo"), Some("foo"));
     }
 

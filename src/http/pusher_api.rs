@@ -22,7 +22,7 @@ use crate::bus::Control;
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, check_name, is_reserved};
 use crate::domain::signature;
-use crate::domain::topic::{ChannelKind, Topic, USER_CHANNEL_PREFIX, check_channel};
+use crate::domain::topic::{ChannelKind, Topic};
 use crate::node::NodeState;
 
 /// A Pusher-shaped error.
@@ -72,13 +72,13 @@ type Result<T> = std::result::Result<T, PusherError>;
 
 /// Room for the other fields of a trigger: up to `max_trigger_channels` names and a socket id.
 #[must_use]
-pub fn body_limit(state: &crate::config::Config) -> usize {
-    let events = state
+pub fn body_limit(config: &crate::config::Config) -> usize {
+    let events = config
         .pusher
         .max_batch_events
         .max(1)
-        .saturating_mul(state.limits.event_payload_bytes.saturating_mul(2));
-    let channels = state.pusher.max_trigger_channels.saturating_mul(170);
+        .saturating_mul(config.limits.event_payload_bytes.saturating_mul(2));
+    let channels = config.pusher.max_trigger_channels.saturating_mul(170);
     events.saturating_add(channels).saturating_add(4096)
 }
 
@@ -536,8 +536,7 @@ pub async fn users(signed: Signed) -> Result<Json<Value>> {
 /// path the Python SDK 3.x signs and sends): on every node.
 pub async fn terminate(State(state): State<NodeState>, signed: Signed) -> Result<Json<Value>> {
     let user_id = signed.path("user_id")?;
-    let channel = format!("{USER_CHANNEL_PREFIX}{user_id}");
-    if user_id.len() > 128 || check_channel(&channel).is_err() {
+    if user_id.len() > 128 || Topic::user(user_id, &signed.app.slug).is_err() {
         return Err(PusherError::bad_request("not a user id"));
     }
     let control = Control::TerminateUser {

@@ -210,6 +210,14 @@ impl Core {
         self.in_hub.remove(topic);
     }
 
+    /// Leaves a joined topic: out of the hub, and one reference fewer to its app.
+    pub fn leave(&mut self, topic: &str, reason: CloseReason) {
+        self.exit(topic);
+        if let Some(slug) = app_of(topic) {
+            self.release_app(slug, reason);
+        }
+    }
+
     /// Counts one more reference of this connection to `slug`.
     pub fn hold_app(&mut self, slug: &str) {
         let count = self.apps.entry(slug.to_owned()).or_insert(0);

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::{Close, Core, Notice, Protocol, Refusal, served};
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, check_name, is_reserved};
-use crate::domain::topic::{ChannelKind, Topic, app_of};
+use crate::domain::topic::{ChannelKind, Topic};
 use crate::metrics::CloseReason;
 use crate::node::NodeState;
 use crate::protocol::phoenix::{self, DecodeError, Inbound, Status, Vsn};
@@ -114,10 +114,7 @@ impl Phoenix {
         reason: CloseReason,
     ) -> Option<String> {
         let channel = self.channels.remove(topic)?;
-        core.exit(topic);
-        if let Some(slug) = app_of(topic) {
-            core.release_app(slug, reason);
-        }
+        core.leave(topic, reason);
         Some(phoenix::close(self.vsn, channel.join_ref.as_deref(), topic))
     }
 
@@ -163,13 +160,10 @@ impl Phoenix {
                 let reply = self.reply(&message, join_ref.as_deref(), Status::Ok, &json!({}));
                 core.send(reply).await
             }
-            (decision, topic) => {
+            (decision, _) => {
                 let refusal = decision.err().unwrap_or(Refusal::Unmatched);
                 if rejoin.is_some() {
-                    core.exit(&name);
-                    if let Some(topic) = &topic {
-                        core.release_app(topic.app(), CloseReason::Left);
-                    }
+                    core.leave(&name, CloseReason::Left);
                 }
                 // Phoenix answers an unrouted topic without a join_ref.
                 let reply_join_ref = if refusal == Refusal::Unmatched {
@@ -274,10 +268,7 @@ impl Phoenix {
         }
         let join_ref = channel.join_ref.clone();
         self.channels.remove(topic);
-        core.exit(topic);
-        if let Some(slug) = app_of(topic) {
-            core.release_app(slug, CloseReason::Left);
-        }
+        core.leave(topic, CloseReason::Left);
         let reply = self.reply(message, join_ref.as_deref(), Status::Ok, &json!({}));
         core.send(reply).await?;
         let close = phoenix::close(self.vsn, join_ref.as_deref(), topic);

@@ -219,7 +219,8 @@ impl Pusher {
             );
             return core.send(frame).await;
         };
-        let Ok(topic) = self.topic(&format!("{USER_CHANNEL_PREFIX}{id}")) else {
+        let slug = self.app()?.slug.clone();
+        let Ok(topic) = Topic::user(&id, &slug) else {
             let frame = pusher::error(
                 Some(code::UNAUTHORIZED),
                 "user id has characters a channel name cannot hold",
@@ -228,7 +229,7 @@ impl Pusher {
         };
         if self.user.as_deref() != Some(id.as_str()) {
             if let Some(old) = self.user.take()
-                && let Ok(old) = self.topic(&format!("{USER_CHANNEL_PREFIX}{old}"))
+                && let Ok(old) = Topic::user(&old, &slug)
             {
                 core.exit(old.as_str());
             }
