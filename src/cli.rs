@@ -60,9 +60,12 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u32,
-        /// Subject (the user id), optional.
+        /// Subject (the user id): a presence channel's member id.
         #[arg(long)]
         sub: Option<String>,
+        /// A presence member's info, as JSON (for example '{"name":"Ann"}').
+        #[arg(long)]
+        presence: Option<String>,
     },
 }
 
@@ -155,7 +158,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 publish,
                 ttl,
                 sub,
+                presence,
             } => {
+                let presence = presence
+                    .map(|json| serde_json::from_str(&json))
+                    .transpose()
+                    .map_err(|e| CliError::Invalid(format!("--presence is not JSON: {e}")))?;
                 let registry = open(&config).await?;
                 let app = registry
                     .by_slug(&app)
@@ -165,6 +173,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     exp: chrono::Utc::now().timestamp() + i64::from(ttl),
                     nbf: None,
                     sub,
+                    presence,
                     subscribe,
                     publish,
                 };
@@ -265,6 +274,7 @@ async fn seed(registry: &dyn AppRegistry) -> Result<(), CliError> {
                     active: true,
                     client_events: true,
                     allowed_origins: Vec::new(),
+                    max_presence_members: crate::domain::app::DEFAULT_PRESENCE_MEMBERS,
                 })
                 .await?
         }

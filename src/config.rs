@@ -33,6 +33,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub limits: LimitsConfig,
     pub pusher: PusherConfig,
+    pub presence: PresenceConfig,
+    pub longpoll: LongPollConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -164,6 +166,28 @@ pub struct PusherConfig {
     pub timestamp_skew_secs: u64,
 }
 
+/// Presence channels across the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// A node silent this long is dead: the others remove its members and announce it.
+    pub node_timeout_ms: u64,
+}
+
+/// Phoenix's LongPoll transport (`/socket/longpoll`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LongPollConfig {
+    /// How long a poll waits for messages before answering 204.
+    pub window_ms: u64,
+    /// A session that sees no request for this long is closed.
+    pub session_timeout_ms: u64,
+    /// Frames in one POST (phoenix.js sends at most 100).
+    pub max_frames: usize,
+    /// Messages in one poll answer.
+    pub max_messages: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -234,6 +258,15 @@ impl Default for Config {
                 max_batch_events: 10,
                 max_trigger_channels: 100,
                 timestamp_skew_secs: 600,
+            },
+            presence: PresenceConfig {
+                node_timeout_ms: 10_000,
+            },
+            longpoll: LongPollConfig {
+                window_ms: 10_000,
+                session_timeout_ms: 15_000,
+                max_frames: 100,
+                max_messages: 1000,
             },
             metrics: MetricsConfig {
                 listen: None,
@@ -394,7 +427,7 @@ impl Config {
         let (s, d, r, l) = (&self.server, &self.database, &self.redis, &self.limits);
         let as_u64 = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
         let p = &self.pusher;
-        let ranges: [(&str, u64, u64, u64); 30] = [
+        let ranges: [(&str, u64, u64, u64); 35] = [
             ("server.drain_delay_ms", s.drain_delay_ms, 0, DAY_MS),
             (
                 "server.shutdown_timeout_ms",
@@ -508,6 +541,36 @@ impl Config {
                 p.timestamp_skew_secs,
                 1,
                 DAY_SECS,
+            ),
+            (
+                "presence.node_timeout_ms",
+                self.presence.node_timeout_ms,
+                1000,
+                600_000,
+            ),
+            (
+                "longpoll.window_ms",
+                self.longpoll.window_ms,
+                100,
+                60_000,
+            ),
+            (
+                "longpoll.session_timeout_ms",
+                self.longpoll.session_timeout_ms,
+                self.longpoll.window_ms + 1000,
+                600_000,
+            ),
+            (
+                "longpoll.max_frames",
+                as_u64(self.longpoll.max_frames),
+                1,
+                10_000,
+            ),
+            (
+                "longpoll.max_messages",
+                as_u64(self.longpoll.max_messages),
+                1,
+                100_000,
             ),
             (
                 "metrics.max_app_labels",

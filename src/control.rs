@@ -7,6 +7,7 @@ use crate::bus::{BusSink, Control};
 use crate::domain::event::Event;
 use crate::domain::topic::Topic;
 use crate::hub::Hub;
+use crate::presence::TopicChange;
 use crate::registry::{AppCache, AppRegistry};
 
 pub struct NodeSink {
@@ -19,6 +20,10 @@ pub struct NodeSink {
 impl BusSink for NodeSink {
     fn deliver(&self, event: Event) {
         self.hub.deliver(&event);
+    }
+
+    fn presence(&self, change: TopicChange) {
+        self.hub.presence(change);
     }
 
     fn control(&self, control: Control) {

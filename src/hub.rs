@@ -18,6 +18,7 @@ use crate::domain::app::App;
 use crate::domain::event::Event;
 use crate::domain::topic::app_of;
 use crate::metrics::Metrics;
+use crate::presence::TopicChange;
 use crate::protocol::{Wire, phoenix, pusher};
 
 /// Identifies one WebSocket connection on this node.
@@ -35,6 +36,8 @@ pub enum Outbound {
     Recheck { topic: String, app: Arc<App> },
     /// The app's server ended the connections of the user whose channel this is.
     Terminate,
+    /// A presence channel's membership changed.
+    Presence(Arc<TopicChange>),
 }
 
 /// The hub's handle on one connection.
@@ -196,6 +199,13 @@ impl Hub {
         });
     }
 
+    /// Hands a presence change to every subscriber of its topic; each session renders it for
+    /// its protocol and drops what it already holds.
+    pub fn presence(&self, change: TopicChange) {
+        let change = Arc::new(change);
+        self.tell_all(&change.topic, || Outbound::Presence(change.clone()));
+    }
+
     fn tell_all(&self, topic: &str, message: impl Fn() -> Outbound) {
         let topics = self.topics();
         for subscriber in topics.get(topic).into_iter().flat_map(HashMap::values) {
@@ -261,7 +271,12 @@ fn encode(wire: Wire, event: &Event) -> String {
                 .topic
                 .split_once(':')
                 .map_or(event.topic.as_str(), |(channel, _)| channel);
-            pusher::event(channel, &event.event, &event.data.pusher_data(), None)
+            pusher::event(
+                channel,
+                &event.event,
+                &event.data.pusher_data(),
+                event.user_id.as_deref(),
+            )
         }
     }
 }

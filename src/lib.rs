@@ -10,7 +10,8 @@
 //! - [`bus`]: the cross-node fan-out seam and its in-process implementation.
 //! - [`control`]: what a node does with events and control messages from the bus.
 //! - [`hub`]: this node's topic → subscriber index and the bus subscription task.
-//! - [`session`]: one WebSocket connection's channels, queue and timers.
+//! - [`presence`]: presence channel membership, cluster-wide (Redis) or on one node.
+//! - [`session`]: one connection's channels, queue and timers (WebSocket or LongPoll).
 //! - [`metrics`]: the Prometheus metrics (names are a contract).
 //! - [`shutdown`]: draining and graceful shutdown state.
 //! - [`usage`] and [`directory`]: per-app usage and the live nodes, for the admin stats API.
@@ -28,6 +29,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod node;
+pub mod presence;
 pub mod protocol;
 pub mod registry;
 pub mod session;

@@ -11,6 +11,7 @@ use crate::directory::NodeDirectory;
 use crate::domain::app::App;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
+use crate::presence::PresenceStore;
 use crate::registry::AppRegistry;
 use crate::shutdown::Shutdown;
 
@@ -30,6 +31,7 @@ pub struct NodeState {
     pub metrics: Metrics,
     pub shutdown: Arc<Shutdown>,
     pub directory: Arc<dyn NodeDirectory>,
+    pub presence: Arc<dyn PresenceStore>,
     pub node: Arc<NodeInfo>,
 }
 

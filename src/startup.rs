@@ -17,6 +17,7 @@ use crate::http::server::{self, Timeouts};
 use crate::hub::{Hub, run_subscriptions};
 use crate::metrics::Metrics;
 use crate::node::{NodeInfo, NodeState};
+use crate::presence::{LocalPresence, PresenceStore, RedisPresence, RedisPresenceConfig};
 use crate::registry::{self, AppCache, AppRegistry, CachedRegistry, RegistryError};
 use crate::shutdown::Shutdown;
 
@@ -37,6 +38,13 @@ pub enum StartupError {
     #[error("server error: {0}")]
     Serve(std::io::Error),
 }
+
+/// The backends that follow from `redis.url`: all Redis, or all in this process.
+type Backends = (
+    Arc<dyn Bus>,
+    Arc<dyn NodeDirectory>,
+    Arc<dyn PresenceStore>,
+);
 
 /// A bound, ready node. Port 0 in the configuration picks a free port: see [`Server::local_addr`].
 pub struct Server {
@@ -76,19 +84,27 @@ impl Server {
             registry: registry.clone(),
         });
         let node_ttl = Duration::from_millis(config.stats.node_ttl_ms);
-        let (bus, directory): (Arc<dyn Bus>, Arc<dyn NodeDirectory>) =
-            match RedisBusConfig::from_config(&config.redis) {
-                None => (
-                    Arc::new(LocalBus::new(sink.clone(), metrics.clone())),
-                    Arc::new(LocalDirectory),
-                ),
-                Some(bus_config) => {
-                    let redis =
-                        RedisBus::connect(&bus_config, sink.clone(), metrics.clone()).await?;
-                    let directory = RedisDirectory::new(redis.client(), node_ttl);
-                    (Arc::new(redis), Arc::new(directory))
-                }
-            };
+        let (bus, directory, presence): Backends = match RedisBusConfig::from_config(&config.redis)
+        {
+            None => (
+                Arc::new(LocalBus::new(sink.clone(), metrics.clone())),
+                Arc::new(LocalDirectory),
+                Arc::new(LocalPresence::new(sink.clone())),
+            ),
+            Some(bus_config) => {
+                let redis = RedisBus::connect(&bus_config, sink.clone(), metrics.clone()).await?;
+                let directory = RedisDirectory::new(redis.client(), node_ttl);
+                let presence = RedisPresence::start(
+                    redis.client(),
+                    node.id.clone(),
+                    RedisPresenceConfig {
+                        node_timeout: Duration::from_millis(config.presence.node_timeout_ms),
+                        sharded: redis.sharded(),
+                    },
+                );
+                (Arc::new(redis), Arc::new(directory), presence)
+            }
+        };
         tokio::spawn(run_subscriptions(hub.clone(), bus.clone(), ops));
         let metrics_listener = match config.metrics.listen {
             Some(addr) => Some(
@@ -109,6 +125,7 @@ impl Server {
             metrics,
             shutdown: Arc::new(Shutdown::default()),
             directory,
+            presence,
             node,
         };
         spawn_heartbeat(state.clone());
@@ -160,6 +177,7 @@ impl Server {
         }
         tracing::info!(%addr, "pushlite listening");
         let metrics = state.metrics.clone();
+        let state_presence = state.presence.clone();
         let app = http::router(state);
         let (signalled, signal_time) = tokio::sync::oneshot::channel();
         let draining = shutdown.clone();
@@ -189,9 +207,13 @@ impl Server {
                 Err(join) => Err(StartupError::Serve(std::io::Error::other(join))),
             };
         };
+        let presence = state_presence;
         let finished = tokio::time::timeout_at(signalled_at + timeout, async {
             let served = serving.await;
             shutdown.sessions_ended().await;
+            // The closed sockets' presence leaves: announced now rather than swept later.
+            let left = (signalled_at + timeout).saturating_duration_since(tokio::time::Instant::now());
+            presence.drain(left).await;
             served
         })
         .await;

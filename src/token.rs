@@ -13,13 +13,17 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Claims {
     pub exp: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<i64>,
+    /// The user: a presence channel's member id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// A presence channel member's info (any JSON, at most 1 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<serde_json::Value>,
     #[serde(default, alias = "listen")]
     pub subscribe: Vec<String>,
     #[serde(default)]

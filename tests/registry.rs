@@ -34,6 +34,7 @@ fn new_app(name: &str, slug: &str) -> NewApp {
         active: true,
         client_events: true,
         allowed_origins: vec!["https://a.example".to_owned()],
+        max_presence_members: 100,
     }
 }
 

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::event::Event;
+use crate::presence::TopicChange;
 
 pub use local::LocalBus;
 pub use redis::{RedisBus, RedisBusConfig, announce};
@@ -43,6 +44,8 @@ pub trait BusSink: Send + Sync + 'static {
     fn deliver(&self, event: Event);
     /// A control message from any node, this one included.
     fn control(&self, control: Control);
+    /// A presence change of a topic this node subscribed.
+    fn presence(&self, change: TopicChange);
 }
 
 /// The fan-out seam, at the topic level (topics are `channel:app_slug`).

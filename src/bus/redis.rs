@@ -4,7 +4,9 @@
 //! versioned JSON envelope `{"v":1,"event":"foo-topic:msg","payload":{...}}`, so any producer
 //! can `PUBLISH` there directly. Pusher-protocol events carry `"data"` (any JSON value, as the
 //! Pusher producer sent it) instead of `"payload"`, and `"socket_id"` when the sender's own
-//! connection must not receive the event. Control messages travel on `pushlite:control`. With a
+//! connection must not receive the event, and `"user_id"` for a client event on a presence
+//! channel. Presence changes travel on their topic as `{"v":1,"presence":{...}}`, written by the
+//! presence store's scripts. Control messages travel on `pushlite:control`. With a
 //! `redis-cluster://` URL, sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) keeps each message on the
 //! shard that owns its channel.
 //!
@@ -31,6 +33,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{Bus, BusError, BusSink, Control};
 use crate::domain::event::{Data, Event, is_reserved};
 use crate::metrics::Metrics;
+use crate::presence::{Change, TopicChange};
 
 /// The channel every node subscribes for [`Control`] messages.
 pub const CONTROL_CHANNEL: &str = "pushlite:control";
@@ -77,6 +80,8 @@ struct EventEnvelope<'a> {
     data: Option<&'a RawValue>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     socket_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
 }
 
 impl EventEnvelope<'_> {
@@ -97,8 +102,16 @@ impl EventEnvelope<'_> {
             event: self.event,
             data,
             exclude: self.socket_id,
+            user_id: self.user_id,
         })
     }
+}
+
+/// A presence change, as the presence store's scripts publish it on the topic's channel.
+#[derive(Deserialize)]
+struct PresenceEnvelope {
+    v: u32,
+    presence: Change,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -292,10 +305,16 @@ impl RedisBus {
     /// Publishes only when the bus is settled, and reports failure for a publish that a
     /// reconnect overtook: fred may hold a command written just before a connection dropped and
     /// send it on the next connection, to a Redis whose subscribers are not back yet.
-    /// The publisher connection, for the node directory to share.
+    /// The publisher connection, for the node directory and the presence store to share.
     #[must_use]
     pub fn client(&self) -> Client {
         self.publisher.clone()
+    }
+
+    /// Whether this is a Redis Cluster (sharded pub/sub).
+    #[must_use]
+    pub fn sharded(&self) -> bool {
+        self.sharded
     }
 
     async fn send(&self, channel: &str, message: String) -> Result<(), BusError> {
@@ -412,9 +431,15 @@ fn handle_message(sink: &dyn BusSink, channel: &str, value: RedisValue) {
                 tracing::warn!(%channel, "dropping a message that is not a version 1 envelope");
             }
         },
-        Err(_) => {
-            tracing::warn!(%channel, "dropping a message that is not a version 1 envelope");
-        }
+        Err(_) => match serde_json::from_str::<PresenceEnvelope>(&text) {
+            Ok(envelope) if envelope.v == ENVELOPE_VERSION => sink.presence(TopicChange {
+                topic: channel.to_owned(),
+                change: envelope.presence,
+            }),
+            _ => {
+                tracing::warn!(%channel, "dropping a message that is not a version 1 envelope");
+            }
+        },
     }
 }
 
@@ -431,6 +456,7 @@ impl Bus for RedisBus {
             payload,
             data,
             socket_id: event.exclude.clone(),
+            user_id: event.user_id.clone(),
         };
         let text =
             serde_json::to_string(&envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;

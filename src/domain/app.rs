@@ -21,6 +21,8 @@ pub struct App {
     pub client_events: bool,
     /// Origins allowed to join this app's topics; empty means any origin.
     pub allowed_origins: Vec<String>,
+    /// Users at most in one presence channel of this app, cluster-wide.
+    pub max_presence_members: i32,
     pub inserted_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -66,6 +68,7 @@ pub struct NewApp {
     pub active: bool,
     pub client_events: bool,
     pub allowed_origins: Vec<String>,
+    pub max_presence_members: i32,
 }
 
 /// Validated changes to an existing app. A new name always comes with its new slug.
@@ -75,6 +78,7 @@ pub struct AppChanges {
     pub active: Option<bool>,
     pub client_events: Option<bool>,
     pub allowed_origins: Option<Vec<String>>,
+    pub max_presence_members: Option<i32>,
 }
 
 /// Field name → messages, rendered as Phoenix's `{"errors": {...}}`.
@@ -103,6 +107,10 @@ const NAME_MIN: usize = 5;
 const NAME_MAX: usize = 255;
 const ORIGINS_MAX: usize = 100;
 const ORIGIN_MAX_BYTES: usize = 255;
+/// Pusher's limit of users in one presence channel: the default of every app.
+pub const DEFAULT_PRESENCE_MEMBERS: i32 = 100;
+/// Beyond this a presence snapshot (sent to every joining member) grows too large to be useful.
+const PRESENCE_MEMBERS_MAX: i32 = 10_000;
 
 /// A fresh random credential: a v4 UUID carries 122 random bits, as the article's
 /// `SecureRandom.uuid` did.
@@ -120,6 +128,7 @@ pub struct AppParams {
     active: Option<Value>,
     client_events: Option<Value>,
     allowed_origins: Option<Value>,
+    max_presence_members: Option<Value>,
 }
 
 impl AppParams {
@@ -130,6 +139,7 @@ impl AppParams {
             active: map.remove("active"),
             client_events: map.remove("client_events"),
             allowed_origins: map.remove("allowed_origins"),
+            max_presence_members: map.remove("max_presence_members"),
         }
     }
 
@@ -158,9 +168,26 @@ impl AppParams {
             .allowed_origins
             .as_ref()
             .map_or(Some(Vec::new()), |v| cast_origins(v, &mut errors));
-        match (name, active, client_events, allowed_origins) {
-            (Some((name, slug)), Some(active), Some(client_events), Some(allowed_origins))
-                if errors.is_empty() =>
+        let max_presence_members = self
+            .max_presence_members
+            .as_ref()
+            .map_or(Some(DEFAULT_PRESENCE_MEMBERS), |v| {
+                cast_presence_members(v, &mut errors)
+            });
+        match (
+            name,
+            active,
+            client_events,
+            allowed_origins,
+            max_presence_members,
+        ) {
+            (
+                Some((name, slug)),
+                Some(active),
+                Some(client_events),
+                Some(allowed_origins),
+                Some(max_presence_members),
+            ) if errors.is_empty() =>
             {
                 Ok(NewApp {
                     name,
@@ -170,6 +197,7 @@ impl AppParams {
                     active,
                     client_events,
                     allowed_origins,
+                    max_presence_members,
                 })
             }
             _ => Err(errors),
@@ -199,6 +227,10 @@ impl AppParams {
                 .allowed_origins
                 .as_ref()
                 .and_then(|v| cast_origins(v, &mut errors)),
+            max_presence_members: self
+                .max_presence_members
+                .as_ref()
+                .and_then(|v| cast_presence_members(v, &mut errors)),
         };
         if errors.is_empty() {
             Ok(changes)
@@ -250,6 +282,25 @@ fn cast_bool(field: &'static str, value: &Value, errors: &mut ValidationErrors) 
         Value::String(s) if s == "false" || s == "0" => Some(false),
         _ => {
             errors.add(field, "is invalid");
+            None
+        }
+    }
+}
+
+/// A member limit: an integer (or a form's digits) from 1 to [`PRESENCE_MEMBERS_MAX`].
+fn cast_presence_members(value: &Value, errors: &mut ValidationErrors) -> Option<i32> {
+    let number = match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    };
+    match number.and_then(|n| i32::try_from(n).ok()) {
+        Some(n) if (1..=PRESENCE_MEMBERS_MAX).contains(&n) => Some(n),
+        _ => {
+            errors.add(
+                "max_presence_members",
+                "must be an integer from 1 to 10000",
+            );
             None
         }
     }
@@ -386,6 +437,7 @@ mod tests {
             active: true,
             client_events: true,
             allowed_origins: vec![],
+            max_presence_members: crate::domain::app::DEFAULT_PRESENCE_MEMBERS,
             inserted_at: Utc::now(),
             updated_at: Utc::now(),
         };

@@ -16,6 +16,8 @@ pub struct Event {
     pub data: Data,
     /// A Pusher `socket_id` that must not receive the event (the sender's own connection).
     pub exclude: Option<String>,
+    /// The sender's user id, for a client event on a presence channel (Pusher's `user_id`).
+    pub user_id: Option<String>,
 }
 
 /// An event's payload as its producer wrote it. Each protocol renders it once per event:

@@ -109,5 +109,6 @@ fn parse_event(
         event: name,
         data: Data::Object(payload),
         exclude: None,
+        user_id: None,
     })
 }

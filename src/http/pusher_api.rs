@@ -4,7 +4,7 @@
 //! Errors are `{"error": "..."}` with the status the Pusher server SDKs expect: 400 for bad
 //! parameters, 401 for a bad signature, 403 for a disabled app, 413 for size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request, State};
@@ -284,15 +284,15 @@ impl Info {
         Ok(())
     }
 
-    /// The requested attributes of a channel with `subscriptions` subscribers.
-    fn render(self, subscriptions: usize) -> Map<String, Value> {
+    /// The requested attributes of a channel with `subscriptions` subscribers and `users`
+    /// presence members.
+    fn render(self, subscriptions: usize, users: usize) -> Map<String, Value> {
         let mut map = Map::new();
         if self.subscription_count {
             map.insert("subscription_count".into(), json!(subscriptions));
         }
         if self.user_count {
-            // Presence members are not tracked yet: no presence subscription can succeed.
-            map.insert("user_count".into(), json!(0));
+            map.insert("user_count".into(), json!(users));
         }
         map
     }
@@ -373,6 +373,7 @@ fn check_trigger(state: &NodeState, app: &App, trigger: Trigger, many: bool) -> 
             event: name.clone(),
             data: Data::Pusher(data.clone()),
             exclude: trigger.socket_id.clone(),
+            user_id: None,
         });
     }
     Ok(Checked { events, info })
@@ -388,6 +389,30 @@ async fn occupancy(state: &NodeState, app: &App) -> Result<BTreeMap<String, usiz
         }
     }
     Ok(topics)
+}
+
+/// Members of each presence topic, cluster-wide.
+async fn user_counts(state: &NodeState, topics: &[String]) -> Result<HashMap<String, usize>> {
+    if topics.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let counts = state
+        .presence
+        .user_counts(topics)
+        .await
+        .map_err(|e| PusherError::from(ApiError::Unavailable(e.to_string())))?;
+    Ok(topics.iter().cloned().zip(counts).collect())
+}
+
+/// The presence topics among `topics`, when `info` asks for their user counts.
+fn presence_topics<'a>(info: Info, topics: impl Iterator<Item = &'a String>) -> Vec<String> {
+    if !info.user_count {
+        return Vec::new();
+    }
+    topics
+        .filter(|t| Topic::parse(t).is_some_and(|t| t.kind() == ChannelKind::Presence))
+        .cloned()
+        .collect()
 }
 
 async fn publish(state: &NodeState, app: &App, events: &[Event]) -> Result<()> {
@@ -407,10 +432,13 @@ async fn channel_info(state: &NodeState, app: &App, checked: &[&Checked]) -> Res
     let topics = occupancy(state, app).await?;
     let mut channels = Map::new();
     for c in checked.iter().filter(|c| c.info.any()) {
+        let users =
+            user_counts(state, &presence_topics(c.info, c.events.iter().map(|e| &e.topic))).await?;
         for event in &c.events {
             let count = topics.get(&event.topic).copied().unwrap_or(0);
+            let members = users.get(&event.topic).copied().unwrap_or(0);
             let channel = event.topic.split_once(':').map_or("", |(c, _)| c);
-            channels.insert(channel.to_owned(), Value::Object(c.info.render(count)));
+            channels.insert(channel.to_owned(), Value::Object(c.info.render(count, members)));
         }
     }
     Ok(Value::Object(channels))
@@ -459,18 +487,14 @@ pub async fn batch(State(state): State<NodeState>, signed: Signed) -> Result<Jso
         return Ok(Json(json!({})));
     }
     let topics = occupancy(&state, app).await?;
-    let items: Vec<Value> = checked
-        .iter()
-        .map(|c| {
-            let count = c
-                .events
-                .first()
-                .and_then(|e| topics.get(&e.topic))
-                .copied()
-                .unwrap_or(0);
-            Value::Object(c.info.render(count))
-        })
-        .collect();
+    let mut items = Vec::with_capacity(checked.len());
+    for c in &checked {
+        let first = c.events.first().map(|e| &e.topic);
+        let users = user_counts(&state, &presence_topics(c.info, first.into_iter())).await?;
+        let count = first.and_then(|t| topics.get(t)).copied().unwrap_or(0);
+        let members = first.and_then(|t| users.get(t)).copied().unwrap_or(0);
+        items.push(Value::Object(c.info.render(count, members)));
+    }
     Ok(Json(json!({ "batch": items })))
 }
 
@@ -483,17 +507,22 @@ pub async fn channels(State(state): State<NodeState>, signed: Signed) -> Result<
             "user_count needs filter_by_prefix=presence-",
         ));
     }
+    let occupied: Vec<(Topic, usize)> = occupancy(&state, &signed.app)
+        .await?
+        .into_iter()
+        .filter_map(|(topic, count)| Some((Topic::parse(&topic)?, count)))
+        .filter(|(topic, count)| {
+            *count > 0 && topic.kind() != ChannelKind::User && topic.channel().starts_with(prefix)
+        })
+        .collect();
+    let names: Vec<String> = occupied.iter().map(|(t, _)| t.as_str().to_owned()).collect();
+    let users = user_counts(&state, &presence_topics(info, names.iter())).await?;
     let mut channels = Map::new();
-    for (topic, count) in occupancy(&state, &signed.app).await? {
-        let Some(topic) = Topic::parse(&topic) else {
-            continue;
-        };
-        if count == 0 || topic.kind() == ChannelKind::User || !topic.channel().starts_with(prefix) {
-            continue;
-        }
+    for (topic, count) in occupied {
+        let members = users.get(topic.as_str()).copied().unwrap_or(0);
         channels.insert(
             topic.channel().to_owned(),
-            Value::Object(info.render(count)),
+            Value::Object(info.render(count, members)),
         );
     }
     Ok(Json(json!({ "channels": channels })))
@@ -515,20 +544,33 @@ pub async fn channel(State(state): State<NodeState>, signed: Signed) -> Result<J
         .get(topic.as_str())
         .copied()
         .unwrap_or(0);
-    let mut body = info.render(count);
+    let users = user_counts(
+        &state,
+        &presence_topics(info, std::iter::once(&topic.as_str().to_owned())),
+    )
+    .await?;
+    let members = users.get(topic.as_str()).copied().unwrap_or(0);
+    let mut body = info.render(count, members);
     body.insert("occupied".into(), json!(count > 0));
     Ok(Json(Value::Object(body)))
 }
 
-/// `GET /apps/:app_id/channels/:channel/users`: presence channels only.
-pub async fn users(signed: Signed) -> Result<Json<Value>> {
-    if channel_topic(&signed)?.kind() != ChannelKind::Presence {
+/// `GET /apps/:app_id/channels/:channel/users`: presence channels only, cluster-wide.
+pub async fn users(State(state): State<NodeState>, signed: Signed) -> Result<Json<Value>> {
+    let topic = channel_topic(&signed)?;
+    if topic.kind() != ChannelKind::Presence {
         return Err(PusherError::bad_request(
             "users are only available for presence channels",
         ));
     }
-    // Presence members are not tracked yet: no presence subscription can succeed.
-    Ok(Json(json!({ "users": [] })))
+    let mut users = state
+        .presence
+        .users(topic.as_str())
+        .await
+        .map_err(|e| PusherError::from(ApiError::Unavailable(e.to_string())))?;
+    users.sort_unstable();
+    let users: Vec<Value> = users.into_iter().map(|id| json!({ "id": id })).collect();
+    Ok(Json(json!({ "users": users })))
 }
 
 /// `POST /apps/:app_id/users/:user_id/terminate_connections`, and

@@ -44,6 +44,32 @@ pub struct Subscribe {
     pub channel_data: Option<String>,
 }
 
+/// What a presence subscription's `channel_data` holds: the member's id (a string, or a number
+/// as some server SDKs send it) and optional info.
+#[derive(Debug, Deserialize)]
+pub struct ChannelData {
+    pub user_id: UserId,
+    #[serde(default)]
+    pub user_info: Option<Box<RawValue>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum UserId {
+    Text(String),
+    Number(serde_json::Number),
+}
+
+impl UserId {
+    #[must_use]
+    pub fn into_string(self) -> String {
+        match self {
+            UserId::Text(text) => text,
+            UserId::Number(number) => number.to_string(),
+        }
+    }
+}
+
 /// The fields of `pusher:signin`.
 #[derive(Debug, Deserialize)]
 pub struct Signin {
@@ -134,6 +160,22 @@ pub fn subscription_succeeded(channel: &str) -> String {
         Some(channel),
         "\"{}\"",
     )
+}
+
+/// `pusher_internal:subscription_succeeded` of a presence channel: `data` holds the members.
+#[must_use]
+pub fn presence_succeeded(channel: &str, presence: &Value) -> String {
+    frame(
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        &quoted(&presence.to_string()),
+    )
+}
+
+/// An internal channel event whose `data` is `data` as JSON text in a string.
+#[must_use]
+pub fn internal(channel: &str, event: &str, data: &Value) -> String {
+    frame(event, Some(channel), &quoted(&data.to_string()))
 }
 
 /// `pusher:subscription_error` as Soketi sends it: `{type, error, status}`.

@@ -223,6 +223,7 @@ mod tests {
                 active: true,
                 client_events: true,
                 allowed_origins: vec![],
+                max_presence_members: crate::domain::app::DEFAULT_PRESENCE_MEMBERS,
             })
             .await
             .expect("insert");

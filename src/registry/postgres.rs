@@ -26,6 +26,7 @@ struct Row {
     secret: String,
     active: bool,
     client_events: bool,
+    max_presence_members: i32,
     allowed_origins: Vec<String>,
     inserted_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -41,6 +42,7 @@ impl From<Row> for App {
             secret: r.secret,
             active: r.active,
             client_events: r.client_events,
+            max_presence_members: r.max_presence_members,
             allowed_origins: r.allowed_origins,
             inserted_at: r.inserted_at,
             updated_at: r.updated_at,
@@ -121,8 +123,8 @@ impl AppRegistry for PgRegistry {
     async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {
         let now = Utc::now();
         let row: Row = sqlx::query_as(concat!(
-            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING ",
+            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events, max_presence_members) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9) RETURNING ",
             columns!()
         ))
         .bind(app.name.clone())
@@ -133,6 +135,7 @@ impl AppRegistry for PgRegistry {
         .bind(app.allowed_origins.clone())
         .bind(now)
         .bind(app.client_events)
+        .bind(app.max_presence_members)
         .fetch_one(&self.pool)
         .await
         .map_err(write_error)?;
@@ -147,7 +150,8 @@ impl AppRegistry for PgRegistry {
         let row: Option<Row> = sqlx::query_as(concat!(
             "UPDATE apps SET name = COALESCE($2, name), slug = COALESCE($3, slug), \
              active = COALESCE($4, active), allowed_origins = COALESCE($5, allowed_origins), \
-             updated_at = $6, client_events = COALESCE($7, client_events) WHERE slug = $1 RETURNING ",
+             updated_at = $6, client_events = COALESCE($7, client_events), \
+             max_presence_members = COALESCE($8, max_presence_members) WHERE slug = $1 RETURNING ",
             columns!()
         ))
         .bind(slug.to_owned())
@@ -157,6 +161,7 @@ impl AppRegistry for PgRegistry {
         .bind(changes.allowed_origins.clone())
         .bind(Utc::now())
         .bind(changes.client_events)
+        .bind(changes.max_presence_members)
         .fetch_optional(&self.pool)
         .await
         .map_err(write_error)?;

@@ -1,6 +1,7 @@
-//! One WebSocket connection: the protocol-neutral core (outbound queue, batched writes, timers,
-//! hub membership, per-app counting, the close handshake) and one thin module per protocol
-//! that turns client frames into joins, leaves and publishes.
+//! One connection: the protocol-neutral core (outbound queue, batched writes, timers, hub
+//! membership, presence entries, per-app counting, the close handshake) and one thin module per
+//! protocol that turns client frames into joins, leaves and publishes. The transport is a
+//! WebSocket, or a LongPoll session's pair of queues ([`crate::http::longpoll`]).
 
 mod phoenix;
 mod pusher;
@@ -20,10 +21,11 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use crate::bus::BusError;
 use crate::domain::app::App;
 use crate::domain::event::Event;
-use crate::domain::topic::{ChannelKind, Topic, app_of};
+use crate::domain::topic::{Topic, app_of};
 use crate::hub::{ConnId, Outbound, Subscriber};
 use crate::metrics::CloseReason;
 use crate::node::NodeState;
+use crate::presence::{Member, PresenceError, Snapshot, TopicChange};
 use crate::protocol::Wire;
 
 pub use phoenix::Connect as PhoenixConnect;
@@ -93,8 +95,8 @@ pub(crate) enum Refusal {
     Unauthorized,
     /// Too many channels on this connection.
     Limit,
-    /// A kind of channel this version does not serve.
-    Unsupported,
+    /// The presence channel holds its app's `max_presence_members` users already.
+    Full,
     /// The registry or the bus is down.
     Unavailable,
 }
@@ -108,14 +110,14 @@ impl Refusal {
             Refusal::Origin => "origin",
             Refusal::Unauthorized => "unauthorized",
             Refusal::Limit => "limit",
-            Refusal::Unsupported => "unsupported",
+            Refusal::Full => "full",
             Refusal::Unavailable => "unavailable",
         }
     }
 
     /// Whether the registry had found the app (only then may the app take a metric label).
     fn app_known(self) -> bool {
-        matches!(self, Refusal::Origin | Refusal::Unauthorized)
+        matches!(self, Refusal::Origin | Refusal::Unauthorized | Refusal::Full)
     }
 }
 
@@ -158,15 +160,65 @@ impl RateLimit {
     }
 }
 
-/// What every protocol's session shares: the socket's write half, its hub registrations and its
-/// per-app counts.
+/// The transport failed or the other side went away.
+#[derive(Debug)]
+pub(crate) struct Gone;
+
+/// Where a session's frames go.
+pub(crate) enum Sink {
+    Socket(SplitSink<WebSocket, Message>),
+    /// A LongPoll session's outbound queue, which polls drain.
+    Poll(mpsc::Sender<Message>),
+}
+
+impl Sink {
+    async fn feed(&mut self, message: Message) -> Result<(), Gone> {
+        match self {
+            Sink::Socket(sink) => sink.feed(message).await.map_err(|_| Gone),
+            Sink::Poll(queue) => queue.send(message).await.map_err(|_| Gone),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Gone> {
+        match self {
+            Sink::Socket(sink) => sink.flush().await.map_err(|_| Gone),
+            Sink::Poll(_) => Ok(()),
+        }
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), Gone> {
+        self.feed(message).await?;
+        self.flush().await
+    }
+}
+
+/// Where a session's client frames come from.
+pub(crate) enum Source {
+    Socket(SplitStream<WebSocket>),
+    /// A LongPoll session's inbound queue: the frames of its POSTs, and a ping per poll.
+    Poll(mpsc::Receiver<Message>),
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<Result<Message, axum::Error>> {
+        match self {
+            Source::Socket(stream) => stream.next().await,
+            Source::Poll(queue) => queue.recv().await.map(Ok),
+        }
+    }
+}
+
+/// What every protocol's session shares: the transport's write half, its hub registrations, its
+/// presence entries and its per-app counts.
 pub(crate) struct Core {
     pub id: ConnId,
     pub state: NodeState,
     pub origin: Option<String>,
     pub client_events: RateLimit,
     subscriber: Subscriber,
-    sink: SplitSink<WebSocket, Message>,
+    /// The `protocol` label of the connection metrics.
+    label: &'static str,
+    sink: Sink,
     /// How long one write (or one batch of queued frames) may block.
     write_timeout: Duration,
     /// References per app slug (joined topics; a Pusher connection also holds one for its
@@ -175,6 +227,10 @@ pub(crate) struct Core {
     /// Topics this connection is registered for in the hub, joined or still joining: all of
     /// them are left when the connection ends, whatever step of a join it ended in.
     in_hub: HashSet<String>,
+    /// This connection's presence entries: topic → entry.
+    presence: HashMap<String, String>,
+    /// Makes each presence entry of this connection unique, even on a channel it re-joins.
+    presence_seq: u32,
 }
 
 impl Core {
@@ -208,6 +264,51 @@ impl Core {
     pub fn exit(&mut self, topic: &str) {
         self.state.hub.leave(topic, self.id);
         self.in_hub.remove(topic);
+        self.untrack(topic);
+    }
+
+    /// Takes this connection's entry out of a presence channel, if it has one.
+    pub fn untrack(&mut self, topic: &str) {
+        if let Some(entry) = self.presence.remove(topic) {
+            self.state.presence.leave(topic, &entry);
+        }
+    }
+
+    /// This connection's Pusher socket id.
+    pub fn socket_id(&self) -> String {
+        self.state.hub.socket_id(self.id)
+    }
+
+    /// Adds this connection to a presence channel it has entered; returns the membership.
+    pub async fn track(
+        &mut self,
+        topic: &Topic,
+        user_id: String,
+        user_info: Option<Box<serde_json::value::RawValue>>,
+        max_users: usize,
+    ) -> Result<Snapshot, Refusal> {
+        self.presence_seq += 1;
+        let member = Member {
+            entry: format!("{}.{}", self.socket_id(), self.presence_seq),
+            user_id,
+            user_info,
+        };
+        match self
+            .state
+            .presence
+            .join(topic.as_str(), &member, max_users)
+            .await
+        {
+            Ok(snapshot) => {
+                self.presence.insert(topic.as_str().to_owned(), member.entry);
+                Ok(snapshot)
+            }
+            Err(PresenceError::Full) => Err(Refusal::Full),
+            Err(e) => {
+                tracing::warn!(error = %e, %topic, "presence join failed");
+                Err(Refusal::Unavailable)
+            }
+        }
     }
 
     /// Leaves a joined topic: out of the hub, and one reference fewer to its app.
@@ -225,7 +326,7 @@ impl Core {
         if *count == 1 {
             self.state
                 .metrics
-                .connection_opened(slug, self.subscriber.wire.label());
+                .connection_opened(slug, self.label);
         }
     }
 
@@ -236,7 +337,7 @@ impl Core {
                 self.apps.remove(slug);
                 self.state
                     .metrics
-                    .connection_closed(slug, self.subscriber.wire.label(), reason);
+                    .connection_closed(slug, self.label, reason);
             }
         }
     }
@@ -282,6 +383,8 @@ pub(crate) enum Notice {
     Closed(String),
     /// The topic's app changed: check the channel's rights against it.
     Recheck(String, Arc<App>),
+    /// A presence channel's membership changed.
+    Presence(Arc<TopicChange>),
 }
 
 /// What a protocol adds to the core.
@@ -370,9 +473,31 @@ pub fn run_phoenix(
 ) -> impl Future<Output = ()> + Send {
     let wire = Wire::Phoenix(connect.vsn);
     let origin = connect.origin.clone();
-    let protocol = phoenix::Phoenix::new(connect, &state);
-    run(socket, wire, origin, protocol, state)
+    let protocol = phoenix::Phoenix::new(connect, &state, None);
+    let (sink, stream) = socket.split();
+    let transport = (Sink::Socket(sink), Source::Socket(stream), wire.label());
+    run(transport, wire, origin, protocol, state)
 }
+
+/// Runs a Phoenix Channels session over LongPoll: frames go to `outbound` (which polls drain)
+/// and come from `inbound` (POSTed frames, and a ping per poll to show the client is there).
+pub fn run_phoenix_poll(
+    outbound: mpsc::Sender<Message>,
+    inbound: mpsc::Receiver<Message>,
+    connect: PhoenixConnect,
+    state: NodeState,
+) -> impl Future<Output = ()> + Send {
+    let wire = Wire::Phoenix(connect.vsn);
+    let origin = connect.origin.clone();
+    // No heartbeats over LongPoll: a session without polls ends after the session timeout.
+    let idle = Duration::from_millis(state.config.longpoll.session_timeout_ms);
+    let protocol = phoenix::Phoenix::new(connect, &state, Some(idle));
+    let transport = (Sink::Poll(outbound), Source::Poll(inbound), LONGPOLL_LABEL);
+    run(transport, wire, origin, protocol, state)
+}
+
+/// The `protocol` label of LongPoll sessions.
+pub const LONGPOLL_LABEL: &str = "longpoll";
 
 /// Runs a Pusher protocol 7 connection until it closes.
 pub fn run_pusher(
@@ -382,13 +507,15 @@ pub fn run_pusher(
 ) -> impl Future<Output = ()> + Send {
     let origin = connect.origin.clone();
     let protocol = pusher::Pusher::new(connect, &state);
-    run(socket, Wire::Pusher, origin, protocol, state)
+    let (sink, stream) = socket.split();
+    let transport = (Sink::Socket(sink), Source::Socket(stream), Wire::Pusher.label());
+    run(transport, Wire::Pusher, origin, protocol, state)
 }
 
 /// Builds the connection's state, then returns the future that owns it (see [`run_phoenix`]
 /// for why this is not an `async fn`).
 fn run<P: Protocol>(
-    socket: WebSocket,
+    (sink, stream, label): (Sink, Source, &'static str),
     wire: Wire,
     origin: Option<String>,
     protocol: P,
@@ -397,7 +524,6 @@ fn run<P: Protocol>(
     let id = state.next_conn_id();
     let (tx, rx) = mpsc::channel(state.config.limits.outbound_queue);
     let kill = Arc::new(Notify::new());
-    let (sink, stream) = socket.split();
     let core = Core {
         id,
         subscriber: Subscriber {
@@ -405,12 +531,15 @@ fn run<P: Protocol>(
             tx,
             kill: kill.clone(),
         },
+        label,
         origin,
         write_timeout: Duration::from_secs(state.config.limits.write_timeout_secs),
         client_events: RateLimit::new(state.config.limits.client_events_per_sec),
         state,
         apps: HashMap::new(),
         in_hub: HashSet::new(),
+        presence: HashMap::new(),
+        presence_seq: 0,
         sink,
     };
     serve(core, protocol, rx, stream, kill)
@@ -426,11 +555,11 @@ fn serve<P: Protocol>(
     mut core: Core,
     mut protocol: P,
     mut rx: mpsc::Receiver<Outbound>,
-    mut stream: SplitStream<WebSocket>,
+    mut stream: Source,
     kill: Arc<Notify>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let (id, wire) = (core.id, core.subscriber.wire);
+        let (id, label) = (core.id, core.label);
         let shutdown = core.state.shutdown.clone();
         let _live = shutdown.session_started();
         let mut closing = shutdown.closing();
@@ -533,6 +662,9 @@ fn serve<P: Protocol>(
                     sink.send(Message::Text(last.into())).await.ok()?;
                 }
                 sink.send(Message::Close(Some(frame))).await.ok()?;
+                if let Source::Poll(_) = stream {
+                    return Some(());
+                }
                 while let Some(Ok(message)) = stream.next().await {
                     if let Message::Close(_) = message {
                         break;
@@ -545,11 +677,12 @@ fn serve<P: Protocol>(
         for topic in &core.in_hub {
             core.state.hub.leave(topic, id);
         }
+        for (topic, entry) in &core.presence {
+            core.state.presence.leave(topic, entry);
+        }
         let reason = outcome.reason();
         for app in core.apps.keys() {
-            core.state
-                .metrics
-                .connection_closed(app, wire.label(), reason);
+            core.state.metrics.connection_closed(app, label, reason);
         }
     }
 }
@@ -573,6 +706,9 @@ async fn write_batch<P: Protocol>(
             Outbound::Recheck { topic, app } => protocol
                 .on_notice(core, Notice::Recheck(topic, app))?
                 .map(Utf8Bytes::from),
+            Outbound::Presence(change) => protocol
+                .on_notice(core, Notice::Presence(change))?
+                .map(Utf8Bytes::from),
             Outbound::Terminate => return Err(Close::Terminated),
         };
         if let Some(frame) = frame {
@@ -589,10 +725,4 @@ async fn write_batch<P: Protocol>(
     core.sink.flush().await.map_err(|_| Close::Gone)
 }
 
-/// Whether a kind of channel needs credentials and is served by this version.
-pub(crate) fn served(kind: ChannelKind) -> Result<(), Refusal> {
-    match kind {
-        ChannelKind::Presence => Err(Refusal::Unsupported),
-        _ => Ok(()),
-    }
-}
+

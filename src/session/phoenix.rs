@@ -9,12 +9,13 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::{Close, Core, Notice, Protocol, Refusal, served};
+use super::{Close, Core, Notice, Protocol, Refusal};
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, check_name, is_reserved};
 use crate::domain::topic::{ChannelKind, Topic};
 use crate::metrics::CloseReason;
 use crate::node::NodeState;
+use crate::presence::{self, Seen, Snapshot, TopicChange};
 use crate::protocol::phoenix::{self, DecodeError, Inbound, Status, Vsn};
 use crate::token;
 
@@ -34,6 +35,8 @@ struct Channel {
     /// recheck with an older row (reloads of back-to-back changes can finish out of order) is
     /// ignored.
     checked: DateTime<Utc>,
+    /// On a presence channel, the newest membership change this connection holds.
+    seen: Option<Seen>,
 }
 
 /// Whether a channel may push client events, and if not, why.
@@ -54,7 +57,7 @@ fn reason(refusal: Refusal) -> &'static str {
         Refusal::Origin => "origin not allowed",
         Refusal::Unauthorized => "unauthorized",
         Refusal::Limit => "too many channels joined",
-        Refusal::Unsupported => "presence channels are not supported by this version",
+        Refusal::Full => "presence channel is full",
         Refusal::Unavailable => "unavailable",
     }
 }
@@ -70,11 +73,13 @@ pub(super) struct Phoenix {
 }
 
 impl Phoenix {
-    pub(super) fn new(connect: Connect, state: &NodeState) -> Phoenix {
+    /// `idle` replaces the idle timeout (LongPoll sessions end when polls stop).
+    pub(super) fn new(connect: Connect, state: &NodeState, idle: Option<Duration>) -> Phoenix {
         Phoenix {
             vsn: connect.vsn,
             token: connect.token,
-            idle: Duration::from_secs(state.config.limits.idle_timeout_secs),
+            idle: idle
+                .unwrap_or_else(|| Duration::from_secs(state.config.limits.idle_timeout_secs)),
             channels: HashMap::new(),
             token_expiry: None,
         }
@@ -139,26 +144,59 @@ impl Phoenix {
             tracing::warn!(error = %e, topic = %name, "join failed: bus unavailable");
             decision = Err(Refusal::Unavailable);
         }
+        let mut snapshot = None;
+        let member = match &mut decision {
+            Ok((_, _, member)) => member.take(),
+            Err(_) => None,
+        };
+        if let (Some((user_id, user_info, max)), Some(topic)) = (member, &topic) {
+            // A rejoin is a new channel instance: its old entry leaves, a new one joins.
+            core.untrack(&name);
+            match core.track(topic, user_id, user_info, max).await {
+                Ok(joined) => snapshot = Some(joined),
+                Err(refusal) => {
+                    if rejoin.is_none() {
+                        core.exit(&name);
+                    }
+                    decision = Err(refusal);
+                }
+            }
+        }
         core.count_join(
             topic.as_ref(),
             decision.as_ref().map(|_| ()).map_err(|r| *r),
         );
         match (decision, topic) {
-            (Ok((publish, checked)), Some(topic)) => {
+            (Ok((publish, checked, _)), Some(topic)) => {
                 if rejoin.is_none() {
                     core.hold_app(topic.app());
                 }
                 self.channels.insert(
-                    name,
+                    name.clone(),
                     Channel {
                         join_ref: join_ref.clone(),
                         kind: topic.kind(),
                         publish,
                         checked,
+                        seen: snapshot.as_ref().map(Snapshot::seen),
                     },
                 );
                 let reply = self.reply(&message, join_ref.as_deref(), Status::Ok, &json!({}));
-                core.send(reply).await
+                core.send(reply).await?;
+                match snapshot {
+                    Some(snapshot) => {
+                        let state = phoenix::encode_raw(
+                            self.vsn,
+                            join_ref.as_deref(),
+                            None,
+                            &name,
+                            "presence_state",
+                            &snapshot.phoenix_state().to_string(),
+                        );
+                        core.send(state).await
+                    }
+                    None => Ok(()),
+                }
             }
             (decision, _) => {
                 let refusal = decision.err().unwrap_or(Refusal::Unmatched);
@@ -177,13 +215,13 @@ impl Phoenix {
         }
     }
 
-    /// Decides a join: the channel's publishing right and the `updated_at` of the app row it
-    /// was decided on; or the refusal.
+    /// Decides a join: the channel's publishing right, the `updated_at` of the app row it was
+    /// decided on and, on a presence channel, the member to add; or the refusal.
     async fn authorize(
         &mut self,
         core: &Core,
         topic: &Topic,
-    ) -> Result<(Publish, DateTime<Utc>), Refusal> {
+    ) -> Result<(Publish, DateTime<Utc>, Option<PendingMember>), Refusal> {
         if self.channels.len() >= core.state.config.limits.channels_per_socket {
             return Err(Refusal::Limit);
         }
@@ -193,7 +231,30 @@ impl Phoenix {
             other => other?,
         };
         let publish = self.rights(core, &app, topic.kind(), topic.as_str())?;
-        Ok((publish, app.updated_at))
+        let member = if topic.kind() == ChannelKind::Presence {
+            Some(self.member(&app)?)
+        } else {
+            None
+        };
+        Ok((publish, app.updated_at, member))
+    }
+
+    /// The presence member the connect token names: its `sub`, and its `presence` claim as info.
+    fn member(&self, app: &App) -> Result<PendingMember, Refusal> {
+        let token = self.token.as_deref().ok_or(Refusal::Unauthorized)?;
+        let claims = token::verify(&app.secret, token, chrono::Utc::now().timestamp())
+            .map_err(|_| Refusal::Unauthorized)?;
+        let user_id = claims.sub.ok_or(Refusal::Unauthorized)?;
+        let user_info = match claims.presence {
+            None | Some(Value::Null) => None,
+            Some(info) => Some(
+                RawValue::from_string(info.to_string()).map_err(|_| Refusal::Unauthorized)?,
+            ),
+        };
+        presence::check_member(&user_id, user_info.as_deref())
+            .map_err(|_| Refusal::Unauthorized)?;
+        let max = usize::try_from(app.max_presence_members).unwrap_or(0);
+        Ok((user_id, user_info, max))
     }
 
     /// What this socket may do on `topic` of `app` now: at a join, and again whenever the app
@@ -211,7 +272,6 @@ impl Phoenix {
         if !app.origin_allowed(core.origin.as_deref()) {
             return Err(Refusal::Origin);
         }
-        served(kind)?;
         let granted = if kind.needs_auth() {
             let token = self.token.as_deref().ok_or(Refusal::Unauthorized)?;
             let claims = token::verify(&app.secret, token, chrono::Utc::now().timestamp())
@@ -330,6 +390,7 @@ impl Phoenix {
             event: message.event.clone(),
             data: Data::Object(raw),
             exclude: None,
+            user_id: None,
         };
         let reply = match core.publish_client_event(&event).await {
             Ok(()) => self.reply(&message, join_ref.as_deref(), Status::Ok, &json!({})),
@@ -341,6 +402,27 @@ impl Phoenix {
         core.send(reply).await
     }
 }
+
+impl Phoenix {
+    /// `presence_diff` for a change this connection does not hold yet.
+    fn presence_diff(&mut self, change: &TopicChange) -> Option<String> {
+        let seen = self.channels.get_mut(&change.topic)?.seen.as_mut()?;
+        if !seen.admit(&change.change) {
+            return None;
+        }
+        Some(phoenix::encode_raw(
+            self.vsn,
+            None,
+            None,
+            &change.topic,
+            "presence_diff",
+            &change.change.phoenix_diff().to_string(),
+        ))
+    }
+}
+
+/// A presence member decided at a join: user id, info, and the app's user limit.
+type PendingMember = (String, Option<Box<RawValue>>, usize);
 
 impl Protocol for Phoenix {
     async fn start(&mut self, _core: &mut Core) -> Result<(), Close> {
@@ -369,6 +451,7 @@ impl Protocol for Phoenix {
         Ok(match notice {
             Notice::Closed(topic) => self.close_channel(core, &topic, CloseReason::AppClosed),
             Notice::Recheck(topic, app) => self.recheck(core, &topic, &app),
+            Notice::Presence(change) => self.presence_diff(&change),
         })
     }
 

@@ -7,14 +7,15 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Utf8Bytes, close_code};
 use serde_json::value::RawValue;
 
-use super::{Close, Core, Notice, Protocol, Refusal, served};
+use super::{Close, Core, Notice, Protocol, Refusal};
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, check_name};
 use crate::domain::signature;
 use crate::domain::topic::{ChannelKind, ChannelNameError, Topic, USER_CHANNEL_PREFIX};
 use crate::metrics::CloseReason;
 use crate::node::NodeState;
-use crate::protocol::pusher::{self, Inbound, Signin, Subscribe};
+use crate::presence::{self, Seen};
+use crate::protocol::pusher::{self, ChannelData, Inbound, Signin, Subscribe};
 
 /// What the upgrade request told us about the client.
 pub struct Connect {
@@ -28,6 +29,15 @@ struct Subscription {
     kind: ChannelKind,
     /// The auth value the channel was subscribed with, checked again when the secret rotates.
     auth: Option<String>,
+    /// A presence channel's `channel_data` (signed with `auth`), its member's user id and the
+    /// newest membership change this connection holds.
+    presence: Option<PresenceMember>,
+}
+
+struct PresenceMember {
+    channel_data: String,
+    user_id: String,
+    seen: Seen,
 }
 
 /// Pusher's close codes (the protocol's 4000–4399 ranges) and WebSocket ones.
@@ -97,6 +107,17 @@ impl Pusher {
                 return core.send(frame).await;
             }
         };
+        let member = match (topic.kind(), &request.channel_data) {
+            (ChannelKind::Presence, Some(data)) => match parse_member(data) {
+                Ok(member) => Some(member),
+                Err(e) => {
+                    core.count_join(Some(&topic), Err(Refusal::Unauthorized));
+                    let frame = pusher::subscription_error(&channel, "InvalidChannelData", e, 400);
+                    return core.send(frame).await;
+                }
+            },
+            _ => None,
+        };
         let mut decision = self.authorize(core, &topic, &request);
         if decision.is_ok()
             && let Err(e) = core.enter(topic.as_str()).await
@@ -104,18 +125,44 @@ impl Pusher {
             tracing::warn!(error = %e, %topic, "subscription failed: bus unavailable");
             decision = Err(Refusal::Unavailable);
         }
+        let mut presence = None;
+        if decision.is_ok()
+            && let Some((user_id, user_info)) = member
+        {
+            let max = self.app.as_ref().map_or(0, |app| app.max_presence_members);
+            let max = usize::try_from(max).unwrap_or(0);
+            match core.track(&topic, user_id.clone(), user_info, max).await {
+                Ok(snapshot) => presence = Some((user_id, snapshot)),
+                Err(refusal) => {
+                    core.exit(topic.as_str());
+                    decision = Err(refusal);
+                }
+            }
+        }
         core.count_join(Some(&topic), decision);
         match decision {
             Ok(()) => {
                 core.hold_app(topic.app());
+                let (frame, presence) = match presence {
+                    Some((user_id, snapshot)) => (
+                        pusher::presence_succeeded(&channel, &snapshot.pusher_data()),
+                        Some(PresenceMember {
+                            channel_data: request.channel_data.clone().unwrap_or_default(),
+                            user_id,
+                            seen: snapshot.seen(),
+                        }),
+                    ),
+                    None => (pusher::subscription_succeeded(&channel), None),
+                };
                 self.channels.insert(
                     channel.clone(),
                     Subscription {
                         kind: topic.kind(),
                         auth: request.auth,
+                        presence,
                     },
                 );
-                core.send(pusher::subscription_succeeded(&channel)).await
+                core.send(frame).await
             }
             Err(refusal) => {
                 let (kind, message, status) = match refusal {
@@ -127,10 +174,10 @@ impl Pusher {
                         "too many channels subscribed on this connection",
                         400,
                     ),
-                    Refusal::Unsupported => (
-                        "UnsupportedChannel",
-                        "presence channels are not supported by this version",
-                        501,
+                    Refusal::Full => (
+                        "LimitReached",
+                        "the maximum members per presence channel limit was reached",
+                        403,
                     ),
                     Refusal::Unavailable => {
                         ("ServiceUnavailable", "service unavailable, try again", 503)
@@ -150,7 +197,9 @@ impl Pusher {
         if self.channels.len() >= core.state.config.limits.channels_per_socket {
             return Err(Refusal::Limit);
         }
-        served(topic.kind())?;
+        if topic.kind() == ChannelKind::Presence && request.channel_data.is_none() {
+            return Err(Refusal::Unauthorized);
+        }
         match topic.kind() {
             ChannelKind::Public => Ok(()),
             ChannelKind::User => {
@@ -250,7 +299,11 @@ impl Pusher {
                 .send(pusher::error(None, "client events need a channel"))
                 .await;
         };
-        let refusal = match self.channels.get(channel).map(|s| s.kind) {
+        let subscription = self.channels.get(channel);
+        let user_id = subscription
+            .and_then(|s| s.presence.as_ref())
+            .map(|p| p.user_id.clone());
+        let refusal = match subscription.map(|s| s.kind) {
             None => Some("not subscribed to this channel"),
             Some(ChannelKind::Private | ChannelKind::Presence) if !app.client_events => {
                 Some("client events are disabled for this app")
@@ -285,6 +338,7 @@ impl Pusher {
             event: message.event,
             data: Data::Pusher(data),
             exclude: Some(self.socket_id.clone()),
+            user_id,
         };
         if let Err(e) = core.publish_client_event(&event).await {
             tracing::warn!(error = %e, "client event not published");
@@ -313,7 +367,8 @@ impl Pusher {
             if let Some(auth) = &subscription.auth
                 && subscription.kind != ChannelKind::User
             {
-                let message = signature::channel_string(&self.socket_id, channel, None);
+                let channel_data = subscription.presence.as_ref().map(|p| p.channel_data.as_str());
+                let message = signature::channel_string(&self.socket_id, channel, channel_data);
                 if !signature::check_auth(&app.key, &app.secret, auth, &message) {
                     // The secret rotated: reconnect, and sign again with the new one.
                     return Err(Close::Reconnect);
@@ -323,6 +378,30 @@ impl Pusher {
         self.app = Some(app.clone());
         Ok(())
     }
+}
+
+impl Pusher {
+    /// `member_added` / `member_removed` for a change this connection does not hold yet.
+    fn presence_frame(&mut self, change: &presence::TopicChange) -> Option<String> {
+        let channel = change.topic.split_once(':').map(|(channel, _)| channel)?;
+        let member = self.channels.get_mut(channel)?.presence.as_mut()?;
+        if !member.seen.admit(&change.change) {
+            return None;
+        }
+        let (event, data) = change.change.pusher_member()?;
+        Some(pusher::internal(channel, event, &data))
+    }
+}
+
+/// A presence subscription's member, from its `channel_data`.
+fn parse_member(
+    channel_data: &str,
+) -> Result<(String, Option<Box<RawValue>>), &'static str> {
+    let data: ChannelData = serde_json::from_str(channel_data)
+        .map_err(|_| "channel_data must be a JSON object with a user_id")?;
+    let user_id = data.user_id.into_string();
+    presence::check_member(&user_id, data.user_info.as_deref())?;
+    Ok((user_id, data.user_info))
 }
 
 /// Reads the `protocol` parameter: 7 is served (5 and 6 frame the same way).
@@ -405,6 +484,7 @@ impl Protocol for Pusher {
             // Deactivated, renamed or deleted: a reconnect finds out which.
             Notice::Closed(_) => Err(Close::Reconnect),
             Notice::Recheck(_, app) => self.recheck(core, &app).map(|()| None),
+            Notice::Presence(change) => Ok(self.presence_frame(&change)),
         }
     }
 
