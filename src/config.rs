@@ -186,6 +186,8 @@ pub struct LongPollConfig {
     pub max_frames: usize,
     /// Messages in one poll answer.
     pub max_messages: usize,
+    /// Sessions one node holds at most; more are refused until some end.
+    pub max_sessions: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,6 +269,7 @@ impl Default for Config {
                 session_timeout_ms: 15_000,
                 max_frames: 100,
                 max_messages: 1000,
+                max_sessions: 10_000,
             },
             metrics: MetricsConfig {
                 listen: None,
@@ -427,7 +430,7 @@ impl Config {
         let (s, d, r, l) = (&self.server, &self.database, &self.redis, &self.limits);
         let as_u64 = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
         let p = &self.pusher;
-        let ranges: [(&str, u64, u64, u64); 35] = [
+        let ranges: [(&str, u64, u64, u64); 36] = [
             ("server.drain_delay_ms", s.drain_delay_ms, 0, DAY_MS),
             (
                 "server.shutdown_timeout_ms",
@@ -571,6 +574,12 @@ impl Config {
                 as_u64(self.longpoll.max_messages),
                 1,
                 100_000,
+            ),
+            (
+                "longpoll.max_sessions",
+                as_u64(self.longpoll.max_sessions),
+                0,
+                1_000_000,
             ),
             (
                 "metrics.max_app_labels",

@@ -13,6 +13,7 @@ use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::presence::PresenceStore;
 use crate::registry::AppRegistry;
+use crate::session::longpoll::LongPolls;
 use crate::shutdown::Shutdown;
 
 /// Shared by every handler; cheap to clone.
@@ -32,6 +33,7 @@ pub struct NodeState {
     pub shutdown: Arc<Shutdown>,
     pub directory: Arc<dyn NodeDirectory>,
     pub presence: Arc<dyn PresenceStore>,
+    pub longpolls: Arc<LongPolls>,
     pub node: Arc<NodeInfo>,
 }
 

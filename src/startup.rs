@@ -126,6 +126,7 @@ impl Server {
             shutdown: Arc::new(Shutdown::default()),
             directory,
             presence,
+            longpolls: Arc::default(),
             node,
         };
         spawn_heartbeat(state.clone());

@@ -144,6 +144,7 @@ mod tests {
             exp,
             nbf: None,
             sub: Some("user-1".into()),
+            presence: None,
             subscribe: vec!["private:foo-app".into()],
             publish: vec!["private:*".into()],
         }

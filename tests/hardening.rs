@@ -628,6 +628,7 @@ fn claims(subscribe: &str, exp_in: i64) -> Claims {
         exp: chrono::Utc::now().timestamp() + exp_in,
         nbf: None,
         sub: None,
+        presence: None,
         subscribe: vec![subscribe.to_owned()],
         publish: vec![subscribe.to_owned()],
     }

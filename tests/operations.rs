@@ -485,6 +485,7 @@ async fn logs_never_contain_secrets() {
             exp: chrono::Utc::now().timestamp() + 600,
             nbf: None,
             sub: None,
+            presence: None,
             subscribe: vec!["private:*".into()],
             publish: vec![],
         },

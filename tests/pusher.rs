@@ -218,9 +218,10 @@ async fn subscriptions_need_what_their_channel_kind_needs() {
             .subscribed(channel, Some(channel_auth(key, secret, &sid, channel)))
             .await;
     }
+    // a presence channel needs channel_data, signed with the rest
     let auth = channel_auth(key, secret, &sid, "presence-room");
     let answer = client.subscribe("presence-room", Some(auth)).await;
-    assert_eq!(refusal(&answer), error(501, "UnsupportedChannel"));
+    assert_eq!(refusal(&answer), error(401, "AuthError"));
     for bad in ["x".repeat(165), "a:b".to_owned(), "sp ace".to_owned()] {
         let answer = client.subscribe(&bad, None).await;
         assert_eq!(refusal(&answer), error(400, "InvalidChannel"), "{bad}");

@@ -283,6 +283,7 @@ fn claims(subscribe: &[&str], publish: &[&str], exp_in: i64) -> Claims {
         exp: chrono::Utc::now().timestamp() + exp_in,
         nbf: None,
         sub: Some("user-1".into()),
+        presence: None,
         subscribe: subscribe.iter().map(|s| (*s).to_owned()).collect(),
         publish: publish.iter().map(|s| (*s).to_owned()).collect(),
     }

@@ -6,6 +6,7 @@ mod body;
 mod error;
 mod events;
 mod extract;
+mod longpoll;
 mod pusher_api;
 pub mod server;
 pub mod stats;
@@ -47,6 +48,8 @@ pub fn router(state: NodeState) -> Router {
             admin::require_admin,
         ));
     let events_limit = events::body_limit(state.config.limits.event_payload_bytes);
+    // A POST carries a batch of frames (phoenix.js sends up to 100 at once).
+    let longpoll_limit = state.config.limits.ws_frame_bytes.saturating_mul(4);
     let mut router = Router::new();
     if state.config.metrics.listen.is_none() {
         router = router.route("/metrics", get(metrics));
@@ -67,6 +70,13 @@ pub fn router(state: NodeState) -> Router {
             post(events::trigger).layer(DefaultBodyLimit::max(events_limit)),
         )
         .route("/socket/websocket", get(ws::upgrade))
+        .route(
+            "/socket/longpoll",
+            get(longpoll::poll)
+                .post(longpoll::send)
+                .options(longpoll::preflight)
+                .layer(DefaultBodyLimit::max(longpoll_limit)),
+        )
         .route("/app/{key}", get(ws::upgrade_pusher))
         .merge(pusher_routes(&state))
         .fallback(not_found)

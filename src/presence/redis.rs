@@ -311,13 +311,15 @@ impl RedisPresence {
     }
 
     /// Heartbeats every fifth of the timeout (and at once after a reconnect), re-asserts what
-    /// Redis lost, and sweeps dead nodes once this node has been healthy for a whole timeout:
-    /// right after an outage every node's heartbeat is stale, and none of them is dead.
+    /// Redis lost, and sweeps dead nodes unless an outage ended less than a timeout ago: right
+    /// after one every node's heartbeat is stale, and none of them is dead.
     async fn maintain(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(self.beat());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reconnects = self.client.reconnect_rx();
-        let mut healthy_since: Option<Instant> = None;
+        // At startup Redis is taken as settled (every live node's heartbeat is fresh); after a
+        // failure or a reconnect, a whole timeout must pass first.
+        let mut healthy_since = Instant::now().checked_sub(self.config.node_timeout);
         // A re-assert that failed half-way, retried on the next beat: Some(announce).
         let mut owed: Option<bool> = None;
         while !self.stopped.load(Ordering::SeqCst) {

@@ -3,6 +3,7 @@
 //! protocol that turns client frames into joins, leaves and publishes. The transport is a
 //! WebSocket, or a LongPoll session's pair of queues ([`crate::http::longpoll`]).
 
+pub mod longpoll;
 mod phoenix;
 mod pusher;
 
