@@ -551,12 +551,7 @@ impl Config {
                 1000,
                 600_000,
             ),
-            (
-                "longpoll.window_ms",
-                self.longpoll.window_ms,
-                100,
-                60_000,
-            ),
+            ("longpoll.window_ms", self.longpoll.window_ms, 100, 60_000),
             (
                 "longpoll.session_timeout_ms",
                 self.longpoll.session_timeout_ms,

@@ -40,11 +40,7 @@ pub enum StartupError {
 }
 
 /// The backends that follow from `redis.url`: all Redis, or all in this process.
-type Backends = (
-    Arc<dyn Bus>,
-    Arc<dyn NodeDirectory>,
-    Arc<dyn PresenceStore>,
-);
+type Backends = (Arc<dyn Bus>, Arc<dyn NodeDirectory>, Arc<dyn PresenceStore>);
 
 /// A bound, ready node. Port 0 in the configuration picks a free port: see [`Server::local_addr`].
 pub struct Server {
@@ -213,7 +209,8 @@ impl Server {
             let served = serving.await;
             shutdown.sessions_ended().await;
             // The closed sockets' presence leaves: announced now rather than swept later.
-            let left = (signalled_at + timeout).saturating_duration_since(tokio::time::Instant::now());
+            let left =
+                (signalled_at + timeout).saturating_duration_since(tokio::time::Instant::now());
             presence.drain(left).await;
             served
         })

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use common::process::NodeProcess;
 use common::pusher::{self, signed_query};
 use common::redis::RedisServer;
-use common::{Db, TestApp, create_app, fresh_postgres_database, redis_url, spawn_app, spawn_config, test_config};
+use common::{
+    Db, TestApp, create_app, fresh_postgres_database, redis_url, spawn_app, spawn_config,
+    test_config,
+};
 use pushlite::domain::signature;
 use serde_json::{Value, json};
 
@@ -21,7 +24,10 @@ fn creds(app: &Value) -> (String, String) {
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
 }
 
 /// Subscribes to a presence channel as `user` and returns the server's answer.
@@ -74,10 +80,25 @@ fn data(frame: &Value) -> Value {
 }
 
 /// A signed HTTP API GET on `addr`.
-async fn api_get(addr: std::net::SocketAddr, app: &Value, path: &str, extra: &[(&str, &str)]) -> (u16, Value) {
+async fn api_get(
+    addr: std::net::SocketAddr,
+    app: &Value,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
     let (key, secret) = creds(app);
-    let query = signed_query(&key, &secret, "GET", path, extra, b"", chrono::Utc::now().timestamp());
-    let response = reqwest::get(format!("http://{addr}{path}?{query}")).await.expect("request");
+    let query = signed_query(
+        &key,
+        &secret,
+        "GET",
+        path,
+        extra,
+        b"",
+        chrono::Utc::now().timestamp(),
+    );
+    let response = reqwest::get(format!("http://{addr}{path}?{query}"))
+        .await
+        .expect("request");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -91,7 +112,15 @@ async fn trigger(addr: std::net::SocketAddr, app: &Value, channel: &str, event: 
     let body = json!({"name": event, "channel": channel, "data": "{}"}).to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let query = signed_query(&key, &secret, "POST", &path, &[], body.as_bytes(), chrono::Utc::now().timestamp());
+        let query = signed_query(
+            &key,
+            &secret,
+            "POST",
+            &path,
+            &[],
+            body.as_bytes(),
+            chrono::Utc::now().timestamp(),
+        );
         let response = reqwest::Client::new()
             .post(format!("http://{addr}{path}?{query}"))
             .header("content-type", "application/json")
@@ -102,7 +131,11 @@ async fn trigger(addr: std::net::SocketAddr, app: &Value, channel: &str, event: 
         if response.status() == 200 {
             return;
         }
-        assert!(Instant::now() < deadline, "trigger kept failing: {}", response.status());
+        assert!(
+            Instant::now() < deadline,
+            "trigger kept failing: {}",
+            response.status()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -149,7 +182,10 @@ async fn pusher_members_across_three_nodes() {
     );
     let added = alice.recv_event("pusher_internal:member_added").await;
     assert_eq!(added["channel"], channel);
-    assert_eq!(data(&added), json!({"user_id": "bob", "user_info": {"name": "Bob"}}));
+    assert_eq!(
+        data(&added),
+        json!({"user_id": "bob", "user_info": {"name": "Bob"}})
+    );
 
     // bob's second connection, on the third node: one member, no second member_added
     let mut bob2 = pusher::connect(nodes[2].addr, &key).await;
@@ -170,24 +206,46 @@ async fn pusher_members_across_three_nodes() {
     // the users API and user_count, from any node
     let id = app["id"].to_string();
     for node in &nodes {
-        let (status, body) = api_get(node.addr, &app, &format!("/apps/{id}/channels/{channel}/users"), &[]).await;
-        assert_eq!((status, body), (200, json!({"users": [{"id": "alice"}, {"id": "bob"}]})));
+        let (status, body) = api_get(
+            node.addr,
+            &app,
+            &format!("/apps/{id}/channels/{channel}/users"),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (status, body),
+            (200, json!({"users": [{"id": "alice"}, {"id": "bob"}]}))
+        );
     }
     // subscription counts come from the nodes' 1 s usage reports: wait for them
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (_, body) = api_get(nodes[1].addr, &app, &format!("/apps/{id}/channels/{channel}"), &[("info", "user_count,subscription_count")]).await;
+        let (_, body) = api_get(
+            nodes[1].addr,
+            &app,
+            &format!("/apps/{id}/channels/{channel}"),
+            &[("info", "user_count,subscription_count")],
+        )
+        .await;
         if body == json!({"occupied": true, "user_count": 2, "subscription_count": 3}) {
             break;
         }
         assert!(Instant::now() < deadline, "{body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (_, body) = api_get(nodes[2].addr, &app, &format!("/apps/{id}/channels"), &[("filter_by_prefix", "presence-"), ("info", "user_count")]).await;
+    let (_, body) = api_get(
+        nodes[2].addr,
+        &app,
+        &format!("/apps/{id}/channels"),
+        &[("filter_by_prefix", "presence-"), ("info", "user_count")],
+    )
+    .await;
     assert_eq!(body, json!({"channels": {channel: {"user_count": 2}}}));
 
     // client events on a presence channel carry the sender's user id
-    bob.send(json!({"event": "client-wave", "channel": channel, "data": {"hi": 1}})).await;
+    bob.send(json!({"event": "client-wave", "channel": channel, "data": {"hi": 1}}))
+        .await;
     let wave = alice.recv_event("client-wave").await;
     assert_eq!(wave["user_id"], "bob");
     assert_eq!(wave["data"], json!({"hi": 1}));
@@ -197,16 +255,30 @@ async fn pusher_members_across_three_nodes() {
     trigger(nodes[0].addr, &app, channel, "marker-2").await;
     next_is_marker(&mut alice, "marker-2").await;
     // bob's last connection leaves: member_removed, on every node
-    bob.send(json!({"event": "pusher:unsubscribe", "data": {"channel": channel}})).await;
+    bob.send(json!({"event": "pusher:unsubscribe", "data": {"channel": channel}}))
+        .await;
     let removed = alice.recv_event("pusher_internal:member_removed").await;
     assert_eq!(data(&removed), json!({"user_id": "bob"}));
-    let (_, body) = api_get(nodes[2].addr, &app, &format!("/apps/{id}/channels/{channel}/users"), &[]).await;
+    let (_, body) = api_get(
+        nodes[2].addr,
+        &app,
+        &format!("/apps/{id}/channels/{channel}/users"),
+        &[],
+    )
+    .await;
     assert_eq!(body, json!({"users": [{"id": "alice"}]}));
 
     // bad channel_data is refused before anything is joined
     let (key, secret) = creds(&app);
-    for bad in [r#"{"user_info":{}}"#.to_owned(), format!(r#"{{"user_id":"{}"}}"#, "x".repeat(129)), format!(r#"{{"user_id":"u","user_info":"{}"}}"#, "x".repeat(1100))] {
-        let signed = signature::sign(&secret, &signature::channel_string(&carol.socket_id, channel, Some(&bad)));
+    for bad in [
+        r#"{"user_info":{}}"#.to_owned(),
+        format!(r#"{{"user_id":"{}"}}"#, "x".repeat(129)),
+        format!(r#"{{"user_id":"u","user_info":"{}"}}"#, "x".repeat(1100)),
+    ] {
+        let signed = signature::sign(
+            &secret,
+            &signature::channel_string(&carol.socket_id, channel, Some(&bad)),
+        );
         carol.send(json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": format!("{key}:{signed}"), "channel_data": bad}})).await;
         let answer = carol.recv_event("pusher:subscription_error").await;
         assert_eq!(answer["data"]["type"], "InvalidChannelData", "{answer}");
@@ -228,7 +300,13 @@ async fn phoenix_presence_and_pusher_members_share_a_channel_on_one_node() {
         ..Default::default()
     };
     let token = pushlite::token::mint(&secret, &claims);
-    let mut phoenix = common::phx::connect(node.addr, common::phx::Vsn::V2, &format!("token={token}"), None).await;
+    let mut phoenix = common::phx::connect(
+        node.addr,
+        common::phx::Vsn::V2,
+        &format!("token={token}"),
+        None,
+    )
+    .await;
     let (join_ref, reply) = phoenix.join(topic).await;
     assert_eq!(reply.payload["status"], "ok");
     let state = phoenix.recv_event("presence_state").await;
@@ -238,13 +316,35 @@ async fn phoenix_presence_and_pusher_members_share_a_channel_on_one_node() {
     assert!(metas[0]["phx_ref"].is_string());
 
     // a token without `sub` cannot join a presence channel
-    let no_sub = pushlite::token::mint(&secret, &pushlite::token::Claims { sub: None, ..claims.clone() });
-    let mut anonymous = common::phx::connect(node.addr, common::phx::Vsn::V2, &format!("token={no_sub}"), None).await;
-    assert_eq!(anonymous.join(topic).await.1.payload["response"]["reason"], "unauthorized");
+    let no_sub = pushlite::token::mint(
+        &secret,
+        &pushlite::token::Claims {
+            sub: None,
+            ..claims.clone()
+        },
+    );
+    let mut anonymous = common::phx::connect(
+        node.addr,
+        common::phx::Vsn::V2,
+        &format!("token={no_sub}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        anonymous.join(topic).await.1.payload["response"]["reason"],
+        "unauthorized"
+    );
 
     // a Pusher member: Phoenix sees a presence_diff join, Pusher sees the Phoenix member
     let mut client = pusher::connect(node.addr, &key).await;
-    let answer = join(&mut client, &app, "presence-lobby", "pusher-user", json!({"name": "Pat"})).await;
+    let answer = join(
+        &mut client,
+        &app,
+        "presence-lobby",
+        "pusher-user",
+        json!({"name": "Pat"}),
+    )
+    .await;
     assert_eq!(
         members(&answer),
         json!({"ids": ["phx-user", "pusher-user"], "hash": {"phx-user": {"name": "Phoebe"}, "pusher-user": {"name": "Pat"}}, "count": 2})
@@ -257,31 +357,63 @@ async fn phoenix_presence_and_pusher_members_share_a_channel_on_one_node() {
 
     // the Phoenix member leaves: Pusher hears member_removed
     let r = phoenix.make_ref();
-    phoenix.push(Some(&join_ref), &r, topic, "phx_leave", json!({})).await;
+    phoenix
+        .push(Some(&join_ref), &r, topic, "phx_leave", json!({}))
+        .await;
     let removed = client.recv_event("pusher_internal:member_removed").await;
     assert_eq!(data(&removed), json!({"user_id": "phx-user"}));
     // and rejoins, then the Pusher member disconnects: a diff with its meta in leaves
     let (_, reply) = phoenix.join(topic).await;
     assert_eq!(reply.payload["status"], "ok");
     let state = phoenix.recv_event("presence_state").await;
-    assert_eq!(state.payload["pusher-user"]["metas"][0]["phx_ref"], pusher_ref);
+    assert_eq!(
+        state.payload["pusher-user"]["metas"][0]["phx_ref"],
+        pusher_ref
+    );
     drop(client);
     let diff = phoenix.recv_event("presence_diff").await;
-    assert_eq!(diff.payload["leaves"]["pusher-user"]["metas"][0]["phx_ref"], pusher_ref);
-    let (status, body) = api_get(node.addr, &app, &format!("/apps/{}/channels/presence-lobby/users", app["id"]), &[]).await;
-    assert_eq!((status, body), (200, json!({"users": [{"id": "phx-user"}]})));
+    assert_eq!(
+        diff.payload["leaves"]["pusher-user"]["metas"][0]["phx_ref"],
+        pusher_ref
+    );
+    let (status, body) = api_get(
+        node.addr,
+        &app,
+        &format!("/apps/{}/channels/presence-lobby/users", app["id"]),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"users": [{"id": "phx-user"}]}))
+    );
 }
 
 /// Waits until the users API of `addr` lists exactly `users`.
-async fn users_become(addr: std::net::SocketAddr, app: &Value, channel: &str, users: &[&str], within: Duration) -> Duration {
+async fn users_become(
+    addr: std::net::SocketAddr,
+    app: &Value,
+    channel: &str,
+    users: &[&str],
+    within: Duration,
+) -> Duration {
     let started = Instant::now();
     let want: Vec<Value> = users.iter().map(|u| json!({"id": u})).collect();
     loop {
-        let (status, body) = api_get(addr, app, &format!("/apps/{}/channels/{channel}/users", app["id"]), &[]).await;
+        let (status, body) = api_get(
+            addr,
+            app,
+            &format!("/apps/{}/channels/{channel}/users", app["id"]),
+            &[],
+        )
+        .await;
         if status == 200 && body["users"] == json!(want) {
             return started.elapsed();
         }
-        assert!(started.elapsed() < within, "users never became {users:?}: {status} {body}");
+        assert!(
+            started.elapsed() < within,
+            "users never became {users:?}: {status} {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -326,7 +458,14 @@ async fn members_of_a_killed_node_are_removed_within_the_timeout() {
         "removed after {took:?}, timeout {timeout_ms} ms"
     );
     eprintln!("member of a killed node removed after {took:?} (timeout {timeout_ms} ms)");
-    users_become(survivor.addr, &app, "presence-x", &["alice"], Duration::from_secs(1)).await;
+    users_become(
+        survivor.addr,
+        &app,
+        "presence-x",
+        &["alice"],
+        Duration::from_secs(1),
+    )
+    .await;
     // a new member sees only the living
     let mut carol = pusher::connect(survivor.addr, &key).await;
     let answer = join(&mut carol, &app, "presence-x", "carol", json!(null)).await;
@@ -348,7 +487,14 @@ async fn a_redis_restart_announces_no_spurious_leaves_or_joins() {
     redis.kill9();
     redis.restart().await;
     // the nodes put their members back (Redis forgot them) without telling anyone
-    let took = users_become(nodes[0].addr, &app, "presence-r", &["alice", "bob"], Duration::from_secs(10)).await;
+    let took = users_become(
+        nodes[0].addr,
+        &app,
+        "presence-r",
+        &["alice", "bob"],
+        Duration::from_secs(10),
+    )
+    .await;
     eprintln!("members re-asserted {took:?} after the restart");
     trigger(nodes[1].addr, &app, "presence-r", "marker").await;
     next_is_marker(&mut alice, "marker").await;

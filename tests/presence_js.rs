@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{create_app, fresh_postgres_database, redis_url, run_client, spawn_config, test_config};
+use common::{
+    create_app, fresh_postgres_database, redis_url, run_client, spawn_config, test_config,
+};
 use serde_json::json;
 
 fn token(secret: &str, sub: &str, name: &str) -> String {
@@ -26,7 +28,9 @@ fn token(secret: &str, sub: &str, name: &str) -> String {
 async fn pusher_js_phoenix_presence_and_longpoll_members_see_each_other() {
     let js = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
     assert!(
-        std::path::Path::new(js).join("node_modules/phoenix").exists(),
+        std::path::Path::new(js)
+            .join("node_modules/phoenix")
+            .exists(),
         "run `npm ci --prefix tests/js` (make test does) before this test"
     );
     let database = fresh_postgres_database().await;
@@ -50,12 +54,26 @@ async fn pusher_js_phoenix_presence_and_longpoll_members_see_each_other() {
         "phxToken": token(secret, "phx-user", "Phoebe"),
         "lpToken": token(secret, "lp-user", "Lou"),
     });
-    let r = run_client("node", &["presence_e2e.mjs".to_owned(), args.to_string()], js).await;
+    let r = run_client(
+        "node",
+        &["presence_e2e.mjs".to_owned(), args.to_string()],
+        js,
+    )
+    .await;
     assert_eq!(r["aliceFirst"], 1);
-    assert_eq!(r["aliceSawPhoenix"], json!({"id": "phx-user", "info": {"name": "Phoebe"}}));
-    assert_eq!(r["phoenixSawAliceMeta"], json!({"name": "Alice", "hasRef": true}));
+    assert_eq!(
+        r["aliceSawPhoenix"],
+        json!({"id": "phx-user", "info": {"name": "Phoebe"}})
+    );
+    assert_eq!(
+        r["phoenixSawAliceMeta"],
+        json!({"name": "Alice", "hasRef": true})
+    );
     assert_eq!(r["aliceMembers"], json!(["alice", "lp-user", "phx-user"]));
-    assert_eq!(r["longPollReceived"], json!({"headline": "over long polling"}));
+    assert_eq!(
+        r["longPollReceived"],
+        json!({"headline": "over long polling"})
+    );
     assert_eq!(r["shoutAtPhoenix"], json!({"from": "lp"}));
     assert_eq!(r["shoutAtAlice"], json!({"from": "lp"}));
     assert_eq!(r["users"], json!(["alice", "lp-user", "phx-user"]));

@@ -187,19 +187,16 @@ impl AppParams {
                 Some(client_events),
                 Some(allowed_origins),
                 Some(max_presence_members),
-            ) if errors.is_empty() =>
-            {
-                Ok(NewApp {
-                    name,
-                    slug,
-                    key: random_credential(),
-                    secret: random_credential(),
-                    active,
-                    client_events,
-                    allowed_origins,
-                    max_presence_members,
-                })
-            }
+            ) if errors.is_empty() => Ok(NewApp {
+                name,
+                slug,
+                key: random_credential(),
+                secret: random_credential(),
+                active,
+                client_events,
+                allowed_origins,
+                max_presence_members,
+            }),
             _ => Err(errors),
         }
     }
@@ -297,10 +294,7 @@ fn cast_presence_members(value: &Value, errors: &mut ValidationErrors) -> Option
     match number.and_then(|n| i32::try_from(n).ok()) {
         Some(n) if (1..=PRESENCE_MEMBERS_MAX).contains(&n) => Some(n),
         _ => {
-            errors.add(
-                "max_presence_members",
-                "must be an integer from 1 to 10000",
-            );
+            errors.add("max_presence_members", "must be an integer from 1 to 10000");
             None
         }
     }

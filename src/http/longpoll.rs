@@ -10,13 +10,14 @@
 //! The session token travels as the `token` query parameter (phoenix.js up to 1.8.12, after any
 //! `token` connect parameter) or the `X-Phoenix-Longpoll-Token` header.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::ws::Message;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::{Value, json};
 
 use crate::node::NodeState;
@@ -39,7 +40,10 @@ fn answer(http: StatusCode, body: Value) -> Response {
 }
 
 fn status(code: u16, token: Option<&str>) -> Response {
-    answer(StatusCode::OK, json!({ "status": code, "token": token, "messages": [] }))
+    answer(
+        StatusCode::OK,
+        json!({ "status": code, "token": token, "messages": [] }),
+    )
 }
 
 /// The session token the request carries, if any: a `token` parameter that looks like one, or
@@ -64,11 +68,11 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-fn session(state: &NodeState, token: Option<&str>) -> Result<(String, std::sync::Arc<PollSession>), Response> {
-    let gone = || status(410, None);
-    let token = token.ok_or_else(gone)?;
-    let session = state.longpolls.get(token).ok_or_else(gone)?;
-    Ok((token.to_owned(), session))
+/// The live session a token names, if any.
+fn session(state: &NodeState, token: Option<&str>) -> Option<(String, Arc<PollSession>)> {
+    let token = token?;
+    let session = state.longpolls.get(token)?;
+    Some((token.to_owned(), session))
 }
 
 /// `GET /socket/longpoll`: opens a session, or polls one.
@@ -80,8 +84,8 @@ pub async fn poll(
     match session_token(&params, &headers) {
         None => open(state, &params, &headers),
         Some(token) => match session(&state, Some(token)) {
-            Ok((token, session)) => wait(&state, &token, &session).await,
-            Err(gone) => gone,
+            Some((token, session)) => wait(&state, &token, &session).await,
+            None => status(410, None),
         },
     }
 }
@@ -162,9 +166,8 @@ pub async fn send(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let (token, session) = match session(&state, session_token(&params, &headers)) {
-        Ok(found) => found,
-        Err(gone) => return gone,
+    let Some((token, session)) = session(&state, session_token(&params, &headers)) else {
+        return status(410, None);
     };
     let ndjson = headers
         .get(header::CONTENT_TYPE)

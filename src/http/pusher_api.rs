@@ -432,13 +432,19 @@ async fn channel_info(state: &NodeState, app: &App, checked: &[&Checked]) -> Res
     let topics = occupancy(state, app).await?;
     let mut channels = Map::new();
     for c in checked.iter().filter(|c| c.info.any()) {
-        let users =
-            user_counts(state, &presence_topics(c.info, c.events.iter().map(|e| &e.topic))).await?;
+        let users = user_counts(
+            state,
+            &presence_topics(c.info, c.events.iter().map(|e| &e.topic)),
+        )
+        .await?;
         for event in &c.events {
             let count = topics.get(&event.topic).copied().unwrap_or(0);
             let members = users.get(&event.topic).copied().unwrap_or(0);
             let channel = event.topic.split_once(':').map_or("", |(c, _)| c);
-            channels.insert(channel.to_owned(), Value::Object(c.info.render(count, members)));
+            channels.insert(
+                channel.to_owned(),
+                Value::Object(c.info.render(count, members)),
+            );
         }
     }
     Ok(Value::Object(channels))
@@ -515,7 +521,10 @@ pub async fn channels(State(state): State<NodeState>, signed: Signed) -> Result<
             *count > 0 && topic.kind() != ChannelKind::User && topic.channel().starts_with(prefix)
         })
         .collect();
-    let names: Vec<String> = occupied.iter().map(|(t, _)| t.as_str().to_owned()).collect();
+    let names: Vec<String> = occupied
+        .iter()
+        .map(|(t, _)| t.as_str().to_owned())
+        .collect();
     let users = user_counts(&state, &presence_topics(info, names.iter())).await?;
     let mut channels = Map::new();
     for (topic, count) in occupied {

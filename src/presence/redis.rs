@@ -344,7 +344,11 @@ impl RedisPresence {
                 match self.reassert(announce).await {
                     Ok(added) => {
                         if added > 0 {
-                            tracing::info!(added, announce, "presence: re-asserted this node's members");
+                            tracing::info!(
+                                added,
+                                announce,
+                                "presence: re-asserted this node's members"
+                            );
                         }
                         owed = None;
                     }

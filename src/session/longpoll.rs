@@ -37,11 +37,7 @@ impl LongPolls {
     }
 
     /// Starts a session; returns its token, or `None` when the node holds its maximum.
-    pub fn start(
-        self: &Arc<Self>,
-        connect: PhoenixConnect,
-        state: NodeState,
-    ) -> Option<String> {
+    pub fn start(self: &Arc<Self>, connect: PhoenixConnect, state: NodeState) -> Option<String> {
         let token = format!("{TOKEN_PREFIX}{}", uuid::Uuid::new_v4().simple());
         let (outbound_tx, outbound_rx) = mpsc::channel(state.config.limits.outbound_queue);
         let (inbound_tx, inbound_rx) = mpsc::channel(state.config.longpoll.max_frames + 1);

@@ -118,7 +118,10 @@ impl Refusal {
 
     /// Whether the registry had found the app (only then may the app take a metric label).
     fn app_known(self) -> bool {
-        matches!(self, Refusal::Origin | Refusal::Unauthorized | Refusal::Full)
+        matches!(
+            self,
+            Refusal::Origin | Refusal::Unauthorized | Refusal::Full
+        )
     }
 }
 
@@ -301,7 +304,8 @@ impl Core {
             .await
         {
             Ok(snapshot) => {
-                self.presence.insert(topic.as_str().to_owned(), member.entry);
+                self.presence
+                    .insert(topic.as_str().to_owned(), member.entry);
                 Ok(snapshot)
             }
             Err(PresenceError::Full) => Err(Refusal::Full),
@@ -325,9 +329,7 @@ impl Core {
         let count = self.apps.entry(slug.to_owned()).or_insert(0);
         *count += 1;
         if *count == 1 {
-            self.state
-                .metrics
-                .connection_opened(slug, self.label);
+            self.state.metrics.connection_opened(slug, self.label);
         }
     }
 
@@ -509,7 +511,11 @@ pub fn run_pusher(
     let origin = connect.origin.clone();
     let protocol = pusher::Pusher::new(connect, &state);
     let (sink, stream) = socket.split();
-    let transport = (Sink::Socket(sink), Source::Socket(stream), Wire::Pusher.label());
+    let transport = (
+        Sink::Socket(sink),
+        Source::Socket(stream),
+        Wire::Pusher.label(),
+    );
     run(transport, Wire::Pusher, origin, protocol, state)
 }
 
@@ -725,5 +731,3 @@ async fn write_batch<P: Protocol>(
     }
     core.sink.flush().await.map_err(|_| Close::Gone)
 }
-
-

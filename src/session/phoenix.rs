@@ -247,9 +247,9 @@ impl Phoenix {
         let user_id = claims.sub.ok_or(Refusal::Unauthorized)?;
         let user_info = match claims.presence {
             None | Some(Value::Null) => None,
-            Some(info) => Some(
-                RawValue::from_string(info.to_string()).map_err(|_| Refusal::Unauthorized)?,
-            ),
+            Some(info) => {
+                Some(RawValue::from_string(info.to_string()).map_err(|_| Refusal::Unauthorized)?)
+            }
         };
         presence::check_member(&user_id, user_info.as_deref())
             .map_err(|_| Refusal::Unauthorized)?;

@@ -367,7 +367,10 @@ impl Pusher {
             if let Some(auth) = &subscription.auth
                 && subscription.kind != ChannelKind::User
             {
-                let channel_data = subscription.presence.as_ref().map(|p| p.channel_data.as_str());
+                let channel_data = subscription
+                    .presence
+                    .as_ref()
+                    .map(|p| p.channel_data.as_str());
                 let message = signature::channel_string(&self.socket_id, channel, channel_data);
                 if !signature::check_auth(&app.key, &app.secret, auth, &message) {
                     // The secret rotated: reconnect, and sign again with the new one.
@@ -394,9 +397,7 @@ impl Pusher {
 }
 
 /// A presence subscription's member, from its `channel_data`.
-fn parse_member(
-    channel_data: &str,
-) -> Result<(String, Option<Box<RawValue>>), &'static str> {
+fn parse_member(channel_data: &str) -> Result<(String, Option<Box<RawValue>>), &'static str> {
     let data: ChannelData = serde_json::from_str(channel_data)
         .map_err(|_| "channel_data must be a JSON object with a user_id")?;
     let user_id = data.user_id.into_string();
