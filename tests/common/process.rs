@@ -90,6 +90,11 @@ impl NodeProcess {
         created["data"].clone()
     }
 
+    /// The process id, for a client program that kills the node itself.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
