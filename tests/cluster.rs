@@ -434,6 +434,44 @@ async fn redis_cluster_uses_sharded_pubsub() {
             "shard subscriptions live on the owner only"
         );
     }
+
+    // presence: the scripts run on the shard of the channel's hash tag and announce there
+    let topic = "presence-shard:shard-app";
+    let member = |sub: &str| {
+        let claims = pushlite::token::Claims {
+            exp: chrono::Utc::now().timestamp() + 600,
+            sub: Some(sub.to_owned()),
+            subscribe: vec!["presence-*".to_owned()],
+            ..Default::default()
+        };
+        pushlite::token::mint(app["secret"].as_str().unwrap(), &claims)
+    };
+    let mut first = phx::connect(
+        nodes[0].addr,
+        Vsn::V2,
+        &format!("token={}", member("u1")),
+        None,
+    )
+    .await;
+    assert_eq!(first.join(topic).await.1.payload["status"], "ok");
+    first.recv_event("presence_state").await;
+    let mut second = phx::connect(
+        nodes[1].addr,
+        Vsn::V2,
+        &format!("token={}", member("u2")),
+        None,
+    )
+    .await;
+    assert_eq!(second.join(topic).await.1.payload["status"], "ok");
+    let state = second.recv_event("presence_state").await;
+    let mut users: Vec<&String> = state.payload.as_object().unwrap().keys().collect();
+    users.sort();
+    assert_eq!(users, ["u1", "u2"]);
+    let diff = first.recv_event("presence_diff").await;
+    assert!(diff.payload["joins"]["u2"].is_object(), "{diff:?}");
+    drop(second);
+    let diff = first.recv_event("presence_diff").await;
+    assert!(diff.payload["leaves"]["u2"].is_object(), "{diff:?}");
 }
 
 #[tokio::test]

@@ -75,14 +75,29 @@ struct Owned {
     json: String,
 }
 
+/// This node's hold on one channel: its entries, and its joins in flight. While either is
+/// non-empty the channel stays in the node's topic list, so a sweep after this node's death
+/// finds every entry it may have written.
+#[derive(Default)]
+struct Held {
+    entries: HashMap<String, Owned>,
+    joining: usize,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.joining == 0
+    }
+}
+
 pub struct RedisPresence {
     client: Client,
     node: String,
     publish: &'static str,
     config: RedisPresenceConfig,
     scripts: Scripts,
-    /// This node's entries: topic → field → entry.
-    owned: Mutex<HashMap<String, HashMap<String, Owned>>>,
+    /// This node's entries by topic.
+    owned: Mutex<HashMap<String, Held>>,
     leaves: mpsc::UnboundedSender<(String, String)>,
     /// Leaves queued and not yet applied.
     pending: AtomicUsize,
@@ -135,7 +150,7 @@ impl RedisPresence {
         presence
     }
 
-    fn owned(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, Owned>>> {
+    fn owned(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         self.owned.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -206,6 +221,38 @@ impl RedisPresence {
         Ok(())
     }
 
+    /// Lists the channel for this node when it is its first hold there, then runs the join
+    /// script.
+    async fn add(
+        &self,
+        topic: &str,
+        field: &str,
+        member: &Member,
+        json: &str,
+        max_users: usize,
+        first_here: bool,
+    ) -> Result<Snapshot, PresenceError> {
+        if first_here {
+            let _: i64 = self
+                .client
+                .sadd(node_topics_key(&self.node), topic)
+                .await
+                .map_err(|e| unavailable(&e))?;
+        }
+        let args = vec![
+            field.to_owned(),
+            member.user_id.clone(),
+            json.to_owned(),
+            max_users.to_string(),
+            topic.to_owned(),
+            self.publish.to_owned(),
+        ];
+        let reply = self
+            .eval(&self.scripts.join, channel_keys(topic), args)
+            .await?;
+        snapshot(reply)
+    }
+
     /// The heartbeat: 0 known, 1 forgotten by Redis, 2 swept as dead, 3 being swept.
     async fn heartbeat(&self) -> Result<i64, PresenceError> {
         let keys = vec![
@@ -224,8 +271,10 @@ impl RedisPresence {
         let owned: Vec<(String, Vec<(String, Owned)>)> = self
             .owned()
             .iter()
-            .map(|(topic, entries)| {
-                let entries = entries
+            .filter(|(_, held)| !held.entries.is_empty())
+            .map(|(topic, held)| {
+                let entries = held
+                    .entries
                     .iter()
                     .map(|(field, owned)| (field.clone(), owned.clone()))
                     .collect();
@@ -408,57 +457,56 @@ impl PresenceStore for RedisPresence {
         let field = self.field(&member.entry);
         let json =
             serde_json::to_string(member).map_err(|e| PresenceError::Unavailable(e.to_string()))?;
-        let first_here = !self.owned().contains_key(topic);
-        if first_here {
-            // Listed before the entry exists, so a sweep after this node's death finds it.
-            let _: i64 = self
-                .client
-                .sadd(node_topics_key(&self.node), topic)
-                .await
-                .map_err(|e| unavailable(&e))?;
-        }
-        let args = vec![
-            field.clone(),
-            member.user_id.clone(),
-            json.clone(),
-            max_users.to_string(),
-            topic.to_owned(),
-            self.publish.to_owned(),
-        ];
+        let first_here = {
+            let mut owned = self.owned();
+            let held = owned.entry(topic.to_owned()).or_default();
+            held.joining += 1;
+            // Concurrent first joins each list the channel: a set add is idempotent, and none
+            // of them may rely on another's add having landed.
+            held.entries.is_empty()
+        };
         let result = self
-            .eval(&self.scripts.join, channel_keys(topic), args)
+            .add(topic, &field, member, &json, max_users, first_here)
             .await;
-        let snapshot = match result.and_then(snapshot) {
-            Ok(snapshot) => snapshot,
-            Err(PresenceError::Full) => return Err(PresenceError::Full),
-            Err(e) => {
+        let mut owned = self.owned();
+        if let Some(held) = owned.get_mut(topic) {
+            held.joining -= 1;
+            if result.is_ok() {
+                held.entries.insert(
+                    field.clone(),
+                    Owned {
+                        user_id: member.user_id.clone(),
+                        json,
+                    },
+                );
+            }
+            if held.is_empty() {
+                owned.remove(topic);
+            }
+        }
+        drop(owned);
+        match result {
+            Err(PresenceError::Unavailable(e)) => {
                 // The script may have run before the reply was lost: take the entry out again.
                 self.pending.fetch_add(1, Ordering::SeqCst);
                 let _ = self.leaves.send((topic.to_owned(), field));
-                return Err(e);
+                Err(PresenceError::Unavailable(e))
             }
-        };
-        self.owned().entry(topic.to_owned()).or_default().insert(
-            field,
-            Owned {
-                user_id: member.user_id.clone(),
-                json,
-            },
-        );
-        Ok(snapshot)
+            other => other,
+        }
     }
 
     fn leave(&self, topic: &str, entry: &str) {
         let field = self.field(entry);
         {
             let mut owned = self.owned();
-            let Some(entries) = owned.get_mut(topic) else {
+            let Some(held) = owned.get_mut(topic) else {
                 return;
             };
-            if entries.remove(&field).is_none() {
+            if held.entries.remove(&field).is_none() {
                 return;
             }
-            if entries.is_empty() {
+            if held.is_empty() {
                 owned.remove(topic);
             }
         }
