@@ -18,7 +18,7 @@ use crate::domain::app::App;
 use crate::domain::event::Event;
 use crate::domain::topic::app_of;
 use crate::metrics::Metrics;
-use crate::presence::TopicChange;
+use crate::presence::{TopicChange, TopicSnapshot};
 use crate::protocol::{Wire, phoenix, pusher};
 
 /// Identifies one WebSocket connection on this node.
@@ -38,6 +38,8 @@ pub enum Outbound {
     Terminate,
     /// A presence channel's membership changed.
     Presence(Arc<TopicChange>),
+    /// A fresh membership of a presence channel, fetched by the session itself.
+    PresenceSync(Box<TopicSnapshot>),
 }
 
 /// The hub's handle on one connection.

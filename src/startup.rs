@@ -90,15 +90,18 @@ impl Server {
             Some(bus_config) => {
                 let redis = RedisBus::connect(&bus_config, sink.clone(), metrics.clone()).await?;
                 let directory = RedisDirectory::new(redis.client(), node_ttl);
+                let (client, sharded) = (redis.client(), redis.sharded());
+                let redis: Arc<dyn Bus> = Arc::new(redis);
                 let presence = RedisPresence::start(
-                    redis.client(),
+                    client,
+                    redis.clone(),
                     node.id.clone(),
                     RedisPresenceConfig {
                         node_timeout: Duration::from_millis(config.presence.node_timeout_ms),
-                        sharded: redis.sharded(),
+                        sharded,
                     },
                 );
-                (Arc::new(redis), Arc::new(directory), presence)
+                (redis, Arc::new(directory), presence)
             }
         };
         tokio::spawn(run_subscriptions(hub.clone(), bus.clone(), ops));

@@ -110,11 +110,19 @@ pub fn check_name(field: &str, value: &str) -> Result<(), String> {
     }
 }
 
-/// Event names the Phoenix client reserves for itself (`phx_close`, `phx_reply`, `phx_error`,
-/// …): one sent as a broadcast would close or confuse every channel of the topic.
+/// Why [`is_reserved`] refuses a name, for error messages.
+pub const RESERVED: &str = "event names starting with phx_, pusher: or pusher_internal:, and presence_state and presence_diff, are reserved";
+
+/// Event names the server sends itself: the Phoenix client's own (`phx_close`, `phx_reply`,
+/// …), Pusher's (`pusher:…`, `pusher_internal:member_added`, …) and Phoenix Presence's. One sent
+/// as a broadcast would close or confuse every channel of the topic, or fake its membership.
 #[must_use]
 pub fn is_reserved(event: &str) -> bool {
     event.starts_with("phx_")
+        || event.starts_with("pusher:")
+        || event.starts_with("pusher_internal:")
+        || event == "presence_state"
+        || event == "presence_diff"
 }
 
 /// The article's event naming: `"#{topic}:#{event}"`, or just `event` for `#general`.

@@ -13,7 +13,7 @@ use super::auth::{basic_credentials, credentials_match};
 use super::body;
 use super::error::ApiError;
 use super::extract::Slug;
-use crate::domain::event::{Data, Event, Scope, check_name, event_name, is_reserved};
+use crate::domain::event::{Data, Event, RESERVED, Scope, check_name, event_name, is_reserved};
 use crate::node::NodeState;
 
 /// Room for the other fields and for percent-encoding (up to three bytes per payload byte).
@@ -76,9 +76,7 @@ fn parse_event(
     let event = required(&fields, "event")?;
     let name = event_name(topic, event);
     if is_reserved(event) || is_reserved(&name) {
-        return Err(ApiError::Unprocessable(
-            "event names starting with phx_ are reserved".to_owned(),
-        ));
+        return Err(ApiError::Unprocessable(RESERVED.to_owned()));
     }
     let scope = Scope::parse(required(&fields, "scope")?).ok_or_else(|| {
         ApiError::Unprocessable("`scope` must be `public` or `private`".to_owned())

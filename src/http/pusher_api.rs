@@ -20,7 +20,7 @@ use super::error::ApiError;
 use super::stats;
 use crate::bus::Control;
 use crate::domain::app::App;
-use crate::domain::event::{Data, Event, check_name, is_reserved};
+use crate::domain::event::{Data, Event, RESERVED, check_name, is_reserved};
 use crate::domain::signature;
 use crate::domain::topic::{ChannelKind, Topic};
 use crate::node::NodeState;
@@ -317,10 +317,8 @@ fn check_trigger(state: &NodeState, app: &App, trigger: Trigger, many: bool) -> 
         .name
         .ok_or_else(|| PusherError::bad_request("name is required"))?;
     check_name("name", &name).map_err(PusherError::bad_request)?;
-    if name.starts_with("pusher:") || name.starts_with("pusher_internal:") || is_reserved(&name) {
-        return Err(PusherError::bad_request(
-            "event names starting with pusher:, pusher_internal: or phx_ are reserved",
-        ));
+    if is_reserved(&name) {
+        return Err(PusherError::bad_request(RESERVED));
     }
     let data = trigger
         .data

@@ -1,14 +1,16 @@
--- KEYS: entries, users, meta. ARGV: field, user id, member JSON, max users, channel, publish command.
+-- KEYS: entries, users, meta. ARGV: field, member JSON, max users, channel, publish command.
 -- Returns {0} when the channel is full, else {1, epoch, ver, [member JSON...]}.
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
-  local count = redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-  if count == 1 and redis.call('HLEN', KEYS[2]) > tonumber(ARGV[4]) then
-    redis.call('HDEL', KEYS[2], ARGV[2])
+  local user = user_of(ARGV[1])
+  local count = redis.call('HINCRBY', KEYS[2], user, 1)
+  if count == 1 and redis.call('HLEN', KEYS[2]) > tonumber(ARGV[3]) then
+    redis.call('HDEL', KEYS[2], user)
+    tidy()
     return {0}
   end
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   local epoch, ver = bump(KEYS[3])
-  announce(ARGV[5], ARGV[6], 'join', count == 1, epoch, ver, ARGV[3])
+  announce(ARGV[4], ARGV[5], 'join', count == 1, epoch, ver, ARGV[2])
 end
 local meta = redis.call('HMGET', KEYS[3], 'epoch', 'ver')
 return {1, meta[1] or '', meta[2] or '0', redis.call('HVALS', KEYS[1])}

@@ -1,7 +1,16 @@
--- KEYS: entries, users, meta. ARGV: field, channel, publish command. Returns 1 if removed.
+-- KEYS: entries, users, meta. ARGV: field, channel, publish command, member JSON, and the
+-- channel's epoch when the entry joined ('-' for a join that never completed). Returns 1 if
+-- removed. An entry Redis no longer holds is still announced when the channel's epoch changed
+-- since the join: Redis lost it (a restart) and its clients never saw it leave.
 local member = redis.call('HGET', KEYS[1], ARGV[1])
-if not member then
-  return 0
+if member then
+  remove(ARGV[1], member, ARGV[2], ARGV[3])
+  return 1
 end
-remove(ARGV[1], member, ARGV[2], ARGV[3])
-return 1
+if ARGV[5] ~= '-' and redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[5] then
+  local gone = redis.call('HEXISTS', KEYS[2], user_of(ARGV[1])) == 0
+  local epoch, ver = bump(KEYS[3])
+  announce(ARGV[2], ARGV[3], 'leave', gone, epoch, ver, ARGV[4])
+  tidy()
+end
+return 0

@@ -113,6 +113,18 @@ impl PresenceStore for LocalPresence {
         self.announce(topic, Op::Leave, left == 0, ver, member);
     }
 
+    async fn snapshot(&self, topic: &str) -> Result<Snapshot, PresenceError> {
+        let channels = self.channels();
+        Ok(Snapshot {
+            epoch: self.epoch.clone(),
+            ver: channels.get(topic).map_or(0, |c| c.ver),
+            members: channels
+                .get(topic)
+                .map(|c| c.entries.clone())
+                .unwrap_or_default(),
+        })
+    }
+
     async fn users(&self, topic: &str) -> Result<Vec<String>, PresenceError> {
         let channels = self.channels();
         Ok(channels

@@ -90,6 +90,13 @@ pub struct TopicChange {
     pub change: Change,
 }
 
+/// A fresh snapshot of one topic, for a session repairing a gap.
+#[derive(Debug)]
+pub struct TopicSnapshot {
+    pub topic: String,
+    pub snapshot: Snapshot,
+}
+
 impl Change {
     /// Phoenix's `presence_diff` payload.
     #[must_use]
@@ -187,16 +194,44 @@ pub struct Seen {
     ver: u64,
 }
 
+/// What a change is to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Already held (in the snapshot, or seen before): drop it.
+    Old,
+    /// The next change.
+    New,
+    /// News, but changes before it were lost on the way (a reconnect, a lagging reader): the
+    /// session should take a fresh snapshot.
+    Gap,
+}
+
 impl Seen {
-    /// Whether `change` is news to the session; records it if so. A change of another epoch
+    /// What `change` is to the session; records it unless it is old. A change of another epoch
     /// (the store lost the channel and rebuilt it) is always news.
-    pub fn admit(&mut self, change: &Change) -> bool {
-        if change.epoch == self.epoch && change.ver <= self.ver {
-            return false;
-        }
+    pub fn admit(&mut self, change: &Change) -> Admit {
+        let admit = if change.epoch != self.epoch {
+            Admit::New
+        } else if change.ver <= self.ver {
+            return Admit::Old;
+        } else if change.ver > self.ver + 1 {
+            Admit::Gap
+        } else {
+            Admit::New
+        };
         self.epoch.clone_from(&change.epoch);
         self.ver = change.ver;
-        true
+        admit
+    }
+
+    /// Takes a snapshot fetched to repair a gap. Returns whether it was current: one older than
+    /// a change the session already applied undoes that change, so the session fetches once
+    /// more (and, its version now recorded, the next one is current).
+    pub fn accept(&mut self, snapshot: &Snapshot) -> bool {
+        let current = snapshot.epoch != self.epoch || snapshot.ver >= self.ver;
+        self.epoch.clone_from(&snapshot.epoch);
+        self.ver = snapshot.ver;
+        current
     }
 }
 
@@ -207,6 +242,9 @@ pub enum PresenceError {
     Full,
     #[error("presence store unavailable: {0}")]
     Unavailable(String),
+    /// The store refused this input for good (a script error); retrying cannot help.
+    #[error("presence store refused the request: {0}")]
+    Rejected(String),
 }
 
 /// The membership seam.
@@ -217,6 +255,7 @@ pub enum PresenceError {
 ///   after that snapshot reaches every node subscribed to the topic with a greater `ver` (or a
 ///   new `epoch`), in the order the store applied them;
 /// - a join announces `edge` when it is the user's first entry, a leave when it is the last;
+/// - `join` may be dropped half-way (its session ended): the entry is then removed again;
 /// - `leave` never fails for the caller: the store retries until the entry is gone;
 /// - entries of a node that stops without leaving are removed, and announced, by the others;
 /// - `users` and `user_counts` answer for the whole cluster.
@@ -229,6 +268,8 @@ pub trait PresenceStore: Send + Sync + 'static {
         max_users: usize,
     ) -> Result<Snapshot, PresenceError>;
     fn leave(&self, topic: &str, entry: &str);
+    /// The membership now, with its version.
+    async fn snapshot(&self, topic: &str) -> Result<Snapshot, PresenceError>;
     async fn users(&self, topic: &str) -> Result<Vec<String>, PresenceError>;
     async fn user_counts(&self, topics: &[String]) -> Result<Vec<usize>, PresenceError>;
     /// Waits until every leave has been applied (a graceful shutdown), at most `timeout`.
@@ -246,8 +287,15 @@ pub fn check_member(user_id: &str, user_info: Option<&RawValue>) -> Result<(), &
     if user_id.chars().any(char::is_control) {
         return Err("user_id must not contain control characters");
     }
-    if user_info.is_some_and(|info| info.get().len() > USER_INFO_MAX) {
-        return Err("user_info must be at most 1 KiB of JSON");
+    if let Some(info) = user_info {
+        if info.get().len() > USER_INFO_MAX {
+            return Err("user_info must be at most 1 KiB of JSON");
+        }
+        // A raw value lets lone surrogates (`"\ud800"`) through; a parsed one does not, and
+        // neither do the other nodes' parsers.
+        if serde_json::from_str::<Value>(info.get()).is_err() {
+            return Err("user_info must be valid JSON (no lone surrogates)");
+        }
     }
     Ok(())
 }
@@ -293,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn seen_admits_only_news() {
+    fn seen_admits_only_news_and_spots_gaps() {
         let mut seen = Seen {
             epoch: "a".into(),
             ver: 5,
@@ -305,13 +353,24 @@ mod tests {
             ver: 5,
             member: member("1", "u", None),
         };
-        assert!(!seen.admit(&change));
+        assert_eq!(seen.admit(&change), Admit::Old);
         change.ver = 6;
-        assert!(seen.admit(&change));
-        assert!(!seen.admit(&change));
+        assert_eq!(seen.admit(&change), Admit::New);
+        assert_eq!(seen.admit(&change), Admit::Old);
+        change.ver = 9;
+        assert_eq!(seen.admit(&change), Admit::Gap);
+        let mut snapshot = Snapshot {
+            epoch: "a".into(),
+            ver: 8,
+            members: vec![],
+        };
+        assert!(!seen.accept(&snapshot), "older than what the session holds");
+        assert!(seen.accept(&snapshot), "its version is now the session's");
+        snapshot.ver = 9;
+        assert!(seen.accept(&snapshot));
         change.epoch = "b".into();
         change.ver = 1;
-        assert!(seen.admit(&change));
+        assert_eq!(seen.admit(&change), Admit::New);
     }
 
     #[test]
@@ -321,5 +380,7 @@ mod tests {
         assert!(check_member(&"x".repeat(129), None).is_err());
         let big = RawValue::from_string(format!("\"{}\"", "x".repeat(1100))).unwrap();
         assert!(check_member("u", Some(&big)).is_err());
+        let lone: Box<RawValue> = serde_json::from_str(r#""\ud800""#).unwrap();
+        assert!(check_member("u", Some(&lone)).is_err());
     }
 }

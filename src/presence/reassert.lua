@@ -1,15 +1,15 @@
 -- KEYS: entries, users, meta. ARGV: channel, publish command, announce ('1' or '0'), then
--- (field, user id, member JSON) for each of this node's entries. Adds the missing ones; returns
+-- (field, member JSON) for each of this node's entries. Adds the missing ones; returns
 -- how many. Silent after Redis lost its data (clients never saw them leave); announced after
 -- this node was swept as dead (clients saw them leave).
 local added = 0
-for i = 4, #ARGV, 3 do
+for i = 4, #ARGV, 2 do
   if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 0 then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
-    local count = redis.call('HINCRBY', KEYS[2], ARGV[i + 1], 1)
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    local count = redis.call('HINCRBY', KEYS[2], user_of(ARGV[i]), 1)
     if ARGV[3] == '1' then
       local epoch, ver = bump(KEYS[3])
-      announce(ARGV[1], ARGV[2], 'join', count == 1, epoch, ver, ARGV[i + 2])
+      announce(ARGV[1], ARGV[2], 'join', count == 1, epoch, ver, ARGV[i + 1])
     end
     added = added + 1
   end

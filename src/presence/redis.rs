@@ -1,33 +1,37 @@
 //! Presence in Redis. Per channel (topic `T`), three keys under the hash tag `{T}`:
-//! `…:e` entries (field `node|entry` → member JSON), `…:u` entries per user, `…:m` the epoch and
-//! version. Lua scripts change them and announce the change on the topic's Redis channel in one
-//! step, so announcements are exactly as ordered as the changes.
+//! `…:e` entries (field `node|entry|user` → member JSON), `…:u` entries per user, `…:m` the
+//! epoch and version. Lua scripts change them and announce the change on the topic's Redis
+//! channel in one step, so announcements are exactly as ordered as the changes.
 //!
 //! Each node owns its entries: it lists the channels it holds entries in (`{node:ID}:topics`)
 //! and proves it is alive in a sorted set scored by Redis's clock. A node silent for
-//! `node_timeout` is claimed dead by whichever node looks first, and its entries are swept and
-//! announced as leaves. A node that finds Redis has forgotten it (a restart) re-adds its entries
-//! without announcing them; one that finds it was swept re-adds and announces them.
+//! `node_timeout` is claimed dead by whichever node looks first, and one node at a time (a
+//! lease) sweeps its entries, announcing them as leaves. A node that finds Redis has forgotten
+//! it (a restart) re-adds its entries without announcing them; one that finds it was swept
+//! re-adds and announces them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fred::prelude::{
-    Client, EventInterface, HashesInterface, KeysInterface, SetsInterface, SortedSetsInterface,
+    Client, EventInterface, Expiration, KeysInterface, SetsInterface, SortedSetsInterface,
 };
+use fred::types::SetOptions;
 use fred::types::Value as RedisValue;
 use fred::types::scripts::Script;
 use tokio::sync::{Notify, mpsc};
 
 use super::{Member, PresenceError, PresenceStore, Snapshot};
+use crate::bus::Bus;
 
 const PRELUDE: &str = include_str!("presence.lua");
 const LIVE_KEY: &str = "pushlite:presence:{live}";
 const DEAD_KEY: &str = "pushlite:presence:{live}:dead";
 const SWEPT_PREFIX: &str = "pushlite:presence:{live}:swept:";
+const LEASE_PREFIX: &str = "pushlite:presence:{live}:lease:";
 /// How long a swept marker waits for its node to come back.
 const SWEPT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Leaves applied at once by the leave task.
@@ -45,6 +49,7 @@ pub struct RedisPresenceConfig {
 struct Scripts {
     join: Script,
     leave: Script,
+    snapshot: Script,
     sweep: Script,
     reassert: Script,
     heartbeat: Script,
@@ -60,6 +65,7 @@ impl Scripts {
         Scripts {
             join: script(include_str!("join.lua")),
             leave: script(include_str!("leave.lua")),
+            snapshot: script(include_str!("snapshot.lua")),
             sweep: script(include_str!("sweep.lua")),
             reassert: script(include_str!("reassert.lua")),
             heartbeat: script(include_str!("heartbeat.lua")),
@@ -68,16 +74,19 @@ impl Scripts {
     }
 }
 
-/// One of this node's entries, kept to re-assert it.
+/// One of this node's entries, kept to re-assert it and to announce its leave.
 #[derive(Clone)]
 struct Owned {
-    user_id: String,
+    field: String,
     json: String,
+    /// The channel's epoch when the entry joined (`-` until the join completes): a leave that
+    /// finds the entry gone and the epoch changed knows Redis lost it, and still announces it.
+    epoch: String,
 }
 
-/// This node's hold on one channel: its entries, and its joins in flight. While either is
-/// non-empty the channel stays in the node's topic list, so a sweep after this node's death
-/// finds every entry it may have written.
+/// This node's hold on one channel: its entries by entry id, and its joins in flight. While
+/// either is non-empty the channel stays in the node's topic list, so a sweep after this
+/// node's death finds every entry it may have written.
 #[derive(Default)]
 struct Held {
     entries: HashMap<String, Owned>,
@@ -90,23 +99,40 @@ impl Held {
     }
 }
 
+/// A leave on its way to Redis.
+struct Leave {
+    topic: String,
+    entry: Owned,
+}
+
 pub struct RedisPresence {
     client: Client,
+    /// Announcements wait until the bus is settled after a reconnect: before every node has
+    /// re-subscribed, a change published by a script would reach nobody.
+    bus: Arc<dyn Bus>,
     node: String,
     publish: &'static str,
     config: RedisPresenceConfig,
     scripts: Scripts,
-    /// This node's entries by topic.
     owned: Mutex<HashMap<String, Held>>,
-    leaves: mpsc::UnboundedSender<(String, String)>,
+    leaves: mpsc::UnboundedSender<Leave>,
     /// Leaves queued and not yet applied.
     pending: AtomicUsize,
     drained: Notify,
     stopped: AtomicBool,
+    /// Since when Redis has answered this node's heartbeats without a break; `None` during an
+    /// outage. Sweeps wait a whole timeout after one.
+    healthy_since: Mutex<Option<Instant>>,
 }
 
-fn unavailable(e: &fred::error::Error) -> PresenceError {
-    PresenceError::Unavailable(e.to_string())
+/// Why a Redis call failed: a script error (this input will always fail) or unavailability.
+fn failure(e: &fred::error::Error) -> PresenceError {
+    let details = e.details();
+    if details.contains("user_script") || details.contains("Error running script") {
+        PresenceError::Rejected(details.to_owned())
+    } else {
+        PresenceError::Unavailable(e.to_string())
+    }
 }
 
 fn channel_keys(topic: &str) -> Vec<String> {
@@ -124,13 +150,59 @@ fn millis(d: Duration) -> String {
     d.as_millis().to_string()
 }
 
+/// Undoes a join's hold when the join ends, or is dropped half-way (its session ended while it
+/// waited on Redis): the entry may be in Redis already, so it is taken out again.
+struct JoinGuard<'a> {
+    store: &'a RedisPresence,
+    topic: &'a str,
+    entry: &'a str,
+    owned: Option<Owned>,
+    /// How the join ended: the epoch it joined in, refused (full), or not at all.
+    result: Option<Result<String, ()>>,
+}
+
+impl Drop for JoinGuard<'_> {
+    fn drop(&mut self) {
+        let mut owned = self.store.owned();
+        let Some(held) = owned.get_mut(self.topic) else {
+            return;
+        };
+        held.joining = held.joining.saturating_sub(1);
+        let Some(entry) = self.owned.take() else {
+            return;
+        };
+        match self.result.take() {
+            Some(Ok(epoch)) => {
+                held.entries
+                    .insert(self.entry.to_owned(), Owned { epoch, ..entry });
+            }
+            // Refused (full): nothing was written.
+            Some(Err(())) => {}
+            // Failed or abandoned: the script may have run.
+            None => self.store.queue_leave(self.topic, entry),
+        }
+        if held.is_empty() {
+            owned.remove(self.topic);
+        }
+    }
+}
+
 impl RedisPresence {
     /// Starts the store's tasks: applying leaves, the heartbeat, and sweeping dead nodes.
     #[must_use]
-    pub fn start(client: Client, node: String, config: RedisPresenceConfig) -> Arc<RedisPresence> {
+    pub fn start(
+        client: Client,
+        bus: Arc<dyn Bus>,
+        node: String,
+        config: RedisPresenceConfig,
+    ) -> Arc<RedisPresence> {
         let (leaves, rx) = mpsc::unbounded_channel();
+        // At startup Redis is taken as settled (every live node's heartbeat is fresh); after a
+        // failure or a reconnect, a whole timeout must pass first.
+        let healthy_since = Instant::now().checked_sub(config.node_timeout);
         let presence = Arc::new(RedisPresence {
             client,
+            bus,
             node,
             publish: if config.sharded {
                 "SPUBLISH"
@@ -144,9 +216,11 @@ impl RedisPresence {
             pending: AtomicUsize::new(0),
             drained: Notify::new(),
             stopped: AtomicBool::new(false),
+            healthy_since: Mutex::new(healthy_since),
         });
         tokio::spawn(presence.clone().apply_leaves(rx));
-        tokio::spawn(presence.clone().maintain());
+        tokio::spawn(presence.clone().beat());
+        tokio::spawn(presence.clone().sweeper());
         presence
     }
 
@@ -154,11 +228,35 @@ impl RedisPresence {
         self.owned.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn field(&self, entry: &str) -> String {
-        format!("{}|{entry}", self.node)
+    fn healthy_since(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.healthy_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn queue_leave(&self, topic: &str, entry: Owned) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        let _ = self.leaves.send(Leave {
+            topic: topic.to_owned(),
+            entry,
+        });
+    }
+
+    /// Runs a script that may announce changes: only once the bus is settled.
     async fn eval(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<RedisValue, PresenceError> {
+        self.bus
+            .ready()
+            .map_err(|e| PresenceError::Unavailable(e.to_string()))?;
+        self.eval_now(script, keys, args).await
+    }
+
+    /// Runs a script that announces nothing (the heartbeat, reading a snapshot).
+    async fn eval_now(
         &self,
         script: &Script,
         keys: Vec<String>,
@@ -167,11 +265,12 @@ impl RedisPresence {
         script
             .evalsha_with_reload(&self.client, keys, args)
             .await
-            .map_err(|e| unavailable(&e))
+            .map_err(|e| failure(&e))
     }
 
-    /// Applies queued leaves in batches, retrying those Redis refused until they apply.
-    async fn apply_leaves(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(String, String)>) {
+    /// Applies queued leaves in batches. Those Redis could not take are retried until they
+    /// apply; one a script refuses is dropped with an error, so it never blocks the others.
+    async fn apply_leaves(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Leave>) {
         while let Some(first) = rx.recv().await {
             let mut todo = vec![first];
             while todo.len() < LEAVE_BATCH {
@@ -181,15 +280,25 @@ impl RedisPresence {
                 }
             }
             loop {
-                let results = futures_util::future::join_all(
-                    todo.iter().map(|(topic, field)| self.remove(topic, field)),
-                )
-                .await;
-                let failed: Vec<(String, String)> = todo
-                    .into_iter()
-                    .zip(results)
-                    .filter_map(|(leave, result)| result.err().map(|_| leave))
-                    .collect();
+                let results =
+                    futures_util::future::join_all(todo.iter().map(|leave| self.remove(leave)))
+                        .await;
+                let mut failed = Vec::new();
+                for (leave, result) in todo.into_iter().zip(results) {
+                    match result {
+                        Err(PresenceError::Unavailable(_)) => {
+                            failed.push(leave);
+                            continue;
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, topic = %leave.topic, "presence leave refused; dropped");
+                        }
+                        Ok(()) => {}
+                    }
+                    if self.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        self.drained.notify_waiters();
+                    }
+                }
                 if failed.is_empty() {
                     break;
                 }
@@ -203,32 +312,33 @@ impl RedisPresence {
         }
     }
 
-    async fn remove(&self, topic: &str, field: &str) -> Result<(), PresenceError> {
-        let args = vec![field.to_owned(), topic.to_owned(), self.publish.to_owned()];
-        self.eval(&self.scripts.leave, channel_keys(topic), args)
+    async fn remove(&self, leave: &Leave) -> Result<(), PresenceError> {
+        let args = vec![
+            leave.entry.field.clone(),
+            leave.topic.clone(),
+            self.publish.to_owned(),
+            leave.entry.json.clone(),
+            leave.entry.epoch.clone(),
+        ];
+        self.eval(&self.scripts.leave, channel_keys(&leave.topic), args)
             .await?;
-        let holds = self.owned().contains_key(topic);
-        if !holds {
+        let held = self.owned().contains_key(&leave.topic);
+        if !held {
             let _: i64 = self
                 .client
-                .srem(node_topics_key(&self.node), topic)
+                .srem(node_topics_key(&self.node), leave.topic.as_str())
                 .await
-                .map_err(|e| unavailable(&e))?;
-        }
-        if self.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.drained.notify_waiters();
+                .map_err(|e| failure(&e))?;
         }
         Ok(())
     }
 
-    /// Lists the channel for this node when it is its first hold there, then runs the join
+    /// Lists the channel for this node when it holds no entry there yet, then runs the join
     /// script.
     async fn add(
         &self,
         topic: &str,
-        field: &str,
-        member: &Member,
-        json: &str,
+        entry: &Owned,
         max_users: usize,
         first_here: bool,
     ) -> Result<Snapshot, PresenceError> {
@@ -237,12 +347,11 @@ impl RedisPresence {
                 .client
                 .sadd(node_topics_key(&self.node), topic)
                 .await
-                .map_err(|e| unavailable(&e))?;
+                .map_err(|e| failure(&e))?;
         }
         let args = vec![
-            field.to_owned(),
-            member.user_id.clone(),
-            json.to_owned(),
+            entry.field.clone(),
+            entry.json.clone(),
             max_users.to_string(),
             topic.to_owned(),
             self.publish.to_owned(),
@@ -261,14 +370,14 @@ impl RedisPresence {
             format!("{SWEPT_PREFIX}{}", self.node),
         ];
         let state = self
-            .eval(&self.scripts.heartbeat, keys, vec![self.node.clone()])
+            .eval_now(&self.scripts.heartbeat, keys, vec![self.node.clone()])
             .await?;
         Ok(state.as_i64().unwrap_or(0))
     }
 
     /// Adds every entry of this node that Redis lacks, announcing them or not.
     async fn reassert(&self, announce: bool) -> Result<usize, PresenceError> {
-        let owned: Vec<(String, Vec<(String, Owned)>)> = self
+        let held: Vec<(String, Vec<(String, Owned)>)> = self
             .owned()
             .iter()
             .filter(|(_, held)| !held.entries.is_empty())
@@ -276,38 +385,57 @@ impl RedisPresence {
                 let entries = held
                     .entries
                     .iter()
-                    .map(|(field, owned)| (field.clone(), owned.clone()))
+                    .map(|(id, owned)| (id.clone(), owned.clone()))
                     .collect();
                 (topic.clone(), entries)
             })
             .collect();
         let mut added = 0;
-        for (topic, entries) in owned {
+        for (topic, entries) in held {
             let _: i64 = self
                 .client
                 .sadd(node_topics_key(&self.node), topic.as_str())
                 .await
-                .map_err(|e| unavailable(&e))?;
+                .map_err(|e| failure(&e))?;
             let mut args = vec![
                 topic.clone(),
                 self.publish.to_owned(),
                 if announce { "1" } else { "0" }.to_owned(),
             ];
-            for (field, owned) in entries {
-                args.extend([field, owned.user_id, owned.json]);
+            for (_, owned) in &entries {
+                args.extend([owned.field.clone(), owned.json.clone()]);
             }
             let count = self
                 .eval(&self.scripts.reassert, channel_keys(&topic), args)
                 .await?;
             added += usize::try_from(count.as_u64().unwrap_or(0)).unwrap_or(0);
+            // An entry that left while the script was on its way may have been written back:
+            // take it out again.
+            let gone: Vec<Owned> = {
+                let owned = self.owned();
+                let still: HashSet<&String> = owned
+                    .get(&topic)
+                    .map(|held| held.entries.keys().collect())
+                    .unwrap_or_default();
+                entries
+                    .into_iter()
+                    .filter(|(id, _)| !still.contains(id))
+                    .map(|(_, owned)| owned)
+                    .collect()
+            };
+            for entry in gone {
+                self.queue_leave(&topic, entry);
+            }
         }
         Ok(added)
     }
 
     /// Claims the nodes silent past the timeout and removes their entries, announcing each.
+    /// One node sweeps a dead node at a time (a lease as long as the timeout): two sweeps
+    /// racing with the dead node's return could remove entries it had just re-added.
     async fn sweep(&self) -> Result<(), PresenceError> {
         // A heartbeat interval of margin: a node is claimed before the timeout, and swept by it.
-        let silence = self.config.node_timeout - self.beat();
+        let silence = self.config.node_timeout - self.interval();
         let args = vec![
             millis(silence),
             self.node.clone(),
@@ -325,65 +453,88 @@ impl RedisPresence {
             let Some(node) = node.as_string() else {
                 continue;
             };
-            let topics_key = node_topics_key(&node);
-            let topics: Vec<String> = self
+            let ttl = i64::try_from(self.config.node_timeout.as_millis()).unwrap_or(i64::MAX);
+            let lease: Option<String> = self
                 .client
-                .smembers(&topics_key)
+                .set(
+                    format!("{LEASE_PREFIX}{node}"),
+                    self.node.as_str(),
+                    Some(Expiration::PX(ttl)),
+                    Some(SetOptions::NX),
+                    false,
+                )
                 .await
-                .map_err(|e| unavailable(&e))?;
-            let prefix = format!("{node}|");
-            let mut removed = 0;
-            for topic in &topics {
-                let args = vec![prefix.clone(), topic.clone(), self.publish.to_owned()];
-                let count = self
-                    .eval(&self.scripts.sweep, channel_keys(topic), args)
-                    .await?;
-                removed += count.as_u64().unwrap_or(0);
+                .map_err(|e| failure(&e))?;
+            if lease.is_none() {
+                continue;
             }
-            let _: i64 = self
-                .client
-                .del(&topics_key)
-                .await
-                .map_err(|e| unavailable(&e))?;
-            let _: i64 = self
-                .client
-                .zrem(DEAD_KEY, node.as_str())
-                .await
-                .map_err(|e| unavailable(&e))?;
-            tracing::info!(%node, channels = topics.len(), removed, "presence: swept a dead node");
+            self.sweep_node(&node).await?;
         }
         Ok(())
     }
 
-    fn beat(&self) -> Duration {
+    async fn sweep_node(&self, node: &str) -> Result<(), PresenceError> {
+        let topics_key = node_topics_key(node);
+        let topics: Vec<String> = self
+            .client
+            .smembers(&topics_key)
+            .await
+            .map_err(|e| failure(&e))?;
+        let prefix = format!("{node}|");
+        let mut removed = 0;
+        for topic in &topics {
+            let args = vec![prefix.clone(), topic.clone(), self.publish.to_owned()];
+            match self
+                .eval(&self.scripts.sweep, channel_keys(topic), args)
+                .await
+            {
+                Ok(count) => removed += count.as_u64().unwrap_or(0),
+                Err(PresenceError::Rejected(error)) => {
+                    tracing::error!(%error, %topic, "presence sweep refused for a channel; skipped");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let _: i64 = self
+            .client
+            .del(&topics_key)
+            .await
+            .map_err(|e| failure(&e))?;
+        let _: i64 = self
+            .client
+            .zrem(DEAD_KEY, node)
+            .await
+            .map_err(|e| failure(&e))?;
+        tracing::info!(%node, channels = topics.len(), removed, "presence: swept a dead node");
+        Ok(())
+    }
+
+    fn interval(&self) -> Duration {
         self.config.node_timeout / 5
     }
 
-    /// Heartbeats every fifth of the timeout (and at once after a reconnect), re-asserts what
-    /// Redis lost, and sweeps dead nodes unless an outage ended less than a timeout ago: right
-    /// after one every node's heartbeat is stale, and none of them is dead.
-    async fn maintain(self: Arc<Self>) {
-        let mut ticker = tokio::time::interval(self.beat());
+    /// Heartbeats every fifth of the timeout, and at once after a reconnect, and re-asserts
+    /// what Redis lost. Its own task: a long sweep must not delay it into looking dead.
+    async fn beat(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.interval());
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reconnects = self.client.reconnect_rx();
-        // At startup Redis is taken as settled (every live node's heartbeat is fresh); after a
-        // failure or a reconnect, a whole timeout must pass first.
-        let mut healthy_since = Instant::now().checked_sub(self.config.node_timeout);
         // A re-assert that failed half-way, retried on the next beat: Some(announce).
         let mut owed: Option<bool> = None;
         while !self.stopped.load(Ordering::SeqCst) {
             tokio::select! {
                 _ = ticker.tick() => {}
-                _ = reconnects.recv() => healthy_since = None,
+                _ = reconnects.recv() => *self.healthy_since() = None,
             }
             let beat = match self.heartbeat().await {
                 Ok(beat) => beat,
                 Err(error) => {
                     tracing::debug!(%error, "presence heartbeat failed");
-                    healthy_since = None;
+                    *self.healthy_since() = None;
                     continue;
                 }
             };
+            self.healthy_since().get_or_insert_with(Instant::now);
             match beat {
                 1 => owed = Some(owed.unwrap_or(false)),
                 2 => owed = Some(true),
@@ -401,23 +552,30 @@ impl RedisPresence {
                         }
                         owed = None;
                     }
-                    Err(error) => {
-                        tracing::warn!(%error, "presence re-assert failed; retrying");
-                        continue;
-                    }
+                    Err(error) => tracing::warn!(%error, "presence re-assert failed; retrying"),
                 }
             }
-            let since = *healthy_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= self.config.node_timeout
-                && let Err(error) = self.sweep().await
-            {
+        }
+    }
+
+    /// Sweeps dead nodes every heartbeat interval, unless an outage ended less than a timeout
+    /// ago: right after one every node's heartbeat is stale, and none of them is dead.
+    async fn sweeper(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.interval());
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !self.stopped.load(Ordering::SeqCst) {
+            ticker.tick().await;
+            let settled = self
+                .healthy_since()
+                .is_some_and(|since| since.elapsed() >= self.config.node_timeout);
+            if settled && let Err(error) = self.sweep().await {
                 tracing::warn!(%error, "presence sweep failed");
             }
         }
     }
 }
 
-/// `{0}` (full) or `{1, epoch, ver, [member JSON…]}`, from the join script.
+/// `{0}` (full) or `{1, epoch, ver, [member JSON…]}`, from the join and snapshot scripts.
 fn snapshot(value: RedisValue) -> Result<Snapshot, PresenceError> {
     let mut items = value.into_array().into_iter();
     match items.next().and_then(|v| v.as_i64()) {
@@ -425,7 +583,7 @@ fn snapshot(value: RedisValue) -> Result<Snapshot, PresenceError> {
         Some(1) => {}
         _ => {
             return Err(PresenceError::Unavailable(
-                "unexpected join script reply".to_owned(),
+                "unexpected presence script reply".to_owned(),
             ));
         }
     }
@@ -454,9 +612,13 @@ impl PresenceStore for RedisPresence {
         member: &Member,
         max_users: usize,
     ) -> Result<Snapshot, PresenceError> {
-        let field = self.field(&member.entry);
         let json =
-            serde_json::to_string(member).map_err(|e| PresenceError::Unavailable(e.to_string()))?;
+            serde_json::to_string(member).map_err(|e| PresenceError::Rejected(e.to_string()))?;
+        let entry = Owned {
+            field: format!("{}|{}|{}", self.node, member.entry, member.user_id),
+            json,
+            epoch: "-".to_owned(),
+        };
         let first_here = {
             let mut owned = self.owned();
             let held = owned.entry(topic.to_owned()).or_default();
@@ -465,67 +627,58 @@ impl PresenceStore for RedisPresence {
             // of them may rely on another's add having landed.
             held.entries.is_empty()
         };
-        let result = self
-            .add(topic, &field, member, &json, max_users, first_here)
-            .await;
-        let mut owned = self.owned();
-        if let Some(held) = owned.get_mut(topic) {
-            held.joining -= 1;
-            if result.is_ok() {
-                held.entries.insert(
-                    field.clone(),
-                    Owned {
-                        user_id: member.user_id.clone(),
-                        json,
-                    },
-                );
-            }
-            if held.is_empty() {
-                owned.remove(topic);
-            }
-        }
-        drop(owned);
-        match result {
-            Err(PresenceError::Unavailable(e)) => {
-                // The script may have run before the reply was lost: take the entry out again.
-                self.pending.fetch_add(1, Ordering::SeqCst);
-                let _ = self.leaves.send((topic.to_owned(), field));
-                Err(PresenceError::Unavailable(e))
-            }
-            other => other,
-        }
+        let mut guard = JoinGuard {
+            store: self,
+            topic,
+            entry: &member.entry,
+            owned: Some(entry.clone()),
+            result: None,
+        };
+        let result = self.add(topic, &entry, max_users, first_here).await;
+        guard.result = match &result {
+            Ok(snapshot) => Some(Ok(snapshot.epoch.clone())),
+            Err(PresenceError::Full) => Some(Err(())),
+            Err(_) => None,
+        };
+        drop(guard);
+        result
     }
 
     fn leave(&self, topic: &str, entry: &str) {
-        let field = self.field(entry);
-        {
+        let owned_entry = {
             let mut owned = self.owned();
             let Some(held) = owned.get_mut(topic) else {
                 return;
             };
-            if held.entries.remove(&field).is_none() {
+            let Some(owned_entry) = held.entries.remove(entry) else {
                 return;
-            }
+            };
             if held.is_empty() {
                 owned.remove(topic);
             }
-        }
-        self.pending.fetch_add(1, Ordering::SeqCst);
-        let _ = self.leaves.send((topic.to_owned(), field));
+            owned_entry
+        };
+        self.queue_leave(topic, owned_entry);
+    }
+
+    async fn snapshot(&self, topic: &str) -> Result<Snapshot, PresenceError> {
+        let reply = self
+            .eval_now(&self.scripts.snapshot, channel_keys(topic), Vec::new())
+            .await?;
+        snapshot(reply)
     }
 
     async fn users(&self, topic: &str) -> Result<Vec<String>, PresenceError> {
         let keys = channel_keys(topic);
-        self.client
-            .hkeys(&keys[1])
+        fred::prelude::HashesInterface::hkeys(&self.client, &keys[1])
             .await
-            .map_err(|e| unavailable(&e))
+            .map_err(|e| failure(&e))
     }
 
     async fn user_counts(&self, topics: &[String]) -> Result<Vec<usize>, PresenceError> {
         let counts = futures_util::future::join_all(topics.iter().map(|topic| async move {
             let keys = channel_keys(topic);
-            self.client.hlen::<u64, _>(&keys[1]).await
+            fred::prelude::HashesInterface::hlen::<u64, _>(&self.client, &keys[1]).await
         }))
         .await;
         counts
@@ -533,7 +686,7 @@ impl PresenceStore for RedisPresence {
             .map(|count| {
                 count
                     .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-                    .map_err(|e| unavailable(&e))
+                    .map_err(|e| failure(&e))
             })
             .collect()
     }

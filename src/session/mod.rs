@@ -26,7 +26,7 @@ use crate::domain::topic::{Topic, app_of};
 use crate::hub::{ConnId, Outbound, Subscriber};
 use crate::metrics::CloseReason;
 use crate::node::NodeState;
-use crate::presence::{Member, PresenceError, Snapshot, TopicChange};
+use crate::presence::{Member, PresenceError, Snapshot, TopicChange, TopicSnapshot};
 use crate::protocol::Wire;
 
 pub use phoenix::Connect as PhoenixConnect;
@@ -271,6 +271,27 @@ impl Core {
         self.untrack(topic);
     }
 
+    /// Fetches a presence channel's membership in the background and hands it to this session
+    /// as a notice: after a gap in its changes, or when a client asks again.
+    pub fn resync(&self, topic: &str) {
+        let (presence, tx, topic) = (
+            self.state.presence.clone(),
+            self.subscriber.tx.clone(),
+            topic.to_owned(),
+        );
+        tokio::spawn(async move {
+            match presence.snapshot(&topic).await {
+                Ok(snapshot) => {
+                    let _ = tx.try_send(Outbound::PresenceSync(Box::new(TopicSnapshot {
+                        topic,
+                        snapshot,
+                    })));
+                }
+                Err(error) => tracing::warn!(%error, %topic, "presence resync failed"),
+            }
+        });
+    }
+
     /// Takes this connection's entry out of a presence channel, if it has one.
     pub fn untrack(&mut self, topic: &str) {
         if let Some(entry) = self.presence.remove(topic) {
@@ -388,6 +409,8 @@ pub(crate) enum Notice {
     Recheck(String, Arc<App>),
     /// A presence channel's membership changed.
     Presence(Arc<TopicChange>),
+    /// The membership now, as [`Core::resync`] asked for it.
+    PresenceSync(Box<TopicSnapshot>),
 }
 
 /// What a protocol adds to the core.
@@ -715,6 +738,9 @@ async fn write_batch<P: Protocol>(
                 .map(Utf8Bytes::from),
             Outbound::Presence(change) => protocol
                 .on_notice(core, Notice::Presence(change))?
+                .map(Utf8Bytes::from),
+            Outbound::PresenceSync(snapshot) => protocol
+                .on_notice(core, Notice::PresenceSync(snapshot))?
                 .map(Utf8Bytes::from),
             Outbound::Terminate => return Err(Close::Terminated),
         };

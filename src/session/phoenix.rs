@@ -11,11 +11,11 @@ use serde_json::{Value, json};
 
 use super::{Close, Core, Notice, Protocol, Refusal};
 use crate::domain::app::App;
-use crate::domain::event::{Data, Event, check_name, is_reserved};
+use crate::domain::event::{Data, Event, RESERVED, check_name, is_reserved};
 use crate::domain::topic::{ChannelKind, Topic};
 use crate::metrics::CloseReason;
 use crate::node::NodeState;
-use crate::presence::{self, Seen, Snapshot, TopicChange};
+use crate::presence::{self, Admit, Seen, Snapshot, TopicChange, TopicSnapshot};
 use crate::protocol::phoenix::{self, DecodeError, Inbound, Status, Vsn};
 use crate::token;
 
@@ -360,7 +360,7 @@ impl Phoenix {
                 if let Err(e) = check_name("event", &message.event) {
                     Some(e)
                 } else if is_reserved(&message.event) {
-                    Some("event names starting with phx_ are reserved".to_owned())
+                    Some(RESERVED.to_owned())
                 } else if !message.payload.is_object() {
                     Some("payload must be a JSON object".to_owned())
                 } else {
@@ -405,10 +405,12 @@ impl Phoenix {
 
 impl Phoenix {
     /// `presence_diff` for a change this connection does not hold yet.
-    fn presence_diff(&mut self, change: &TopicChange) -> Option<String> {
+    fn presence_diff(&mut self, core: &Core, change: &TopicChange) -> Option<String> {
         let seen = self.channels.get_mut(&change.topic)?.seen.as_mut()?;
-        if !seen.admit(&change.change) {
-            return None;
+        match seen.admit(&change.change) {
+            Admit::Old => return None,
+            Admit::Gap => core.resync(&change.topic),
+            Admit::New => {}
         }
         Some(phoenix::encode_raw(
             self.vsn,
@@ -417,6 +419,24 @@ impl Phoenix {
             &change.topic,
             "presence_diff",
             &change.change.phoenix_diff().to_string(),
+        ))
+    }
+}
+
+impl Phoenix {
+    /// A fresh `presence_state` after a gap: phoenix.js reconciles it with what it holds.
+    fn presence_state(&mut self, core: &Core, sync: &TopicSnapshot) -> Option<String> {
+        let channel = self.channels.get_mut(&sync.topic)?;
+        if !channel.seen.as_mut()?.accept(&sync.snapshot) {
+            core.resync(&sync.topic);
+        }
+        Some(phoenix::encode_raw(
+            self.vsn,
+            channel.join_ref.as_deref(),
+            None,
+            &sync.topic,
+            "presence_state",
+            &sync.snapshot.phoenix_state().to_string(),
         ))
     }
 }
@@ -451,7 +471,8 @@ impl Protocol for Phoenix {
         Ok(match notice {
             Notice::Closed(topic) => self.close_channel(core, &topic, CloseReason::AppClosed),
             Notice::Recheck(topic, app) => self.recheck(core, &topic, &app),
-            Notice::Presence(change) => self.presence_diff(&change),
+            Notice::Presence(change) => self.presence_diff(core, &change),
+            Notice::PresenceSync(sync) => self.presence_state(core, &sync),
         })
     }
 

@@ -14,7 +14,7 @@ use crate::domain::signature;
 use crate::domain::topic::{ChannelKind, ChannelNameError, Topic, USER_CHANNEL_PREFIX};
 use crate::metrics::CloseReason;
 use crate::node::NodeState;
-use crate::presence::{self, Seen};
+use crate::presence::{self, Admit, Seen, TopicSnapshot};
 use crate::protocol::pusher::{self, ChannelData, Inbound, Signin, Subscribe};
 
 /// What the upgrade request told us about the client.
@@ -95,7 +95,14 @@ impl Pusher {
             Err(e) => return core.send(pusher::error(None, &e.to_string())).await,
         };
         let channel = request.channel.clone();
-        if self.channels.contains_key(&channel) {
+        if let Some(subscription) = self.channels.get(&channel) {
+            if subscription.presence.is_some()
+                && let Ok(topic) = self.topic(&channel)
+            {
+                // The members come again, as the first answer brought them.
+                core.resync(topic.as_str());
+                return Ok(());
+            }
             return core.send(pusher::subscription_succeeded(&channel)).await;
         }
         let topic = match self.topic(&channel) {
@@ -385,14 +392,30 @@ impl Pusher {
 
 impl Pusher {
     /// `member_added` / `member_removed` for a change this connection does not hold yet.
-    fn presence_frame(&mut self, change: &presence::TopicChange) -> Option<String> {
+    fn presence_frame(&mut self, core: &Core, change: &presence::TopicChange) -> Option<String> {
         let channel = change.topic.split_once(':').map(|(channel, _)| channel)?;
         let member = self.channels.get_mut(channel)?.presence.as_mut()?;
-        if !member.seen.admit(&change.change) {
-            return None;
+        match member.seen.admit(&change.change) {
+            Admit::Old => return None,
+            Admit::Gap => core.resync(&change.topic),
+            Admit::New => {}
         }
         let (event, data) = change.change.pusher_member()?;
         Some(pusher::internal(channel, event, &data))
+    }
+
+    /// The whole membership again (after a gap, or a repeated subscribe): pusher-js resets its
+    /// members from a new `subscription_succeeded`.
+    fn presence_sync(&mut self, core: &Core, sync: &TopicSnapshot) -> Option<String> {
+        let channel = sync.topic.split_once(':').map(|(channel, _)| channel)?;
+        let member = self.channels.get_mut(channel)?.presence.as_mut()?;
+        if !member.seen.accept(&sync.snapshot) {
+            core.resync(&sync.topic);
+        }
+        Some(pusher::presence_succeeded(
+            channel,
+            &sync.snapshot.pusher_data(),
+        ))
     }
 }
 
@@ -485,7 +508,8 @@ impl Protocol for Pusher {
             // Deactivated, renamed or deleted: a reconnect finds out which.
             Notice::Closed(_) => Err(Close::Reconnect),
             Notice::Recheck(_, app) => self.recheck(core, &app).map(|()| None),
-            Notice::Presence(change) => Ok(self.presence_frame(&change)),
+            Notice::Presence(change) => Ok(self.presence_frame(core, &change)),
+            Notice::PresenceSync(sync) => Ok(self.presence_sync(core, &sync)),
         }
     }
 
