@@ -37,6 +37,8 @@ const SWEPT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Leaves applied at once by the leave task.
 const LEAVE_BATCH: usize = 64;
 const LEAVE_RETRY: Duration = Duration::from_millis(500);
+/// A re-assert that failed (Redis still settling) is tried again this soon, not a beat later.
+const REASSERT_RETRY: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct RedisPresenceConfig {
@@ -324,11 +326,21 @@ impl RedisPresence {
             .await?;
         let held = self.owned().contains_key(&leave.topic);
         if !held {
+            let key = node_topics_key(&self.node);
             let _: i64 = self
                 .client
-                .srem(node_topics_key(&self.node), leave.topic.as_str())
+                .srem(&key, leave.topic.as_str())
                 .await
                 .map_err(|e| failure(&e))?;
+            // A join that began meanwhile may have listed the channel just before this removal:
+            // list it again, or a sweep after this node's death would miss its entry.
+            if self.owned().contains_key(&leave.topic) {
+                let _: i64 = self
+                    .client
+                    .sadd(&key, leave.topic.as_str())
+                    .await
+                    .map_err(|e| failure(&e))?;
+            }
         }
         Ok(())
     }
@@ -405,9 +417,13 @@ impl RedisPresence {
             for (_, owned) in &entries {
                 args.extend([owned.field.clone(), owned.json.clone()]);
             }
-            let count = self
-                .eval(&self.scripts.reassert, channel_keys(&topic), args)
-                .await?;
+            let keys = channel_keys(&topic);
+            // A silent re-assert publishes nothing, so it need not wait for a settled bus.
+            let count = if announce {
+                self.eval(&self.scripts.reassert, keys, args).await?
+            } else {
+                self.eval_now(&self.scripts.reassert, keys, args).await?
+            };
             added += usize::try_from(count.as_u64().unwrap_or(0)).unwrap_or(0);
             // An entry that left while the script was on its way may have been written back:
             // take it out again.
@@ -522,9 +538,16 @@ impl RedisPresence {
         // A re-assert that failed half-way, retried on the next beat: Some(announce).
         let mut owed: Option<bool> = None;
         while !self.stopped.load(Ordering::SeqCst) {
+            let retry = async {
+                match owed {
+                    Some(_) => tokio::time::sleep(REASSERT_RETRY).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = reconnects.recv() => *self.healthy_since() = None,
+                () = retry => {}
             }
             let beat = match self.heartbeat().await {
                 Ok(beat) => beat,
