@@ -9,19 +9,12 @@ use std::time::{Duration, Instant};
 
 use common::phx::{self, Client, Vsn};
 use common::redis::{RedisServer, cli};
-use common::{TestApp, create_app, fresh_postgres_database, redis_url, spawn_config, test_config};
+use common::{TestApp, create_app, fresh_postgres_database, redis_url, test_config};
 use serde_json::{Value, json};
 
 /// `count` nodes on one Postgres database and the given Redis URL.
 async fn nodes(count: usize, redis: &str) -> Vec<TestApp> {
-    let database = fresh_postgres_database().await;
-    let mut nodes = Vec::new();
-    for _ in 0..count {
-        let mut config = test_config(database.clone());
-        config.redis.url = Some(redis.to_owned());
-        nodes.push(spawn_config(config, None).await);
-    }
-    nodes
+    common::cluster(count, redis).await
 }
 
 async fn joined(node: &TestApp, topic: &str) -> (Client, String) {

@@ -9,10 +9,7 @@ use std::time::{Duration, Instant};
 use common::process::NodeProcess;
 use common::pusher::{self, signed_query};
 use common::redis::RedisServer;
-use common::{
-    Db, TestApp, create_app, fresh_postgres_database, redis_url, spawn_app, spawn_config,
-    test_config,
-};
+use common::{Db, cluster, create_app, fresh_postgres_database, redis_url, spawn_app};
 use pushlite::domain::signature;
 use serde_json::{Value, json};
 
@@ -144,17 +141,6 @@ async fn trigger(addr: std::net::SocketAddr, app: &Value, channel: &str, event: 
 async fn next_is_marker(client: &mut pusher::Client, event: &str) {
     let frame = client.recv().await;
     assert_eq!(frame["event"], event, "expected the marker, got {frame}");
-}
-
-async fn cluster(n: usize, redis: &str) -> Vec<TestApp> {
-    let database = fresh_postgres_database().await;
-    let mut nodes = Vec::new();
-    for _ in 0..n {
-        let mut config = test_config(database.clone());
-        config.redis.url = Some(redis.to_owned());
-        nodes.push(spawn_config(config, None).await);
-    }
-    nodes
 }
 
 #[tokio::test]

@@ -5,9 +5,7 @@
 
 mod common;
 
-use common::{
-    create_app, fresh_postgres_database, redis_url, run_client, spawn_config, test_config,
-};
+use common::{cluster, create_app, redis_url, run_client};
 use serde_json::json;
 
 fn token(secret: &str, sub: &str, name: &str) -> String {
@@ -33,13 +31,7 @@ async fn pusher_js_phoenix_presence_and_longpoll_members_see_each_other() {
             .exists(),
         "run `npm ci --prefix tests/js` (make test does) before this test"
     );
-    let database = fresh_postgres_database().await;
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let mut config = test_config(database.clone());
-        config.redis.url = Some(redis_url());
-        nodes.push(spawn_config(config, None).await);
-    }
+    let nodes = cluster(3, &redis_url()).await;
     let name = format!("room-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let app = create_app(&nodes[0], json!({ "name": name })).await;
     let secret = app["secret"].as_str().unwrap();

@@ -4,9 +4,7 @@
 
 mod common;
 
-use common::{
-    create_app, fresh_postgres_database, redis_url, run_client, spawn_config, test_config,
-};
+use common::{cluster, create_app, redis_url, run_client};
 use serde_json::json;
 
 #[tokio::test]
@@ -18,13 +16,7 @@ async fn pusher_clients_and_sdk_across_two_nodes() {
             .exists(),
         "run `npm ci --prefix tests/js` (make test does) before this test"
     );
-    let database = fresh_postgres_database().await;
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        let mut config = test_config(database.clone());
-        config.redis.url = Some(redis_url());
-        nodes.push(spawn_config(config, None).await);
-    }
+    let nodes = cluster(2, &redis_url()).await;
     let name = format!(
         "pusher-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..10]

@@ -147,6 +147,18 @@ pub async fn spawn_config(config: Config, dir: Option<tempfile::TempDir>) -> Tes
     }
 }
 
+/// `count` in-process nodes sharing one fresh Postgres database and the Redis at `redis`.
+pub async fn cluster(count: usize, redis: &str) -> Vec<TestApp> {
+    let database = fresh_postgres_database().await;
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let mut config = test_config(database.clone());
+        config.redis.url = Some(redis.to_owned());
+        nodes.push(spawn_config(config, None).await);
+    }
+    nodes
+}
+
 /// Creates an app through the admin API; returns its `data` object.
 pub async fn create_app(app: &TestApp, body: serde_json::Value) -> serde_json::Value {
     let response = app
