@@ -16,7 +16,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::bus::{Bus, BusError};
 use crate::domain::app::App;
 use crate::domain::event::Event;
-use crate::domain::topic::app_of;
+use crate::domain::topic::{app_of, channel_of};
 use crate::metrics::Metrics;
 use crate::presence::{TopicChange, TopicSnapshot};
 use crate::protocol::{Wire, phoenix, pusher};
@@ -269,10 +269,7 @@ fn encode(wire: Wire, event: &Event) -> String {
             &event.data.phoenix_payload(),
         ),
         Wire::Pusher => {
-            let channel = event
-                .topic
-                .split_once(':')
-                .map_or(event.topic.as_str(), |(channel, _)| channel);
+            let channel = channel_of(&event.topic).unwrap_or(&event.topic);
             pusher::event(
                 channel,
                 &event.event,

@@ -184,6 +184,12 @@ pub fn app_of(topic: &str) -> Option<&str> {
     topic.split_once(':').map(|(_, slug)| slug)
 }
 
+/// The channel part of a topic (`presence-room` of `presence-room:foo-app`), as Pusher names it.
+#[must_use]
+pub fn channel_of(topic: &str) -> Option<&str> {
+    topic.split_once(':').map(|(channel, _)| channel)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use crate::bus::Control;
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, RESERVED, check_name, is_reserved};
 use crate::domain::signature;
-use crate::domain::topic::{ChannelKind, Topic};
+use crate::domain::topic::{ChannelKind, Topic, channel_of};
 use crate::node::NodeState;
 
 /// A Pusher-shaped error.
@@ -438,7 +438,7 @@ async fn channel_info(state: &NodeState, app: &App, checked: &[&Checked]) -> Res
         for event in &c.events {
             let count = topics.get(&event.topic).copied().unwrap_or(0);
             let members = users.get(&event.topic).copied().unwrap_or(0);
-            let channel = event.topic.split_once(':').map_or("", |(c, _)| c);
+            let channel = channel_of(&event.topic).unwrap_or_default();
             channels.insert(
                 channel.to_owned(),
                 Value::Object(c.info.render(count, members)),
@@ -551,12 +551,17 @@ pub async fn channel(State(state): State<NodeState>, signed: Signed) -> Result<J
         .get(topic.as_str())
         .copied()
         .unwrap_or(0);
-    let users = user_counts(
-        &state,
-        &presence_topics(info, std::iter::once(&topic.as_str().to_owned())),
-    )
-    .await?;
-    let members = users.get(topic.as_str()).copied().unwrap_or(0);
+    // `info.check` allowed user_count only for a presence channel.
+    let members = if info.user_count {
+        let topics = [topic.as_str().to_owned()];
+        user_counts(&state, &topics)
+            .await?
+            .get(topic.as_str())
+            .copied()
+            .unwrap_or(0)
+    } else {
+        0
+    };
     let mut body = info.render(count, members);
     body.insert("occupied".into(), json!(count > 0));
     Ok(Json(Value::Object(body)))

@@ -74,12 +74,8 @@ impl PresenceStore for LocalPresence {
             channel.users.insert(member.user_id.clone(), count + 1);
             channel.entries.push(member.clone());
             channel.ver += 1;
-            let ver = channel.ver;
-            self.announce(topic, Op::Join, count == 0, ver, member.clone());
+            self.announce(topic, Op::Join, count == 0, channel.ver, member.clone());
         }
-        let channel = channels.get(topic).ok_or_else(|| {
-            PresenceError::Unavailable("channel vanished under its lock".to_owned())
-        })?;
         Ok(Snapshot {
             epoch: self.epoch.clone(),
             ver: channel.ver,

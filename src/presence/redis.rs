@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fred::prelude::{
-    Client, EventInterface, Expiration, KeysInterface, SetsInterface, SortedSetsInterface,
+    Client, EventInterface, Expiration, HashesInterface, KeysInterface, SetsInterface,
+    SortedSetsInterface,
 };
 use fred::types::SetOptions;
 use fred::types::Value as RedisValue;
@@ -693,15 +694,13 @@ impl PresenceStore for RedisPresence {
 
     async fn users(&self, topic: &str) -> Result<Vec<String>, PresenceError> {
         let keys = channel_keys(topic);
-        fred::prelude::HashesInterface::hkeys(&self.client, &keys[1])
-            .await
-            .map_err(|e| failure(&e))
+        self.client.hkeys(&keys[1]).await.map_err(|e| failure(&e))
     }
 
     async fn user_counts(&self, topics: &[String]) -> Result<Vec<usize>, PresenceError> {
         let counts = futures_util::future::join_all(topics.iter().map(|topic| async move {
             let keys = channel_keys(topic);
-            fred::prelude::HashesInterface::hlen::<u64, _>(&self.client, &keys[1]).await
+            self.client.hlen::<u64, _>(&keys[1]).await
         }))
         .await;
         counts

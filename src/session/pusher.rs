@@ -11,7 +11,7 @@ use super::{Close, Core, Notice, Protocol, Refusal};
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, check_name};
 use crate::domain::signature;
-use crate::domain::topic::{ChannelKind, ChannelNameError, Topic, USER_CHANNEL_PREFIX};
+use crate::domain::topic::{ChannelKind, ChannelNameError, Topic, USER_CHANNEL_PREFIX, channel_of};
 use crate::metrics::CloseReason;
 use crate::node::NodeState;
 use crate::presence::{self, Admit, Seen, TopicSnapshot};
@@ -393,7 +393,7 @@ impl Pusher {
 impl Pusher {
     /// `member_added` / `member_removed` for a change this connection does not hold yet.
     fn presence_frame(&mut self, core: &Core, change: &presence::TopicChange) -> Option<String> {
-        let channel = change.topic.split_once(':').map(|(channel, _)| channel)?;
+        let channel = channel_of(&change.topic)?;
         let member = self.channels.get_mut(channel)?.presence.as_mut()?;
         match member.seen.admit(&change.change) {
             Admit::Old => return None,
@@ -407,7 +407,7 @@ impl Pusher {
     /// The whole membership again (after a gap, or a repeated subscribe): pusher-js resets its
     /// members from a new `subscription_succeeded`.
     fn presence_sync(&mut self, core: &Core, sync: &TopicSnapshot) -> Option<String> {
-        let channel = sync.topic.split_once(':').map(|(channel, _)| channel)?;
+        let channel = channel_of(&sync.topic)?;
         let member = self.channels.get_mut(channel)?.presence.as_mut()?;
         if !member.seen.accept(&sync.snapshot) {
             core.resync(&sync.topic);
