@@ -12,7 +12,8 @@ use pushlite::hub::{Hub, Subscriber, run_subscriptions};
 use pushlite::metrics::Metrics;
 use pushlite::protocol::Wire;
 use pushlite::protocol::phoenix::{Vsn, encode_raw};
-use pushlite::registry::{AppCache, SqliteRegistry};
+use pushlite::registry::{AppCache, AppRegistry, SqliteRegistry};
+use pushlite::webhooks::{LocalWebhookStore, Webhooks};
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc};
 
@@ -55,13 +56,18 @@ fn dispatch(c: &mut Criterion) {
             Duration::from_secs(5),
         ))
         .expect("in-memory registry");
+    let registry: Arc<dyn AppRegistry> = Arc::new(registry);
     let sink = Arc::new(NodeSink {
         hub: hub.clone(),
         cache: AppCache::new(10, Duration::from_secs(60)),
-        registry: Arc::new(registry),
+        registry: registry.clone(),
     });
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(sink, metrics));
-    runtime.spawn(run_subscriptions(hub.clone(), bus, ops));
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(sink, metrics.clone()));
+    let webhooks = runtime.block_on(async {
+        let store = Arc::new(LocalWebhookStore::new(Duration::from_secs(3), 1000));
+        Webhooks::start(store, registry, metrics)
+    });
+    runtime.spawn(run_subscriptions(hub.clone(), bus, webhooks, ops));
     let mut receivers = Vec::with_capacity(SUBSCRIBERS);
     runtime.block_on(async {
         for conn in 0..SUBSCRIBERS {

@@ -77,9 +77,14 @@ enum AppsCommand {
     Create {
         /// The app's name (5 to 255 characters).
         name: String,
+        /// Its webhooks, as JSON: '[{"url": "https://…", "events": ["channel_occupied"]}]'.
+        #[arg(long)]
+        webhooks: Option<String>,
     },
     /// Show one app.
     Show { slug: String },
+    /// Replace an app's webhooks (JSON list of {"url", "events"}; '[]' removes them all).
+    Webhooks { slug: String, webhooks: String },
     /// Delete one app.
     Delete { slug: String },
 }
@@ -275,6 +280,7 @@ async fn seed(registry: &dyn AppRegistry) -> Result<(), CliError> {
                     client_events: true,
                     allowed_origins: Vec::new(),
                     max_presence_members: crate::domain::app::DEFAULT_PRESENCE_MEMBERS,
+                    webhooks: Vec::new(),
                 })
                 .await?
         }
@@ -290,13 +296,29 @@ async fn apps(
 ) -> Result<(), CliError> {
     let shown = match command {
         AppsCommand::List => json!({ "data": registry.list().await? }),
-        AppsCommand::Create { name } => {
+        AppsCommand::Create { name, webhooks } => {
             let mut fields = serde_json::Map::new();
             fields.insert("name".to_owned(), name.into());
+            if let Some(webhooks) = webhooks {
+                fields.insert("webhooks".to_owned(), webhooks.into());
+            }
             let new_app = AppParams::from_map(fields)
-                .into_new_app()
+                .into_new_app(config.webhooks.rules())
                 .map_err(|e| CliError::Invalid(json!({ "errors": e }).to_string()))?;
             json!({ "data": registry.insert(&new_app).await? })
+        }
+        AppsCommand::Webhooks { slug, webhooks } => {
+            let mut fields = serde_json::Map::new();
+            fields.insert("webhooks".to_owned(), webhooks.into());
+            let changes = AppParams::from_map(fields)
+                .into_changes(config.webhooks.rules())
+                .map_err(|e| CliError::Invalid(json!({ "errors": e }).to_string()))?;
+            let app = registry
+                .update(&slug, &changes)
+                .await?
+                .ok_or_else(|| CliError::NotFound(slug.clone()))?;
+            announce_change(config, &slug, false).await?;
+            json!({ "data": app })
         }
         AppsCommand::Show { slug } => {
             let app = registry.by_slug(&slug).await?;
@@ -306,22 +328,27 @@ async fn apps(
             if !registry.delete(&slug).await? {
                 return Err(CliError::NotFound(slug));
             }
-            // Running nodes cache apps: tell them, as the admin API does. (A new app needs no
-            // announcement: nodes never cache a miss.)
-            if let Some(bus) = RedisBusConfig::from_config(&config.redis) {
-                let control = Control::AppChanged {
-                    slug: slug.clone(),
-                    close: true,
-                };
-                bus::announce(&bus, &control).await.map_err(|e| {
-                    CliError::Invalid(format!(
-                        "deleted `{slug}`, but running nodes were not told ({e}): they serve it until cache.ttl_secs passes"
-                    ))
-                })?;
-            }
+            announce_change(config, &slug, true).await?;
             json!({ "deleted": slug })
         }
     };
     println!("{shown}");
+    Ok(())
+}
+
+/// Running nodes cache apps: tell them of a change, as the admin API does. (A new app needs no
+/// announcement: nodes never cache a miss.)
+async fn announce_change(config: &Config, slug: &str, close: bool) -> Result<(), CliError> {
+    if let Some(bus) = RedisBusConfig::from_config(&config.redis) {
+        let control = Control::AppChanged {
+            slug: slug.to_owned(),
+            close,
+        };
+        bus::announce(&bus, &control).await.map_err(|e| {
+            CliError::Invalid(format!(
+                "changed `{slug}`, but running nodes were not told ({e}): they serve the old app until cache.ttl_secs passes"
+            ))
+        })?;
+    }
     Ok(())
 }

@@ -35,6 +35,7 @@ pub struct Config {
     pub pusher: PusherConfig,
     pub presence: PresenceConfig,
     pub longpoll: LongPollConfig,
+    pub webhooks: WebhooksConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -190,6 +191,50 @@ pub struct LongPollConfig {
     pub max_sessions: usize,
 }
 
+/// Webhooks to the apps' servers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Accept webhook URLs on loopback, private and link-local addresses. Off: an app owner
+    /// could otherwise make the cluster call its own internal services.
+    pub allow_private_targets: bool,
+    /// Webhooks one app may have.
+    pub max_per_app: usize,
+    /// `channel_vacated` and `member_removed` wait this long, and are dropped if the channel or
+    /// member comes back meanwhile (a page reload).
+    pub leave_delay_ms: u64,
+    /// A delivery failing for this long after its event was queued is dropped and counted.
+    pub retry_for_secs: u64,
+    /// First wait before a retry; each failure doubles it, up to `backoff_max_ms`.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Longest one webhook request may take, connection included.
+    pub timeout_ms: u64,
+    /// Events of one app sent in one request at most.
+    pub batch_max: usize,
+    /// How long a node waits for more events to fill a batch (0: send what is queued).
+    pub batch_delay_ms: u64,
+    /// Events a node holds undelivered (sending or waiting to retry) at most; it takes no more
+    /// from the queue until some are done.
+    pub max_in_flight: usize,
+    /// Events queued at most (cluster-wide with Redis); past it the oldest are trimmed.
+    pub max_queue: usize,
+    /// An event taken by a node that has not touched it for this long is taken over by
+    /// another (the first node died).
+    pub claim_idle_ms: u64,
+}
+
+impl WebhooksConfig {
+    /// What the validation of an app's `webhooks` field allows.
+    #[must_use]
+    pub fn rules(&self) -> crate::domain::webhook::Rules {
+        crate::domain::webhook::Rules {
+            allow_private_targets: self.allow_private_targets,
+            max_per_app: self.max_per_app,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -270,6 +315,20 @@ impl Default for Config {
                 max_frames: 100,
                 max_messages: 1000,
                 max_sessions: 10_000,
+            },
+            webhooks: WebhooksConfig {
+                allow_private_targets: false,
+                max_per_app: 10,
+                leave_delay_ms: 3000,
+                retry_for_secs: 300,
+                backoff_initial_ms: 1000,
+                backoff_max_ms: 60_000,
+                timeout_ms: 5000,
+                batch_max: 50,
+                batch_delay_ms: 0,
+                max_in_flight: 1000,
+                max_queue: 100_000,
+                claim_idle_ms: 30_000,
             },
             metrics: MetricsConfig {
                 listen: None,
@@ -430,7 +489,8 @@ impl Config {
         let (s, d, r, l) = (&self.server, &self.database, &self.redis, &self.limits);
         let as_u64 = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
         let p = &self.pusher;
-        let ranges: [(&str, u64, u64, u64); 36] = [
+        let w = &self.webhooks;
+        let ranges: [(&str, u64, u64, u64); 47] = [
             ("server.drain_delay_ms", s.drain_delay_ms, 0, DAY_MS),
             (
                 "server.shutdown_timeout_ms",
@@ -576,6 +636,22 @@ impl Config {
                 0,
                 1_000_000,
             ),
+            ("webhooks.max_per_app", as_u64(w.max_per_app), 0, 100),
+            ("webhooks.leave_delay_ms", w.leave_delay_ms, 0, 600_000),
+            ("webhooks.retry_for_secs", w.retry_for_secs, 1, DAY_SECS),
+            ("webhooks.backoff_initial_ms", w.backoff_initial_ms, 1, DAY_MS),
+            (
+                "webhooks.backoff_max_ms",
+                w.backoff_max_ms,
+                w.backoff_initial_ms,
+                DAY_MS,
+            ),
+            ("webhooks.timeout_ms", w.timeout_ms, 100, 600_000),
+            ("webhooks.batch_max", as_u64(w.batch_max), 1, 1000),
+            ("webhooks.batch_delay_ms", w.batch_delay_ms, 0, 60_000),
+            ("webhooks.max_in_flight", as_u64(w.max_in_flight), 1, 1_000_000),
+            ("webhooks.max_queue", as_u64(w.max_queue), 1, 100_000_000),
+            ("webhooks.claim_idle_ms", w.claim_idle_ms, 1000, DAY_MS),
             (
                 "metrics.max_app_labels",
                 as_u64(self.metrics.max_app_labels),

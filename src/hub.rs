@@ -20,6 +20,7 @@ use crate::domain::topic::{app_of, channel_of};
 use crate::metrics::Metrics;
 use crate::presence::{TopicChange, TopicSnapshot};
 use crate::protocol::{Wire, phoenix, pusher};
+use crate::webhooks::Webhooks;
 
 /// Identifies one WebSocket connection on this node.
 pub type ConnId = u64;
@@ -282,12 +283,21 @@ fn encode(wire: Wire, event: &Event) -> String {
 
 /// Applies joins and leaves to the bus in order, batching what has queued up meanwhile. The
 /// wanted state of a topic is read from the hub when the batch is applied, so a leave racing a
-/// join can never unsubscribe a topic that has subscribers.
-pub async fn run_subscriptions(hub: Arc<Hub>, bus: Arc<dyn Bus>, ops: SubscriptionOps) {
+/// join can never unsubscribe a topic that has subscribers. The same reading tells the webhooks
+/// of this node's first and last subscriber of each topic (a leave and a join in one batch, a
+/// reload, cancel out).
+pub async fn run_subscriptions(
+    hub: Arc<Hub>,
+    bus: Arc<dyn Bus>,
+    webhooks: Arc<Webhooks>,
+    ops: SubscriptionOps,
+) {
     const BATCH: usize = 1024;
     const RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
     let mut rx = ops.0;
     let mut active: HashSet<String> = HashSet::new();
+    // Topics with local subscribers, as last told to the webhooks.
+    let mut occupied: HashSet<String> = HashSet::new();
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
     reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -334,7 +344,16 @@ pub async fn run_subscriptions(hub: Arc<Hub>, bus: Arc<dyn Bus>, ops: Subscripti
         }
         let (mut subscribe, mut unsubscribe) = (Vec::new(), Vec::new());
         for topic in touched {
-            match (hub.has_subscribers(&topic), active.contains(&topic)) {
+            let wanted = hub.has_subscribers(&topic);
+            if wanted != occupied.contains(&topic) {
+                webhooks.occupancy(&topic, wanted);
+                if wanted {
+                    occupied.insert(topic.clone());
+                } else {
+                    occupied.remove(&topic);
+                }
+            }
+            match (wanted, active.contains(&topic)) {
                 (true, false) => subscribe.push(topic),
                 (false, true) => unsubscribe.push(topic),
                 _ => {}

@@ -17,6 +17,8 @@
 //! - [`usage`] and [`directory`]: per-app usage and the live nodes, for the admin stats API.
 //! - [`token`]: HS256 join tokens for private topics.
 //! - [`startup`]: builds a node from a configuration; the only place concrete backends are chosen.
+//! - [`webhooks`]: occupancy, member and client-event webhooks, decided cluster-wide and
+//!   delivered at least once.
 //! - [`cli`]: the `pushlite` command line; `main.rs` only calls it.
 
 pub mod bus;
@@ -38,6 +40,7 @@ pub mod startup;
 pub mod telemetry;
 pub mod token;
 pub mod usage;
+pub mod webhooks;
 
 pub use config::Config;
 pub use startup::Server;

@@ -99,6 +99,9 @@ struct Inner {
     bus_subscriptions: IntGauge,
     bus_reconnects: IntCounter,
     bus_messages_received: IntCounter,
+    webhooks_sent: IntCounterVec,
+    webhook_delivery: Histogram,
+    webhook_queue_depth: IntGauge,
     max_app_labels: usize,
     labelled_apps: Mutex<HashSet<String>>,
     usage: Usage,
@@ -254,6 +257,34 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
+            webhooks_sent: counter(
+                &r,
+                "pushlite_webhooks_sent_total",
+                "Webhook requests by result: ok (2xx), error (retried), dropped (given up).",
+                &["app", "result"],
+            ),
+            webhook_delivery: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pushlite_webhook_delivery_seconds",
+                        "From an event queued to its webhook answered 2xx.",
+                    )
+                    .buckets(vec![
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                        300.0,
+                    ]),
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            webhook_queue_depth: register(
+                &r,
+                IntGauge::new(
+                    "pushlite_webhook_queue_depth",
+                    "Webhook events queued and not yet delivered (cluster-wide with Redis).",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
             registry: r,
             max_app_labels,
             labelled_apps: Mutex::new(HashSet::new()),
@@ -373,6 +404,22 @@ impl Metrics {
 
     pub fn bus_received(&self) {
         self.0.bus_messages_received.inc();
+    }
+
+    /// `result` is `ok`, `error` or `dropped`.
+    pub fn webhook_sent(&self, slug: &str, result: &'static str) {
+        let app = self.app(slug);
+        self.0.webhooks_sent.with_label_values(&[app, result]).inc();
+    }
+
+    pub fn webhook_delivered(&self, seconds: f64) {
+        self.0.webhook_delivery.observe(seconds);
+    }
+
+    pub fn webhook_queue_depth(&self, depth: u64) {
+        self.0
+            .webhook_queue_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     /// The text exposition.

@@ -15,6 +15,7 @@ use crate::presence::PresenceStore;
 use crate::registry::AppRegistry;
 use crate::session::longpoll::LongPolls;
 use crate::shutdown::Shutdown;
+use crate::webhooks::Webhooks;
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
@@ -33,6 +34,7 @@ pub struct NodeState {
     pub shutdown: Arc<Shutdown>,
     pub directory: Arc<dyn NodeDirectory>,
     pub presence: Arc<dyn PresenceStore>,
+    pub webhooks: Arc<Webhooks>,
     pub longpolls: Arc<LongPolls>,
     pub node: Arc<NodeInfo>,
 }

@@ -20,6 +20,8 @@ use crate::node::{NodeInfo, NodeState};
 use crate::presence::{LocalPresence, PresenceStore, RedisPresence, RedisPresenceConfig};
 use crate::registry::{self, AppCache, AppRegistry, CachedRegistry, RegistryError};
 use crate::shutdown::Shutdown;
+use crate::webhooks::deliver::{self, Delivery};
+use crate::webhooks::{LocalWebhookStore, RedisWebhookStore, RedisWebhookStoreConfig, Webhooks};
 
 /// Why a node could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,8 @@ pub enum StartupError {
     Registry(#[from] RegistryError),
     #[error("redis: {0}")]
     Bus(#[from] BusError),
+    #[error("webhooks: {0}")]
+    Webhooks(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -40,7 +44,12 @@ pub enum StartupError {
 }
 
 /// The backends that follow from `redis.url`: all Redis, or all in this process.
-type Backends = (Arc<dyn Bus>, Arc<dyn NodeDirectory>, Arc<dyn PresenceStore>);
+type Backends = (
+    Arc<dyn Bus>,
+    Arc<dyn NodeDirectory>,
+    Arc<dyn PresenceStore>,
+    Arc<Webhooks>,
+);
 
 /// A bound, ready node. Port 0 in the configuration picks a free port: see [`Server::local_addr`].
 pub struct Server {
@@ -80,31 +89,64 @@ impl Server {
             registry: registry.clone(),
         });
         let node_ttl = Duration::from_millis(config.stats.node_ttl_ms);
-        let (bus, directory, presence): Backends = match RedisBusConfig::from_config(&config.redis)
-        {
-            None => (
-                Arc::new(LocalBus::new(sink.clone(), metrics.clone())),
-                Arc::new(LocalDirectory),
-                Arc::new(LocalPresence::new(sink.clone())),
-            ),
+        let hooks = &config.webhooks;
+        let leave_delay = Duration::from_millis(hooks.leave_delay_ms);
+        let (bus, directory, presence, webhooks): Backends = match RedisBusConfig::from_config(
+            &config.redis,
+        ) {
+            None => {
+                let store = Arc::new(LocalWebhookStore::new(leave_delay, hooks.max_queue));
+                let webhooks = Webhooks::start(store, registry.clone(), metrics.clone());
+                (
+                    Arc::new(LocalBus::new(sink.clone(), metrics.clone())),
+                    Arc::new(LocalDirectory),
+                    Arc::new(LocalPresence::new(sink.clone(), webhooks.clone())),
+                    webhooks,
+                )
+            }
             Some(bus_config) => {
                 let redis = RedisBus::connect(&bus_config, sink.clone(), metrics.clone()).await?;
                 let directory = RedisDirectory::new(redis.client(), node_ttl);
                 let (client, sharded) = (redis.client(), redis.sharded());
+                let store = RedisWebhookStore::connect(
+                    client.clone(),
+                    RedisWebhookStoreConfig {
+                        node: node.id.clone(),
+                        leave_delay,
+                        max_queue: hooks.max_queue,
+                        claim_idle: Duration::from_millis(hooks.claim_idle_ms),
+                    },
+                )
+                .await
+                .map_err(|e| StartupError::Webhooks(e.to_string()))?;
+                let webhooks = Webhooks::start(Arc::new(store), registry.clone(), metrics.clone());
                 let redis: Arc<dyn Bus> = Arc::new(redis);
                 let presence = RedisPresence::start(
                     client,
                     redis.clone(),
+                    webhooks.clone(),
                     node.id.clone(),
                     RedisPresenceConfig {
                         node_timeout: Duration::from_millis(config.presence.node_timeout_ms),
                         sharded,
                     },
                 );
-                (redis, Arc::new(directory), presence)
+                (redis, Arc::new(directory), presence, webhooks)
             }
         };
-        tokio::spawn(run_subscriptions(hub.clone(), bus.clone(), ops));
+        deliver::start(Delivery {
+            config: config.webhooks.clone(),
+            store: webhooks.store().clone(),
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            client: deliver::client(&config.webhooks).map_err(StartupError::Webhooks)?,
+        });
+        tokio::spawn(run_subscriptions(
+            hub.clone(),
+            bus.clone(),
+            webhooks.clone(),
+            ops,
+        ));
         let metrics_listener = match config.metrics.listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -125,6 +167,7 @@ impl Server {
             shutdown: Arc::new(Shutdown::default()),
             directory,
             presence,
+            webhooks,
             longpolls: Arc::default(),
             node,
         };

@@ -35,6 +35,7 @@ fn new_app(name: &str, slug: &str) -> NewApp {
         client_events: true,
         allowed_origins: vec!["https://a.example".to_owned()],
         max_presence_members: 100,
+        webhooks: Vec::new(),
     }
 }
 

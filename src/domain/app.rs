@@ -7,6 +7,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::webhook::{self, Webhook};
+
 /// One registered application, as stored and as shown by the admin API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct App {
@@ -23,6 +25,8 @@ pub struct App {
     pub allowed_origins: Vec<String>,
     /// Users at most in one presence channel of this app, cluster-wide.
     pub max_presence_members: i32,
+    /// Where the app's server hears about occupancy, members and client events.
+    pub webhooks: Vec<Webhook>,
     pub inserted_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -69,6 +73,7 @@ pub struct NewApp {
     pub client_events: bool,
     pub allowed_origins: Vec<String>,
     pub max_presence_members: i32,
+    pub webhooks: Vec<Webhook>,
 }
 
 /// Validated changes to an existing app. A new name always comes with its new slug.
@@ -79,6 +84,7 @@ pub struct AppChanges {
     pub client_events: Option<bool>,
     pub allowed_origins: Option<Vec<String>>,
     pub max_presence_members: Option<i32>,
+    pub webhooks: Option<Vec<Webhook>>,
 }
 
 /// Field name → messages, rendered as Phoenix's `{"errors": {...}}`.
@@ -129,6 +135,7 @@ pub struct AppParams {
     client_events: Option<Value>,
     allowed_origins: Option<Value>,
     max_presence_members: Option<Value>,
+    webhooks: Option<Value>,
 }
 
 impl AppParams {
@@ -140,6 +147,7 @@ impl AppParams {
             client_events: map.remove("client_events"),
             allowed_origins: map.remove("allowed_origins"),
             max_presence_members: map.remove("max_presence_members"),
+            webhooks: map.remove("webhooks"),
         }
     }
 
@@ -147,7 +155,7 @@ impl AppParams {
     ///
     /// # Errors
     /// Every problem found, by field.
-    pub fn into_new_app(self) -> Result<NewApp, ValidationErrors> {
+    pub fn into_new_app(self, rules: webhook::Rules) -> Result<NewApp, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let name = match &self.name {
             None | Some(Value::Null) => {
@@ -174,12 +182,17 @@ impl AppParams {
             .map_or(Some(DEFAULT_PRESENCE_MEMBERS), |v| {
                 cast_presence_members(v, &mut errors)
             });
+        let webhooks = self
+            .webhooks
+            .as_ref()
+            .map_or(Some(Vec::new()), |v| cast_webhooks(v, rules, &mut errors));
         match (
             name,
             active,
             client_events,
             allowed_origins,
             max_presence_members,
+            webhooks,
         ) {
             (
                 Some((name, slug)),
@@ -187,6 +200,7 @@ impl AppParams {
                 Some(client_events),
                 Some(allowed_origins),
                 Some(max_presence_members),
+                Some(webhooks),
             ) if errors.is_empty() => Ok(NewApp {
                 name,
                 slug,
@@ -196,6 +210,7 @@ impl AppParams {
                 client_events,
                 allowed_origins,
                 max_presence_members,
+                webhooks,
             }),
             _ => Err(errors),
         }
@@ -205,7 +220,7 @@ impl AppParams {
     ///
     /// # Errors
     /// Every problem found, by field.
-    pub fn into_changes(self) -> Result<AppChanges, ValidationErrors> {
+    pub fn into_changes(self, rules: webhook::Rules) -> Result<AppChanges, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let changes = AppChanges {
             name_and_slug: self
@@ -228,6 +243,10 @@ impl AppParams {
                 .max_presence_members
                 .as_ref()
                 .and_then(|v| cast_presence_members(v, &mut errors)),
+            webhooks: self
+                .webhooks
+                .as_ref()
+                .and_then(|v| cast_webhooks(v, rules, &mut errors)),
         };
         if errors.is_empty() {
             Ok(changes)
@@ -300,6 +319,16 @@ fn cast_presence_members(value: &Value, errors: &mut ValidationErrors) -> Option
     }
 }
 
+fn cast_webhooks(
+    value: &Value,
+    rules: webhook::Rules,
+    errors: &mut ValidationErrors,
+) -> Option<Vec<Webhook>> {
+    webhook::cast(value, rules)
+        .map_err(|message| errors.add("webhooks", &message))
+        .ok()
+}
+
 /// A list of origins (`scheme://host[:port]`), or one comma-separated string from a form.
 fn cast_origins(value: &Value, errors: &mut ValidationErrors) -> Option<Vec<String>> {
     let raw: Vec<&str> = match value {
@@ -364,6 +393,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const RULES: webhook::Rules = webhook::Rules {
+        allow_private_targets: false,
+        max_per_app: 10,
+    };
+
     fn params(v: Value) -> AppParams {
         match v {
             Value::Object(map) => AppParams::from_map(map),
@@ -374,7 +408,7 @@ mod tests {
     #[test]
     fn create_generates_slug_and_credentials() {
         let app = params(json!({"name": "Foo App", "key": "mine", "secret": "mine"}))
-            .into_new_app()
+            .into_new_app(RULES)
             .expect("valid");
         assert_eq!(app.slug, "foo-app");
         assert!(app.active);
@@ -386,27 +420,27 @@ mod tests {
 
     #[test]
     fn name_rules() {
-        let err = params(json!({"name": "abc"})).into_new_app().unwrap_err();
+        let err = params(json!({"name": "abc"})).into_new_app(RULES).unwrap_err();
         assert_eq!(err.0["name"], vec!["should be at least 5 character(s)"]);
-        let err = params(json!({})).into_new_app().unwrap_err();
+        let err = params(json!({})).into_new_app(RULES).unwrap_err();
         assert_eq!(err.0["name"], vec!["can't be blank"]);
         let err = params(json!({"name": "!!!!!!"}))
-            .into_new_app()
+            .into_new_app(RULES)
             .unwrap_err();
         assert!(err.0.contains_key("name"));
         let err = params(json!({"name": "a\u{0}bcdef"}))
-            .into_new_app()
+            .into_new_app(RULES)
             .unwrap_err();
         assert!(err.0.contains_key("name"));
         let long = "x".repeat(256);
-        assert!(params(json!({ "name": long })).into_new_app().is_err());
+        assert!(params(json!({ "name": long })).into_new_app(RULES).is_err());
     }
 
     #[test]
     fn casts_form_values() {
         let app = params(json!({"name": "shop-app", "active": "false",
                                 "allowed_origins": "https://A.example.com/, http://b.test:8080"}))
-        .into_new_app()
+        .into_new_app(RULES)
         .expect("valid");
         assert!(!app.active);
         assert_eq!(
@@ -415,7 +449,7 @@ mod tests {
         );
         let err = params(json!({"name": "shop-app", "active": "maybe",
                                 "allowed_origins": ["ftp://x"]}))
-        .into_new_app()
+        .into_new_app(RULES)
         .unwrap_err();
         assert!(err.0.contains_key("active") && err.0.contains_key("allowed_origins"));
     }
@@ -432,6 +466,7 @@ mod tests {
             client_events: true,
             allowed_origins: vec![],
             max_presence_members: crate::domain::app::DEFAULT_PRESENCE_MEMBERS,
+            webhooks: Vec::new(),
             inserted_at: Utc::now(),
             updated_at: Utc::now(),
         };

@@ -4,3 +4,4 @@ pub mod app;
 pub mod event;
 pub mod signature;
 pub mod topic;
+pub mod webhook;

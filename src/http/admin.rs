@@ -58,7 +58,7 @@ pub async fn create(
     let limit = state.config.limits.admin_body_bytes;
     let body = body.map_err(|r| ApiError::from_body(&r, limit))?;
     let params = AppParams::from_map(body::app_object(&headers, &body)?);
-    let new_app = params.into_new_app().map_err(ApiError::Validation)?;
+    let new_app = params.into_new_app(state.config.webhooks.rules()).map_err(ApiError::Validation)?;
     let app = state.registry.insert(&new_app).await?;
     tracing::info!(slug = %app.slug, "app created");
     let mut response = (StatusCode::CREATED, data(&app)).into_response();
@@ -84,7 +84,7 @@ pub async fn update(
     let limit = state.config.limits.admin_body_bytes;
     let body = body.map_err(|r| ApiError::from_body(&r, limit))?;
     let params = AppParams::from_map(body::app_object(&headers, &body)?);
-    let changes = params.into_changes().map_err(ApiError::Validation)?;
+    let changes = params.into_changes(state.config.webhooks.rules()).map_err(ApiError::Validation)?;
     let app = to_completion(async move {
         let app = state
             .registry

@@ -1,10 +1,13 @@
 -- KEYS: entries, users, meta. ARGV: field, channel, publish command, member JSON, and the
--- channel's epoch when the entry joined ('-' for a join that never completed). Returns 1 if
--- removed. An entry Redis no longer holds is still announced when the channel's epoch changed
+-- channel's epoch when the entry joined ('-' for a join that never completed). Returns 2 when
+-- the user left (its last entry), 1 when another entry of it remains, 0 if nothing was removed.
+-- An entry Redis no longer holds is still announced when the channel's epoch changed
 -- since the join: Redis lost it (a restart) and its clients never saw it leave.
 local member = redis.call('HGET', KEYS[1], ARGV[1])
 if member then
-  remove(ARGV[1], member, ARGV[2], ARGV[3])
+  if remove(ARGV[1], member, ARGV[2], ARGV[3]) then
+    return 2
+  end
   return 1
 end
 if ARGV[5] ~= '-' and redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[5] then
@@ -12,5 +15,8 @@ if ARGV[5] ~= '-' and redis.call('HGET', KEYS[3], 'epoch') ~= ARGV[5] then
   local epoch, ver = bump(KEYS[3])
   announce(ARGV[2], ARGV[3], 'leave', gone, epoch, ver, ARGV[4])
   tidy()
+  if gone then
+    return 2
+  end
 end
 return 0

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 
-use super::{Change, Member, Op, PresenceError, PresenceStore, Snapshot, TopicChange};
+use super::{Change, Member, Observer, Op, PresenceError, PresenceStore, Snapshot, TopicChange};
 use crate::bus::BusSink;
 
 #[derive(Default)]
@@ -19,6 +19,7 @@ struct Channel {
 
 pub struct LocalPresence {
     sink: Arc<dyn BusSink>,
+    observer: Arc<dyn Observer>,
     /// Fixed for the process: its memory is the only copy, lost only with it.
     epoch: String,
     channels: Mutex<HashMap<String, Channel>>,
@@ -26,9 +27,10 @@ pub struct LocalPresence {
 
 impl LocalPresence {
     #[must_use]
-    pub fn new(sink: Arc<dyn BusSink>) -> LocalPresence {
+    pub fn new(sink: Arc<dyn BusSink>, observer: Arc<dyn Observer>) -> LocalPresence {
         LocalPresence {
             sink,
+            observer,
             epoch: uuid::Uuid::new_v4().simple().to_string(),
             channels: Mutex::new(HashMap::new()),
         }
@@ -40,6 +42,10 @@ impl LocalPresence {
 
     /// Hands a change to this node's sessions, under the lock so changes keep their order.
     fn announce(&self, topic: &str, op: Op, edge: bool, ver: u64, member: Member) {
+        if edge {
+            self.observer
+                .member(topic, &member.user_id, op == Op::Join);
+        }
         self.sink.presence(TopicChange {
             topic: topic.to_owned(),
             change: Change {

@@ -276,6 +276,21 @@ pub trait PresenceStore: Send + Sync + 'static {
     async fn drain(&self, timeout: std::time::Duration);
 }
 
+/// What else follows from membership and node liveness (the webhooks' member and occupancy
+/// events). The node that made a change, or swept a dead node, is the one told, so each
+/// cluster-wide fact is reported once.
+#[async_trait]
+pub trait Observer: Send + Sync + 'static {
+    /// A user's first entry joined (`joined`), or its last entry left, the channel.
+    fn member(&self, topic: &str, user_id: &str, joined: bool);
+    /// A dead node is being swept: undo what else it held. A failure is retried by the next
+    /// sweep.
+    async fn node_dead(&self, node: &str) -> Result<(), String>;
+    /// Redis forgot this node (`announce` false: restore silently), or swept it as dead while it
+    /// was only cut off (true: restore and announce).
+    fn returned(&self, announce: bool);
+}
+
 /// Checks a member's user id and info as a client sent them.
 ///
 /// # Errors

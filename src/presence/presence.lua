@@ -31,7 +31,8 @@ local function tidy()
   end
 end
 
--- Removes one entry (KEYS: entries, users, meta) and announces it.
+-- Removes one entry (KEYS: entries, users, meta) and announces it; returns whether it was its
+-- user's last.
 local function remove(field, member, channel, cmd)
   redis.call('HDEL', KEYS[1], field)
   local user = user_of(field)
@@ -42,4 +43,5 @@ local function remove(field, member, channel, cmd)
   local epoch, ver = bump(KEYS[3])
   announce(channel, cmd, 'leave', left <= 0, epoch, ver, member)
   tidy()
+  return left <= 0
 end

@@ -25,7 +25,7 @@ use fred::types::Value as RedisValue;
 use fred::types::scripts::Script;
 use tokio::sync::{Notify, mpsc};
 
-use super::{Member, PresenceError, PresenceStore, Snapshot};
+use super::{Member, Observer, PresenceError, PresenceStore, Snapshot};
 use crate::bus::Bus;
 
 const PRELUDE: &str = include_str!("presence.lua");
@@ -113,6 +113,8 @@ pub struct RedisPresence {
     /// Announcements wait until the bus is settled after a reconnect: before every node has
     /// re-subscribed, a change published by a script would reach nobody.
     bus: Arc<dyn Bus>,
+    /// Told of member edges this node decided, of dead nodes it sweeps, and of its return.
+    observer: Arc<dyn Observer>,
     node: String,
     publish: &'static str,
     config: RedisPresenceConfig,
@@ -196,6 +198,7 @@ impl RedisPresence {
     pub fn start(
         client: Client,
         bus: Arc<dyn Bus>,
+        observer: Arc<dyn Observer>,
         node: String,
         config: RedisPresenceConfig,
     ) -> Arc<RedisPresence> {
@@ -206,6 +209,7 @@ impl RedisPresence {
         let presence = Arc::new(RedisPresence {
             client,
             bus,
+            observer,
             node,
             publish: if config.sharded {
                 "SPUBLISH"
@@ -323,8 +327,13 @@ impl RedisPresence {
             leave.entry.json.clone(),
             leave.entry.epoch.clone(),
         ];
-        self.eval(&self.scripts.leave, channel_keys(&leave.topic), args)
+        let removed = self
+            .eval(&self.scripts.leave, channel_keys(&leave.topic), args)
             .await?;
+        if removed.as_i64() == Some(2) {
+            self.observer
+                .member(&leave.topic, user_of(&leave.entry.field), false);
+        }
         let held = self.owned().contains_key(&leave.topic);
         if !held {
             let key = node_topics_key(&self.node);
@@ -372,7 +381,11 @@ impl RedisPresence {
         let reply = self
             .eval(&self.scripts.join, channel_keys(topic), args)
             .await?;
-        snapshot(reply)
+        let (snapshot, edge) = snapshot(reply)?;
+        if edge {
+            self.observer.member(topic, user_of(&entry.field), true);
+        }
+        Ok(snapshot)
     }
 
     /// The heartbeat: 0 known, 1 forgotten by Redis, 2 swept as dead, 3 being swept.
@@ -420,12 +433,17 @@ impl RedisPresence {
             }
             let keys = channel_keys(&topic);
             // A silent re-assert publishes nothing, so it need not wait for a settled bus.
-            let count = if announce {
+            let reply = if announce {
                 self.eval(&self.scripts.reassert, keys, args).await?
             } else {
                 self.eval_now(&self.scripts.reassert, keys, args).await?
             };
-            added += usize::try_from(count.as_u64().unwrap_or(0)).unwrap_or(0);
+            let mut reply = reply.into_array().into_iter();
+            let count = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
+            added += usize::try_from(count).unwrap_or(0);
+            for user in reply.filter_map(|v| v.as_string()) {
+                self.observer.member(&topic, &user, true);
+            }
             // An entry that left while the script was on its way may have been written back:
             // take it out again.
             let gone: Vec<Owned> = {
@@ -497,6 +515,12 @@ impl RedisPresence {
             .smembers(&topics_key)
             .await
             .map_err(|e| failure(&e))?;
+        // The rest of what the node held (its channels' occupancy) first: its presence keys
+        // are deleted below, and a failure here must leave the node to the next sweep.
+        self.observer
+            .node_dead(node)
+            .await
+            .map_err(PresenceError::Unavailable)?;
         let prefix = format!("{node}|");
         let mut removed = 0;
         for topic in &topics {
@@ -505,7 +529,13 @@ impl RedisPresence {
                 .eval(&self.scripts.sweep, channel_keys(topic), args)
                 .await
             {
-                Ok(count) => removed += count.as_u64().unwrap_or(0),
+                Ok(reply) => {
+                    let mut reply = reply.into_array().into_iter();
+                    removed += reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
+                    for user in reply.filter_map(|v| v.as_string()) {
+                        self.observer.member(topic, &user, false);
+                    }
+                }
                 Err(PresenceError::Rejected(error)) => {
                     tracing::error!(%error, %topic, "presence sweep refused for a channel; skipped");
                 }
@@ -567,6 +597,7 @@ impl RedisPresence {
             if let Some(announce) = owed {
                 match self.reassert(announce).await {
                     Ok(added) => {
+                        self.observer.returned(announce);
                         if added > 0 {
                             tracing::info!(
                                 added,
@@ -599,8 +630,14 @@ impl RedisPresence {
     }
 }
 
-/// `{0}` (full) or `{1, epoch, ver, [member JSON…]}`, from the join and snapshot scripts.
-fn snapshot(value: RedisValue) -> Result<Snapshot, PresenceError> {
+/// The user id of an entry's field `node|entry|user`.
+fn user_of(field: &str) -> &str {
+    field.splitn(3, '|').nth(2).unwrap_or(field)
+}
+
+/// `{0}` (full) or `{1, epoch, ver, [member JSON…], edge}`, from the join and snapshot scripts
+/// (only a join has the edge: whether it added the user's first entry).
+fn snapshot(value: RedisValue) -> Result<(Snapshot, bool), PresenceError> {
     let mut items = value.into_array().into_iter();
     match items.next().and_then(|v| v.as_i64()) {
         Some(0) => return Err(PresenceError::Full),
@@ -621,11 +658,15 @@ fn snapshot(value: RedisValue) -> Result<Snapshot, PresenceError> {
         .filter_map(|v| v.as_string())
         .filter_map(|json| serde_json::from_str(&json).ok())
         .collect();
-    Ok(Snapshot {
-        epoch,
-        ver,
-        members,
-    })
+    let edge = items.next().and_then(|v| v.as_i64()) == Some(1);
+    Ok((
+        Snapshot {
+            epoch,
+            ver,
+            members,
+        },
+        edge,
+    ))
 }
 
 #[async_trait]
@@ -689,7 +730,7 @@ impl PresenceStore for RedisPresence {
         let reply = self
             .eval_now(&self.scripts.snapshot, channel_keys(topic), Vec::new())
             .await?;
-        snapshot(reply)
+        snapshot(reply).map(|(snapshot, _)| snapshot)
     }
 
     async fn users(&self, topic: &str) -> Result<Vec<String>, PresenceError> {

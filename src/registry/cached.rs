@@ -224,6 +224,7 @@ mod tests {
                 client_events: true,
                 allowed_origins: vec![],
                 max_presence_members: crate::domain::app::DEFAULT_PRESENCE_MEMBERS,
+                webhooks: Vec::new(),
             })
             .await
             .expect("insert");

@@ -7,7 +7,7 @@
 /// The `apps` columns in [`App`] order, as a literal for `concat!`.
 macro_rules! columns {
     () => {
-        "id, name, slug, key, secret, active, client_events, allowed_origins, max_presence_members, inserted_at, updated_at"
+        "id, name, slug, key, secret, active, client_events, allowed_origins, max_presence_members, webhooks, inserted_at, updated_at"
     };
 }
 
@@ -111,6 +111,12 @@ fn conflict_field(err: &sqlx::Error) -> Option<&'static str> {
     } else {
         "name"
     })
+}
+
+/// The `webhooks` column: the list as JSON text, in both backends.
+fn webhooks_json(webhooks: &[crate::domain::webhook::Webhook]) -> String {
+    serde_json::to_string(webhooks)
+        .unwrap_or_else(|e| unreachable!("strings and names always serialize: {e}"))
 }
 
 fn write_error(err: sqlx::Error) -> RegistryError {

@@ -28,13 +28,18 @@ struct Row {
     client_events: bool,
     max_presence_members: i32,
     allowed_origins: Vec<String>,
+    webhooks: String,
     inserted_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
-impl From<Row> for App {
-    fn from(r: Row) -> App {
-        App {
+impl TryFrom<Row> for App {
+    type Error = RegistryError;
+
+    fn try_from(r: Row) -> Result<App, RegistryError> {
+        let webhooks = serde_json::from_str(&r.webhooks)
+            .map_err(|e| RegistryError::Corrupt(format!("app {}: webhooks: {e}", r.id)))?;
+        Ok(App {
             id: r.id,
             name: r.name,
             slug: r.slug,
@@ -44,9 +49,10 @@ impl From<Row> for App {
             client_events: r.client_events,
             max_presence_members: r.max_presence_members,
             allowed_origins: r.allowed_origins,
+            webhooks,
             inserted_at: r.inserted_at,
             updated_at: r.updated_at,
-        }
+        })
     }
 }
 
@@ -74,7 +80,7 @@ impl PgRegistry {
             .bind(arg.to_owned())
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(App::from))
+        row.map(App::try_from).transpose()
     }
 }
 
@@ -95,7 +101,7 @@ impl AppRegistry for PgRegistry {
             sqlx::query_as(concat!("SELECT ", columns!(), " FROM apps ORDER BY id"))
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows.into_iter().map(App::from).collect())
+        rows.into_iter().map(App::try_from).collect()
     }
 
     async fn by_slug(&self, slug: &str) -> Result<Option<App>, RegistryError> {
@@ -123,8 +129,8 @@ impl AppRegistry for PgRegistry {
     async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {
         let now = Utc::now();
         let row: Row = sqlx::query_as(concat!(
-            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events, max_presence_members) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9) RETURNING ",
+            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events, max_presence_members, webhooks) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10) RETURNING ",
             columns!()
         ))
         .bind(app.name.clone())
@@ -136,10 +142,11 @@ impl AppRegistry for PgRegistry {
         .bind(now)
         .bind(app.client_events)
         .bind(app.max_presence_members)
+        .bind(super::webhooks_json(&app.webhooks))
         .fetch_one(&self.pool)
         .await
         .map_err(write_error)?;
-        Ok(row.into())
+        row.try_into()
     }
 
     async fn update(&self, slug: &str, changes: &AppChanges) -> Result<Option<App>, RegistryError> {
@@ -151,7 +158,8 @@ impl AppRegistry for PgRegistry {
             "UPDATE apps SET name = COALESCE($2, name), slug = COALESCE($3, slug), \
              active = COALESCE($4, active), allowed_origins = COALESCE($5, allowed_origins), \
              updated_at = $6, client_events = COALESCE($7, client_events), \
-             max_presence_members = COALESCE($8, max_presence_members) WHERE slug = $1 RETURNING ",
+             max_presence_members = COALESCE($8, max_presence_members), \
+             webhooks = COALESCE($9, webhooks) WHERE slug = $1 RETURNING ",
             columns!()
         ))
         .bind(slug.to_owned())
@@ -162,10 +170,11 @@ impl AppRegistry for PgRegistry {
         .bind(Utc::now())
         .bind(changes.client_events)
         .bind(changes.max_presence_members)
+        .bind(changes.webhooks.as_deref().map(super::webhooks_json))
         .fetch_optional(&self.pool)
         .await
         .map_err(write_error)?;
-        Ok(row.map(App::from))
+        row.map(App::try_from).transpose()
     }
 
     async fn rotate_secret(&self, slug: &str, secret: &str) -> Result<Option<App>, RegistryError> {
@@ -181,7 +190,7 @@ impl AppRegistry for PgRegistry {
         .bind(Utc::now())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(App::from))
+        row.map(App::try_from).transpose()
     }
 
     async fn delete(&self, slug: &str) -> Result<bool, RegistryError> {

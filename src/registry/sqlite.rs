@@ -29,6 +29,7 @@ struct Row {
     client_events: bool,
     max_presence_members: i32,
     allowed_origins: String,
+    webhooks: String,
     inserted_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -39,6 +40,8 @@ impl TryFrom<Row> for App {
     fn try_from(r: Row) -> Result<App, RegistryError> {
         let allowed_origins = serde_json::from_str(&r.allowed_origins)
             .map_err(|e| RegistryError::Corrupt(format!("app {}: allowed_origins: {e}", r.id)))?;
+        let webhooks = serde_json::from_str(&r.webhooks)
+            .map_err(|e| RegistryError::Corrupt(format!("app {}: webhooks: {e}", r.id)))?;
         Ok(App {
             id: r.id,
             name: r.name,
@@ -49,6 +52,7 @@ impl TryFrom<Row> for App {
             client_events: r.client_events,
             max_presence_members: r.max_presence_members,
             allowed_origins,
+            webhooks,
             inserted_at: r.inserted_at,
             updated_at: r.updated_at,
         })
@@ -137,8 +141,8 @@ impl AppRegistry for SqliteRegistry {
     async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {
         let now = Utc::now();
         let row: Row = sqlx::query_as(concat!(
-            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events, max_presence_members) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9) RETURNING ",
+            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events, max_presence_members, webhooks) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10) RETURNING ",
             columns!()
         ))
         .bind(app.name.clone())
@@ -150,6 +154,7 @@ impl AppRegistry for SqliteRegistry {
         .bind(now)
         .bind(app.client_events)
         .bind(app.max_presence_members)
+        .bind(super::webhooks_json(&app.webhooks))
         .fetch_one(&self.pool)
         .await
         .map_err(write_error)?;
@@ -165,7 +170,8 @@ impl AppRegistry for SqliteRegistry {
             "UPDATE apps SET name = COALESCE(?2, name), slug = COALESCE(?3, slug), \
              active = COALESCE(?4, active), allowed_origins = COALESCE(?5, allowed_origins), \
              updated_at = ?6, client_events = COALESCE(?7, client_events), \
-             max_presence_members = COALESCE(?8, max_presence_members) WHERE slug = ?1 RETURNING ",
+             max_presence_members = COALESCE(?8, max_presence_members), \
+             webhooks = COALESCE(?9, webhooks) WHERE slug = ?1 RETURNING ",
             columns!()
         ))
         .bind(slug.to_owned())
@@ -176,6 +182,7 @@ impl AppRegistry for SqliteRegistry {
         .bind(Utc::now())
         .bind(changes.client_events)
         .bind(changes.max_presence_members)
+        .bind(changes.webhooks.as_deref().map(super::webhooks_json))
         .fetch_optional(&self.pool)
         .await
         .map_err(write_error)?;

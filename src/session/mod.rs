@@ -391,11 +391,17 @@ impl Core {
         }
     }
 
-    /// Publishes a client event and counts it.
+    /// Publishes a client event, counts it, and queues its webhook when the app has one.
     pub async fn publish_client_event(&self, event: &Event) -> Result<(), BusError> {
         self.state.bus.publish(event).await?;
         if let Some(slug) = app_of(&event.topic) {
             self.state.metrics.published(slug, "client");
+            // The cached registry: no database round trip per event.
+            if let Ok(Some(app)) = self.state.registry.by_slug(slug).await {
+                self.state
+                    .webhooks
+                    .client_event(&app, event, &self.socket_id());
+            }
         }
         Ok(())
     }

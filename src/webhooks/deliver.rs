@@ -1,0 +1,333 @@
+//! Delivery: takes queued events, posts them to every webhook of their app that wants them,
+//! signed as Pusher signs them, and retries with exponential backoff until a 2xx or the end of
+//! the retry window. An event is marked done only when every webhook had its answer, so a node
+//! that dies mid-way leaves its events to be taken over (at least once, never lost).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use super::{Job, Status, WebhookStore};
+use crate::config::WebhooksConfig;
+use crate::domain::app::App;
+use crate::domain::signature::sign;
+use crate::domain::webhook::{Webhook, is_private};
+use crate::metrics::Metrics;
+use crate::registry::AppRegistry;
+
+/// How long one read of the queue waits for an event.
+const TAKE_WAIT: Duration = Duration::from_millis(1000);
+/// After the queue could not be read (Redis down), the next try.
+const TAKE_RETRY: Duration = Duration::from_millis(500);
+
+/// The HTTP client for webhooks: no redirects (a redirect could lead anywhere), a timeout per
+/// request, and a resolver that refuses private addresses unless they are allowed, so a public
+/// name that resolves inside the cluster is refused too.
+///
+/// # Errors
+/// The TLS backend could not be set up.
+pub fn client(config: &WebhooksConfig) -> Result<reqwest::Client, String> {
+    // reqwest is built without a crypto provider (no aws-lc build); ring is the process's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_millis(config.timeout_ms))
+        .user_agent(concat!("pushlite-webhooks/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(Arc::new(Resolver {
+            allow_private: config.allow_private_targets,
+        }))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+struct Resolver {
+    allow_private: bool,
+}
+
+impl reqwest::dns::Resolve for Resolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((name.as_str(), 0)).await?;
+            let addrs: Vec<SocketAddr> = found
+                .filter(|addr| allow_private || !is_private(addr.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!(
+                    "{} resolves to no public address (webhooks.allow_private_targets is off)",
+                    name.as_str()
+                )
+                .into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Everything a delivery needs.
+pub struct Delivery {
+    pub config: WebhooksConfig,
+    pub store: Arc<dyn WebhookStore>,
+    pub registry: Arc<dyn AppRegistry>,
+    pub metrics: Metrics,
+    pub client: reqwest::Client,
+}
+
+/// Runs the node's delivery: the queue reader, and the ticker that fires due leaves, keeps this
+/// node's events from being taken over and samples the queue depth.
+pub fn start(delivery: Delivery) {
+    let delivery = Arc::new(delivery);
+    let held: Arc<Mutex<HashSet<String>>> = Arc::default();
+    tokio::spawn(tick(delivery.clone(), held.clone()));
+    tokio::spawn(read(delivery, held));
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+async fn tick(delivery: Arc<Delivery>, held: Arc<Mutex<HashSet<String>>>) {
+    let config = &delivery.config;
+    let every = Duration::from_millis((config.leave_delay_ms / 4).clamp(50, 1000));
+    let keep_every = Duration::from_millis(config.claim_idle_ms / 3);
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut kept = tokio::time::Instant::now();
+    let mut sampled = tokio::time::Instant::now();
+    loop {
+        ticker.tick().await;
+        if let Err(error) = delivery.store.fire_due().await {
+            tracing::debug!(%error, "webhooks: due leaves not fired");
+        }
+        if kept.elapsed() >= keep_every {
+            kept = tokio::time::Instant::now();
+            let ids: Vec<String> = held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned()
+                .collect();
+            if let Err(error) = delivery.store.keep(&ids).await {
+                tracing::warn!(%error, "webhooks: in-flight events not kept; another node may take them over");
+            }
+        }
+        if sampled.elapsed() >= Duration::from_secs(1) {
+            sampled = tokio::time::Instant::now();
+            if let Ok(depth) = delivery.store.depth().await {
+                delivery.metrics.webhook_queue_depth(depth);
+            }
+        }
+    }
+}
+
+async fn read(delivery: Arc<Delivery>, held: Arc<Mutex<HashSet<String>>>) {
+    let config = &delivery.config;
+    let permits = Arc::new(Semaphore::new(config.max_in_flight));
+    let batch = config.batch_max.min(config.max_in_flight);
+    let batch_permits = u32::try_from(batch).unwrap_or(u32::MAX);
+    loop {
+        // Only this loop takes permits, so once `batch` are free they stay free until taken.
+        match permits.acquire_many(batch_permits).await {
+            Ok(free) => drop(free),
+            Err(_) => return,
+        }
+        let mut jobs = match delivery.store.take(batch, TAKE_WAIT).await {
+            Ok(jobs) => jobs,
+            Err(error) => {
+                tracing::warn!(%error, "webhooks: queue not readable");
+                tokio::time::sleep(TAKE_RETRY).await;
+                continue;
+            }
+        };
+        if jobs.is_empty() {
+            continue;
+        }
+        if jobs.len() < batch && config.batch_delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(config.batch_delay_ms)).await;
+            if let Ok(more) = delivery.store.take(batch - jobs.len(), Duration::ZERO).await {
+                jobs.extend(more);
+            }
+        }
+        for (app, jobs) in by_app(jobs) {
+            let count = u32::try_from(jobs.len()).unwrap_or(u32::MAX);
+            let Ok(permit) = permits.clone().acquire_many_owned(count).await else {
+                return;
+            };
+            held.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(jobs.iter().map(|job| job.id.clone()));
+            let (delivery, held) = (delivery.clone(), held.clone());
+            tokio::spawn(async move {
+                let ids: Vec<String> = jobs.iter().map(|job| job.id.clone()).collect();
+                delivery.deliver_app(&app, &jobs).await;
+                delivery.finish(&ids).await;
+                let mut held = held.lock().unwrap_or_else(PoisonError::into_inner);
+                for id in &ids {
+                    held.remove(id);
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// Groups jobs by app, keeping their order.
+fn by_app(jobs: Vec<Job>) -> Vec<(String, Vec<Job>)> {
+    let mut groups: Vec<(String, Vec<Job>)> = Vec::new();
+    for job in jobs {
+        match groups.iter_mut().find(|(app, _)| *app == job.app) {
+            Some((_, group)) => group.push(job),
+            None => groups.push((job.app.clone(), vec![job])),
+        }
+    }
+    groups
+}
+
+impl Delivery {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let initial = self.config.backoff_initial_ms;
+        let ms = initial.saturating_mul(1u64 << attempt.min(32));
+        Duration::from_millis(ms.min(self.config.backoff_max_ms))
+    }
+
+    /// Posts one app's events to each of its webhooks that wants some of them.
+    async fn deliver_app(&self, slug: &str, jobs: &[Job]) {
+        let oldest = jobs.iter().map(|job| job.queued_at_ms).min().unwrap_or(0);
+        let window = i64::try_from(self.config.retry_for_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let deadline = oldest.saturating_add(window);
+        let mut attempt = 0;
+        let app = loop {
+            match self.registry.by_slug(slug).await {
+                Ok(app) => break app,
+                Err(error) => {
+                    let wait = self.backoff(attempt);
+                    if now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX) > deadline {
+                        tracing::warn!(%error, app = %slug, "webhooks dropped: the registry stayed unavailable");
+                        self.metrics.webhook_sent(slug, "dropped");
+                        return;
+                    }
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+            }
+        };
+        // A deleted or deactivated app's events go nowhere.
+        let Some(app) = app.filter(|app| app.active) else {
+            return;
+        };
+        let posts = app.webhooks.iter().filter_map(|hook| {
+            let events: Vec<&Job> = jobs
+                .iter()
+                .filter(|job| job.kind().is_some_and(|kind| hook.wants(kind)))
+                .collect();
+            (!events.is_empty()).then(|| self.post(&app, hook, events, deadline))
+        });
+        futures_util::future::join_all(posts).await;
+    }
+
+    /// One webhook request, retried until a 2xx or the deadline (Unix ms).
+    async fn post(&self, app: &App, hook: &Webhook, events: Vec<&Job>, deadline: i64) {
+        let listed: Vec<&str> = events.iter().map(|job| job.event.get()).collect();
+        let body = format!(
+            r#"{{"time_ms":{},"events":[{}]}}"#,
+            now_ms(),
+            listed.join(",")
+        );
+        let signature = sign(&app.secret, &body);
+        let ids: Vec<&str> = events.iter().map(|job| job.id.as_str()).collect();
+        // The same for every retry of these events to this URL: receivers drop duplicates by it.
+        let id = sign(&hook.url, &ids.join(","))[..32].to_owned();
+        let mut attempt = 0;
+        loop {
+            let sent = self
+                .client
+                .post(&hook.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header("X-Pusher-Key", &app.key)
+                .header("X-Pusher-Signature", &signature)
+                .header("X-Pushlite-Webhook-Id", &id)
+                .body(body.clone())
+                .send()
+                .await;
+            let (status, error) = match sent {
+                Ok(response) if response.status().is_success() => {
+                    (Some(response.status().as_u16()), None)
+                }
+                Ok(response) => (
+                    Some(response.status().as_u16()),
+                    Some(format!("HTTP {}", response.status())),
+                ),
+                Err(e) => (None, Some(describe(&e))),
+            };
+            let record = Status {
+                at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                status,
+                error: error.clone(),
+            };
+            if let Err(e) = self.store.set_status(&app.slug, &hook.url, &record).await {
+                tracing::debug!(error = %e, "webhook status not recorded");
+            }
+            let Some(error) = error else {
+                self.metrics.webhook_sent(&app.slug, "ok");
+                let now = now_ms();
+                for job in &events {
+                    let waited = now.saturating_sub(job.queued_at_ms).max(0);
+                    #[allow(clippy::cast_precision_loss, reason = "milliseconds of a latency")]
+                    self.metrics.webhook_delivered(waited as f64 / 1000.0);
+                }
+                return;
+            };
+            self.metrics.webhook_sent(&app.slug, "error");
+            let wait = self.backoff(attempt);
+            if now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
+                > deadline
+            {
+                tracing::warn!(
+                    app = %app.slug,
+                    events = events.len(),
+                    %error,
+                    "webhook dropped: no 2xx within webhooks.retry_for_secs"
+                );
+                self.metrics.webhook_sent(&app.slug, "dropped");
+                return;
+            }
+            tracing::debug!(app = %app.slug, %error, ?wait, "webhook failed; retrying");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// Marks events done, retrying while the store is unreachable: until then they stay
+    /// pending, and would be sent again by whichever node takes them over.
+    async fn finish(&self, ids: &[String]) {
+        let mut attempt = 0;
+        while let Err(error) = self.store.done(ids).await {
+            tracing::warn!(%error, "webhooks: delivered events not marked done; retrying");
+            tokio::time::sleep(self.backoff(attempt)).await;
+            attempt += 1;
+            if attempt > 10 {
+                return;
+            }
+        }
+    }
+}
+
+/// A failed request, without its URL (which may carry credentials).
+fn describe(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        return "timed out".to_owned();
+    }
+    let mut text = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = source {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text.replace(error.url().map_or("", reqwest::Url::as_str), "")
+}
