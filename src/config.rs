@@ -639,7 +639,12 @@ impl Config {
             ("webhooks.max_per_app", as_u64(w.max_per_app), 0, 100),
             ("webhooks.leave_delay_ms", w.leave_delay_ms, 0, 600_000),
             ("webhooks.retry_for_secs", w.retry_for_secs, 1, DAY_SECS),
-            ("webhooks.backoff_initial_ms", w.backoff_initial_ms, 1, DAY_MS),
+            (
+                "webhooks.backoff_initial_ms",
+                w.backoff_initial_ms,
+                1,
+                DAY_MS,
+            ),
             (
                 "webhooks.backoff_max_ms",
                 w.backoff_max_ms,
@@ -649,7 +654,12 @@ impl Config {
             ("webhooks.timeout_ms", w.timeout_ms, 100, 600_000),
             ("webhooks.batch_max", as_u64(w.batch_max), 1, 1000),
             ("webhooks.batch_delay_ms", w.batch_delay_ms, 0, 60_000),
-            ("webhooks.max_in_flight", as_u64(w.max_in_flight), 1, 1_000_000),
+            (
+                "webhooks.max_in_flight",
+                as_u64(w.max_in_flight),
+                1,
+                1_000_000,
+            ),
             ("webhooks.max_queue", as_u64(w.max_queue), 1, 100_000_000),
             ("webhooks.claim_idle_ms", w.claim_idle_ms, 1000, DAY_MS),
             (

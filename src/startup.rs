@@ -91,49 +91,50 @@ impl Server {
         let node_ttl = Duration::from_millis(config.stats.node_ttl_ms);
         let hooks = &config.webhooks;
         let leave_delay = Duration::from_millis(hooks.leave_delay_ms);
-        let (bus, directory, presence, webhooks): Backends = match RedisBusConfig::from_config(
-            &config.redis,
-        ) {
-            None => {
-                let store = Arc::new(LocalWebhookStore::new(leave_delay, hooks.max_queue));
-                let webhooks = Webhooks::start(store, registry.clone(), metrics.clone());
-                (
-                    Arc::new(LocalBus::new(sink.clone(), metrics.clone())),
-                    Arc::new(LocalDirectory),
-                    Arc::new(LocalPresence::new(sink.clone(), webhooks.clone())),
-                    webhooks,
-                )
-            }
-            Some(bus_config) => {
-                let redis = RedisBus::connect(&bus_config, sink.clone(), metrics.clone()).await?;
-                let directory = RedisDirectory::new(redis.client(), node_ttl);
-                let (client, sharded) = (redis.client(), redis.sharded());
-                let store = RedisWebhookStore::connect(
-                    client.clone(),
-                    RedisWebhookStoreConfig {
-                        node: node.id.clone(),
-                        leave_delay,
-                        max_queue: hooks.max_queue,
-                        claim_idle: Duration::from_millis(hooks.claim_idle_ms),
-                    },
-                )
-                .await
-                .map_err(|e| StartupError::Webhooks(e.to_string()))?;
-                let webhooks = Webhooks::start(Arc::new(store), registry.clone(), metrics.clone());
-                let redis: Arc<dyn Bus> = Arc::new(redis);
-                let presence = RedisPresence::start(
-                    client,
-                    redis.clone(),
-                    webhooks.clone(),
-                    node.id.clone(),
-                    RedisPresenceConfig {
-                        node_timeout: Duration::from_millis(config.presence.node_timeout_ms),
-                        sharded,
-                    },
-                );
-                (redis, Arc::new(directory), presence, webhooks)
-            }
-        };
+        let (bus, directory, presence, webhooks): Backends =
+            match RedisBusConfig::from_config(&config.redis) {
+                None => {
+                    let store = Arc::new(LocalWebhookStore::new(leave_delay, hooks.max_queue));
+                    let webhooks = Webhooks::start(store, registry.clone(), metrics.clone());
+                    (
+                        Arc::new(LocalBus::new(sink.clone(), metrics.clone())),
+                        Arc::new(LocalDirectory),
+                        Arc::new(LocalPresence::new(sink.clone(), webhooks.clone())),
+                        webhooks,
+                    )
+                }
+                Some(bus_config) => {
+                    let redis =
+                        RedisBus::connect(&bus_config, sink.clone(), metrics.clone()).await?;
+                    let directory = RedisDirectory::new(redis.client(), node_ttl);
+                    let (client, sharded) = (redis.client(), redis.sharded());
+                    let store = RedisWebhookStore::connect(
+                        client.clone(),
+                        RedisWebhookStoreConfig {
+                            node: node.id.clone(),
+                            leave_delay,
+                            max_queue: hooks.max_queue,
+                            claim_idle: Duration::from_millis(hooks.claim_idle_ms),
+                        },
+                    )
+                    .await
+                    .map_err(|e| StartupError::Webhooks(e.to_string()))?;
+                    let webhooks =
+                        Webhooks::start(Arc::new(store), registry.clone(), metrics.clone());
+                    let redis: Arc<dyn Bus> = Arc::new(redis);
+                    let presence = RedisPresence::start(
+                        client,
+                        redis.clone(),
+                        webhooks.clone(),
+                        node.id.clone(),
+                        RedisPresenceConfig {
+                            node_timeout: Duration::from_millis(config.presence.node_timeout_ms),
+                            sharded,
+                        },
+                    );
+                    (redis, Arc::new(directory), presence, webhooks)
+                }
+            };
         deliver::start(Delivery {
             config: config.webhooks.clone(),
             store: webhooks.store().clone(),

@@ -420,7 +420,9 @@ mod tests {
 
     #[test]
     fn name_rules() {
-        let err = params(json!({"name": "abc"})).into_new_app(RULES).unwrap_err();
+        let err = params(json!({"name": "abc"}))
+            .into_new_app(RULES)
+            .unwrap_err();
         assert_eq!(err.0["name"], vec!["should be at least 5 character(s)"]);
         let err = params(json!({})).into_new_app(RULES).unwrap_err();
         assert_eq!(err.0["name"], vec!["can't be blank"]);

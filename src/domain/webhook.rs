@@ -3,9 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use reqwest::Url;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use url::Url;
 
 /// The longest webhook URL accepted.
 pub const URL_MAX_BYTES: usize = 2048;
@@ -254,9 +254,14 @@ mod tests {
             STRICT,
         )
         .expect("valid");
-        assert_eq!(hooks[0].events, vec![Kind::ChannelOccupied, Kind::ClientEvent]);
+        assert_eq!(
+            hooks[0].events,
+            vec![Kind::ChannelOccupied, Kind::ClientEvent]
+        );
         let form = cast(
-            &json!(r#"[{"url":"http://93.184.216.34:8080/x","events":"member_added, member_removed"}]"#),
+            &json!(
+                r#"[{"url":"http://93.184.216.34:8080/x","events":"member_added, member_removed"}]"#
+            ),
             STRICT,
         )
         .expect("valid form text");
@@ -288,7 +293,10 @@ mod tests {
                 allow_private_targets: true,
                 ..STRICT
             };
-            assert!(cast(&hooks, open).is_ok(), "{url} allowed when private targets are");
+            assert!(
+                cast(&hooks, open).is_ok(),
+                "{url} allowed when private targets are"
+            );
         }
     }
 

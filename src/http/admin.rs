@@ -58,7 +58,9 @@ pub async fn create(
     let limit = state.config.limits.admin_body_bytes;
     let body = body.map_err(|r| ApiError::from_body(&r, limit))?;
     let params = AppParams::from_map(body::app_object(&headers, &body)?);
-    let new_app = params.into_new_app(state.config.webhooks.rules()).map_err(ApiError::Validation)?;
+    let new_app = params
+        .into_new_app(state.config.webhooks.rules())
+        .map_err(ApiError::Validation)?;
     let app = state.registry.insert(&new_app).await?;
     tracing::info!(slug = %app.slug, "app created");
     let mut response = (StatusCode::CREATED, data(&app)).into_response();
@@ -68,11 +70,29 @@ pub async fn create(
     Ok(response)
 }
 
+/// One app, each webhook with its last delivery attempt: `last_attempt_at`, `last_status`
+/// (the receiver's HTTP status, if it answered) and `last_error`, all null before the first.
 pub async fn show(
     State(state): State<NodeState>,
     Slug(slug): Slug,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(data(&find(&state, &slug).await?))
+    let app = find(&state, &slug).await?;
+    let mut shown = json!(app);
+    let urls: Vec<String> = app.webhooks.iter().map(|hook| hook.url.clone()).collect();
+    let statuses = state
+        .webhooks
+        .store()
+        .statuses(&app.slug, &urls)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    if let Some(hooks) = shown["webhooks"].as_array_mut() {
+        for (hook, status) in hooks.iter_mut().zip(statuses) {
+            hook["last_attempt_at"] = json!(status.as_ref().map(|s| &s.at));
+            hook["last_status"] = json!(status.as_ref().and_then(|s| s.status));
+            hook["last_error"] = json!(status.and_then(|s| s.error));
+        }
+    }
+    Ok(Json(json!({ "data": shown })))
 }
 
 pub async fn update(
@@ -84,7 +104,9 @@ pub async fn update(
     let limit = state.config.limits.admin_body_bytes;
     let body = body.map_err(|r| ApiError::from_body(&r, limit))?;
     let params = AppParams::from_map(body::app_object(&headers, &body)?);
-    let changes = params.into_changes(state.config.webhooks.rules()).map_err(ApiError::Validation)?;
+    let changes = params
+        .into_changes(state.config.webhooks.rules())
+        .map_err(ApiError::Validation)?;
     let app = to_completion(async move {
         let app = state
             .registry

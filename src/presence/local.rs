@@ -43,8 +43,7 @@ impl LocalPresence {
     /// Hands a change to this node's sessions, under the lock so changes keep their order.
     fn announce(&self, topic: &str, op: Op, edge: bool, ver: u64, member: Member) {
         if edge {
-            self.observer
-                .member(topic, &member.user_id, op == Op::Join);
+            self.observer.member(topic, &member.user_id, op == Op::Join);
         }
         self.sink.presence(TopicChange {
             topic: topic.to_owned(),

@@ -8,6 +8,18 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::CONTENT_TYPE;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 
 use super::{Job, Status, WebhookStore};
@@ -23,32 +35,46 @@ const TAKE_WAIT: Duration = Duration::from_millis(1000);
 /// After the queue could not be read (Redis down), the next try.
 const TAKE_RETRY: Duration = Duration::from_millis(500);
 
-/// The HTTP client for webhooks: no redirects (a redirect could lead anywhere), a timeout per
-/// request, and a resolver that refuses private addresses unless they are allowed, so a public
-/// name that resolves inside the cluster is refused too.
+/// The HTTP client of webhooks.
+pub type HttpClient = Client<HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
+
+/// The HTTP client for webhooks: HTTP/1.1 over TCP or TLS (Mozilla's roots), redirects never
+/// followed (one could lead anywhere), and a resolver that refuses private addresses unless
+/// they are allowed, so a public name that resolves inside the cluster is refused too.
 ///
 /// # Errors
-/// The TLS backend could not be set up.
-pub fn client(config: &WebhooksConfig) -> Result<reqwest::Client, String> {
-    // reqwest is built without a crypto provider (no aws-lc build); ring is the process's.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_millis(config.timeout_ms))
-        .user_agent(concat!("pushlite-webhooks/", env!("CARGO_PKG_VERSION")))
-        .dns_resolver(Arc::new(Resolver {
-            allow_private: config.allow_private_targets,
-        }))
-        .build()
-        .map_err(|e| e.to_string())
+/// The TLS configuration could not be built.
+pub fn client(config: &WebhooksConfig) -> Result<HttpClient, String> {
+    let mut http = HttpConnector::new_with_resolver(Resolver {
+        allow_private: config.allow_private_targets,
+    });
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .map_err(|e| e.to_string())?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
-struct Resolver {
+/// Name resolution for webhooks, refusing private addresses unless they are allowed.
+#[derive(Clone)]
+pub struct Resolver {
     allow_private: bool,
 }
 
-impl reqwest::dns::Resolve for Resolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+impl tower::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let found = tokio::net::lookup_host((name.as_str(), 0)).await?;
@@ -56,13 +82,12 @@ impl reqwest::dns::Resolve for Resolver {
                 .filter(|addr| allow_private || !is_private(addr.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(format!(
+                return Err(std::io::Error::other(format!(
                     "{} resolves to no public address (webhooks.allow_private_targets is off)",
                     name.as_str()
-                )
-                .into());
+                )));
             }
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+            Ok(addrs.into_iter())
         })
     }
 }
@@ -73,7 +98,7 @@ pub struct Delivery {
     pub store: Arc<dyn WebhookStore>,
     pub registry: Arc<dyn AppRegistry>,
     pub metrics: Metrics,
-    pub client: reqwest::Client,
+    pub client: HttpClient,
 }
 
 /// Runs the node's delivery: the queue reader, and the ticker that fires due leaves, keeps this
@@ -147,7 +172,11 @@ async fn read(delivery: Arc<Delivery>, held: Arc<Mutex<HashSet<String>>>) {
         }
         if jobs.len() < batch && config.batch_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(config.batch_delay_ms)).await;
-            if let Ok(more) = delivery.store.take(batch - jobs.len(), Duration::ZERO).await {
+            if let Ok(more) = delivery
+                .store
+                .take(batch - jobs.len(), Duration::ZERO)
+                .await
+            {
                 jobs.extend(more);
             }
         }
@@ -196,7 +225,8 @@ impl Delivery {
     /// Posts one app's events to each of its webhooks that wants some of them.
     async fn deliver_app(&self, slug: &str, jobs: &[Job]) {
         let oldest = jobs.iter().map(|job| job.queued_at_ms).min().unwrap_or(0);
-        let window = i64::try_from(self.config.retry_for_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let window =
+            i64::try_from(self.config.retry_for_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let deadline = oldest.saturating_add(window);
         let mut attempt = 0;
         let app = loop {
@@ -242,26 +272,34 @@ impl Delivery {
         let id = sign(&hook.url, &ids.join(","))[..32].to_owned();
         let mut attempt = 0;
         loop {
-            let sent = self
-                .client
-                .post(&hook.url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header("X-Pusher-Key", &app.key)
-                .header("X-Pusher-Signature", &signature)
-                .header("X-Pushlite-Webhook-Id", &id)
-                .body(body.clone())
-                .send()
-                .await;
-            let (status, error) = match sent {
-                Ok(response) if response.status().is_success() => {
-                    (Some(response.status().as_u16()), None)
+            let request = hyper::Request::post(hook.url.as_str())
+                .header(CONTENT_TYPE, "application/json")
+                .header("X-Pusher-Key", app.key.as_str())
+                .header("X-Pusher-Signature", signature.as_str())
+                .header("X-Pushlite-Webhook-Id", id.as_str())
+                .body(Full::new(Bytes::from(body.clone())));
+            let request = match request {
+                Ok(request) => request,
+                Err(e) => {
+                    // A URL or key hyper cannot send: no retry would change that.
+                    tracing::error!(app = %app.slug, error = %e, "webhook cannot be sent; dropped");
+                    self.metrics.webhook_sent(&app.slug, "dropped");
+                    return;
                 }
-                Ok(response) => (
-                    Some(response.status().as_u16()),
-                    Some(format!("HTTP {}", response.status())),
-                ),
-                Err(e) => (None, Some(describe(&e))),
             };
+            let timeout = Duration::from_millis(self.config.timeout_ms);
+            let (status, error) =
+                match tokio::time::timeout(timeout, self.client.request(request)).await {
+                    Ok(Ok(response)) if response.status().is_success() => {
+                        (Some(response.status().as_u16()), None)
+                    }
+                    Ok(Ok(response)) => (
+                        Some(response.status().as_u16()),
+                        Some(format!("HTTP {}", response.status())),
+                    ),
+                    Ok(Err(e)) => (None, Some(describe(&e))),
+                    Err(_) => (None, Some("timed out".to_owned())),
+                };
             let record = Status {
                 at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 status,
@@ -315,19 +353,14 @@ impl Delivery {
     }
 }
 
-/// A failed request, without its URL (which may carry credentials).
-fn describe(error: &reqwest::Error) -> String {
-    if error.is_timeout() {
-        return "timed out".to_owned();
+/// A failed request with its causes ("client error (Connect): tcp connect error: …").
+fn describe(error: &hyper_util::client::legacy::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
     }
-    let mut text = String::new();
-    let mut source: Option<&dyn std::error::Error> = Some(error);
-    while let Some(e) = source {
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text.replace(error.url().map_or("", reqwest::Url::as_str), "")
+    text
 }

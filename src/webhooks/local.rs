@@ -208,12 +208,7 @@ impl WebhookStore for LocalWebhookStore {
         let state = self.state();
         Ok(urls
             .iter()
-            .map(|url| {
-                state
-                    .statuses
-                    .get(&(app.to_owned(), url.clone()))
-                    .cloned()
-            })
+            .map(|url| state.statuses.get(&(app.to_owned(), url.clone())).cloned())
             .collect())
     }
 }

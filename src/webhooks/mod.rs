@@ -129,10 +129,22 @@ pub trait WebhookStore: Send + Sync + 'static {
 
 /// What a node saw, on its way to the store.
 enum Report {
-    Occupancy { topic: String, occupied: bool },
-    Member { topic: String, user_id: String, joined: bool },
-    Client { app: String, event: String },
-    Reassert { announce: bool },
+    Occupancy {
+        topic: String,
+        occupied: bool,
+    },
+    Member {
+        topic: String,
+        user_id: String,
+        joined: bool,
+    },
+    Client {
+        app: String,
+        event: String,
+    },
+    Reassert {
+        announce: bool,
+    },
 }
 
 /// A node's webhook reporting: cheap, never blocking the caller.
@@ -233,10 +245,7 @@ impl Observer for Webhooks {
     }
 
     async fn node_dead(&self, node: &str) -> Result<(), String> {
-        self.store
-            .sweep_node(node)
-            .await
-            .map_err(|e| e.to_string())
+        self.store.sweep_node(node).await.map_err(|e| e.to_string())
     }
 
     fn returned(&self, announce: bool) {

@@ -363,8 +363,8 @@ impl WebhookStore for RedisWebhookStore {
     }
 
     async fn set_status(&self, app: &str, url: &str, status: &Status) -> Result<(), WebhookError> {
-        let json = serde_json::to_string(status)
-            .map_err(|e| WebhookError::Unavailable(e.to_string()))?;
+        let json =
+            serde_json::to_string(status).map_err(|e| WebhookError::Unavailable(e.to_string()))?;
         let _: RedisValue = self
             .client
             .hset(status_key(), (format!("{app}\n{url}"), json))
