@@ -222,6 +222,7 @@ impl Server {
         tracing::info!(%addr, "pushlite listening");
         let metrics = state.metrics.clone();
         let state_presence = state.presence.clone();
+        let webhooks = state.webhooks.clone();
         let app = http::router(state);
         let (signalled, signal_time) = tokio::sync::oneshot::channel();
         let draining = shutdown.clone();
@@ -256,6 +257,9 @@ impl Server {
             let served = serving.await;
             shutdown.sessions_ended().await;
             // The closed sockets' presence leaves: announced now rather than swept later.
+            let left =
+                (signalled_at + timeout).saturating_duration_since(tokio::time::Instant::now());
+            webhooks.drain(left).await;
             let left =
                 (signalled_at + timeout).saturating_duration_since(tokio::time::Instant::now());
             presence.drain(left).await;

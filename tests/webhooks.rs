@@ -635,3 +635,47 @@ async fn events_of_a_killed_node_are_delivered_by_another() {
     assert!(worst <= 2, "at least once, not a flood: {events:?}");
     assert!(b.logs().contains("took over events"), "{}", b.logs());
 }
+
+/// A node stopped with SIGTERM (a rolling deploy) is never swept as dead: it vacates its own
+/// channels on the way out, and another node delivers the webhook.
+#[tokio::test]
+async fn a_node_that_stops_cleanly_vacates_its_channels() {
+    let redis = RedisServer::start().await;
+    let database = fresh_postgres_database().await;
+    let redis_url = redis.url();
+    let env = [
+        ("DATABASE_URL", database.as_str()),
+        ("REDIS_URL", redis_url.as_str()),
+        ("PUSHLITE_WEBHOOKS__ALLOW_PRIVATE_TARGETS", "true"),
+        ("PUSHLITE_WEBHOOKS__LEAVE_DELAY_MS", "300"),
+        ("PUSHLITE_SERVER__DRAIN_DELAY_MS", "100"),
+    ];
+    let mut a = NodeProcess::spawn(&env).await;
+    let _b = NodeProcess::spawn(&env).await;
+    let app = a.create_app(&unique("rolling")).await;
+    let mut receiver = Receiver::start(0, &app).await;
+    let slug = app["slug"].as_str().unwrap().to_owned();
+    let updated = reqwest::Client::new()
+        .patch(a.url(&format!("/api/admin/apps/{slug}")))
+        .basic_auth(common::ADMIN.0, Some(common::ADMIN.1))
+        .json(&json!({ "app": { "webhooks": hooks(&receiver.url(), &["channel_occupied", "channel_vacated"]) } }))
+        .send()
+        .await
+        .expect("update");
+    assert_eq!(updated.status(), 200);
+    let mut client = pusher::connect(a.addr, app["key"].as_str().unwrap()).await;
+    client.subscribed("deploys", None).await;
+    receiver
+        .until(Duration::from_secs(10), |e| {
+            count(e, "channel_occupied", "deploys") == 1
+        })
+        .await;
+    a.signal("TERM");
+    a.wait(Duration::from_secs(10)).await.expect("A stops");
+    let events = receiver
+        .until(Duration::from_secs(10), |e| {
+            count(e, "channel_vacated", "deploys") == 1
+        })
+        .await;
+    assert_eq!(events.len(), 1, "{events:?}");
+}

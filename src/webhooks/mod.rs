@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::app::App;
 use crate::domain::event::Event;
@@ -145,6 +145,10 @@ enum Report {
     Reassert {
         announce: bool,
     },
+    /// The node is stopping and every session has ended: vacate what it reported.
+    Drain {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A node's webhook reporting: cheap, never blocking the caller.
@@ -183,7 +187,7 @@ impl Webhooks {
                     app_of(topic).unwrap_or("none").to_owned()
                 }
                 Report::Client { app, .. } => app.clone(),
-                Report::Reassert { .. } => "none".to_owned(),
+                Report::Reassert { .. } | Report::Drain { .. } => "none".to_owned(),
             };
             tracing::warn!(%app, "webhook report dropped: the store has been unreachable too long");
             self.metrics.webhook_sent(&app, "dropped");
@@ -200,6 +204,23 @@ impl Webhooks {
             topic: topic.to_owned(),
             occupied,
         });
+    }
+
+    /// At shutdown, once every session has ended: vacates the channels this node reported
+    /// occupied, after the reports queued before. Otherwise a node that stops cleanly (and is
+    /// therefore never swept as dead) would leave its channels occupied for good.
+    pub async fn drain(&self, timeout: Duration) {
+        let (done, finished) = oneshot::channel();
+        let drained = async {
+            if self.reports.send(Report::Drain { done }).await.is_ok() {
+                let _ = finished.await;
+            }
+        };
+        if tokio::time::timeout(timeout, drained).await.is_err() {
+            tracing::warn!(
+                "webhooks: this node's channels not vacated before exit; the others vacate them once it is found dead"
+            );
+        }
     }
 
     /// Queues a `client_event` webhook if the app has one that wants it.
@@ -312,6 +333,12 @@ async fn report(
                 for topic in &reported {
                     retry(|| store.occupy(topic, announce)).await;
                 }
+            }
+            Report::Drain { done } => {
+                for topic in std::mem::take(&mut reported) {
+                    retry(|| store.vacate(&topic)).await;
+                }
+                let _ = done.send(());
             }
         }
     }
