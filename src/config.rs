@@ -210,7 +210,8 @@ pub struct WebhooksConfig {
     pub backoff_max_ms: u64,
     /// Longest one webhook request may take, connection included.
     pub timeout_ms: u64,
-    /// Events of one app sent in one request at most.
+    /// Events of one app sent in one request at most. 1 (Pusher's default) keeps the
+    /// idempotency header of an event the same even when another node takes it over.
     pub batch_max: usize,
     /// How long a node waits for more events to fill a batch (0: send what is queued).
     pub batch_delay_ms: u64,
@@ -324,7 +325,7 @@ impl Default for Config {
                 backoff_initial_ms: 1000,
                 backoff_max_ms: 60_000,
                 timeout_ms: 5000,
-                batch_max: 50,
+                batch_max: 1,
                 batch_delay_ms: 0,
                 max_in_flight: 1000,
                 max_queue: 100_000,

@@ -222,7 +222,6 @@ impl Server {
         tracing::info!(%addr, "pushlite listening");
         let metrics = state.metrics.clone();
         let state_presence = state.presence.clone();
-        let webhooks = state.webhooks.clone();
         let app = http::router(state);
         let (signalled, signal_time) = tokio::sync::oneshot::channel();
         let draining = shutdown.clone();
@@ -259,9 +258,7 @@ impl Server {
             // The closed sockets' presence leaves: announced now rather than swept later.
             let left =
                 (signalled_at + timeout).saturating_duration_since(tokio::time::Instant::now());
-            webhooks.drain(left).await;
-            let left =
-                (signalled_at + timeout).saturating_duration_since(tokio::time::Instant::now());
+            // The closed sockets' webhooks (their channels vacated) go out after them.
             presence.drain(left).await;
             served
         })

@@ -327,6 +327,7 @@ async fn webhook_configuration_is_validated_and_shown() {
 async fn embedded_mode_delivers_occupancy_and_batched_client_events() {
     let node = spawn_app_with(Db::Sqlite, |config| {
         adjust(config);
+        config.webhooks.batch_max = 50;
         config.webhooks.batch_delay_ms = 300;
     })
     .await;
@@ -442,9 +443,18 @@ async fn one_occupied_and_one_vacated_per_transition_across_three_nodes() {
     assert_eq!(members("member_removed", "ann"), 1, "{events:?}");
     assert_eq!(members("member_added", "bob"), 1, "{events:?}");
     assert_eq!(members("member_removed", "bob"), 1, "{events:?}");
-    let first = events.iter().position(|e| e["name"] == "channel_occupied");
-    let last = events.iter().rposition(|e| e["name"] == "channel_vacated");
-    assert!(first < last, "occupied comes before vacated: {events:?}");
+    for ch in [channel, presence] {
+        let occupied = events
+            .iter()
+            .position(|e| e["name"] == "channel_occupied" && e["channel"] == ch);
+        let vacated = events
+            .iter()
+            .position(|e| e["name"] == "channel_vacated" && e["channel"] == ch);
+        assert!(
+            occupied < vacated,
+            "{ch}: occupied before vacated: {events:?}"
+        );
+    }
 }
 
 /// A page reload: the channel and the member come back within the leave delay, and nothing is
@@ -496,6 +506,59 @@ async fn reload_inside_the_leave_delay_sends_nothing() {
     assert_eq!(events.len(), 3, "{events:?}");
 }
 
+/// Reloads that land on the other node: the member leaves on one node and comes back on the
+/// other at once, three times. Each node reports its own edges; nothing is sent until the
+/// final leave, which is sent once.
+#[tokio::test]
+async fn reloads_onto_another_node_send_nothing() {
+    let redis = RedisServer::start().await;
+    let nodes = nodes(2, &redis.url(), |config| {
+        config.webhooks.leave_delay_ms = 1500;
+    })
+    .await;
+    let mut receiver = None;
+    let app = app_with_hook(&nodes[0], &ALL_EVENTS, async |app| {
+        let started = Receiver::start(0, app).await;
+        let url = started.url();
+        receiver = Some(started);
+        url
+    })
+    .await;
+    let mut receiver = receiver.expect("started");
+    let key = app["key"].as_str().unwrap();
+    let presence = "presence-desk";
+    let mut page = pusher::connect(nodes[0].addr, key).await;
+    join_presence(&mut page, &app, presence, "dave").await;
+    receiver
+        .until(Duration::from_secs(10), |e| {
+            count(e, "member_added", presence) == 1 && count(e, "channel_occupied", presence) == 1
+        })
+        .await;
+    for round in 1..=3 {
+        drop(page);
+        page = pusher::connect(nodes[round % 2].addr, key).await;
+        join_presence(&mut page, &app, presence, "dave").await;
+    }
+    let during = receiver.quiet(Duration::from_millis(2500)).await;
+    assert!(during.is_empty(), "reloads send nothing: {during:?}");
+    drop(page);
+    let events = receiver
+        .until(Duration::from_secs(10), |e| {
+            count(e, "member_removed", presence) == 1 && count(e, "channel_vacated", presence) == 1
+        })
+        .await;
+    events
+        .iter()
+        .chain(&receiver.quiet(Duration::from_millis(1000)).await)
+        .for_each(|e| {
+            assert!(
+                e["name"] == "member_removed" || e["name"] == "channel_vacated",
+                "{e}"
+            )
+        });
+    assert_eq!(events.len(), 2, "{events:?}");
+}
+
 /// The receiver is down for several retries, then back: every event arrives, and the admin
 /// API showed the failure meanwhile.
 #[tokio::test]
@@ -544,8 +607,9 @@ async fn receiver_down_then_back_gets_every_event() {
     assert_eq!(shown["webhooks"][0]["last_error"], Value::Null);
 }
 
-/// Node A holds undelivered events (its receiver is down) and is killed with `kill -9`: node B
-/// takes them over and delivers them, and vacates A's channels once A is found dead.
+/// Node A is killed with `kill -9` while it holds undelivered events (its requests hang on a
+/// receiver that accepts and never answers): node B takes them over and delivers them, and
+/// vacates A's channels once A is found dead.
 #[tokio::test]
 async fn events_of_a_killed_node_are_delivered_by_another() {
     let redis = RedisServer::start().await;
@@ -560,8 +624,21 @@ async fn events_of_a_killed_node_are_delivered_by_another() {
         ("PUSHLITE_WEBHOOKS__BACKOFF_INITIAL_MS", "100"),
         ("PUSHLITE_WEBHOOKS__BACKOFF_MAX_MS", "400"),
         ("PUSHLITE_WEBHOOKS__CLAIM_IDLE_MS", "2000"),
+        ("PUSHLITE_WEBHOOKS__TIMEOUT_MS", "60000"),
         ("PUSHLITE_PRESENCE__NODE_TIMEOUT_MS", "2000"),
     ];
+    // A black hole on the receiver's port: connections are accepted and never answered.
+    let hole = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind");
+    let (accepted_tx, mut accepted) = mpsc::unbounded_channel();
+    let black_hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hole.accept().await {
+            held.push(socket);
+            let _ = accepted_tx.send(());
+        }
+    });
     let mut a = NodeProcess::spawn(&env).await;
     let app = a.create_app(&unique("crash")).await;
     let slug = app["slug"].as_str().unwrap().to_owned();
@@ -582,32 +659,17 @@ async fn events_of_a_killed_node_are_delivered_by_another() {
         client.subscribed(channel, None).await;
         clients.push(client);
     }
-    // A has taken the events and is retrying them.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let text = reqwest::get(a.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let errors: f64 = common::parse_metrics(&text)
-            .into_iter()
-            .filter(|(s, _)| {
-                s.contains("pushlite_webhooks_sent_total") && s.contains("result=\"error\"")
-            })
-            .map(|(_, v)| v)
-            .sum();
-        if errors >= 3.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node A never tried");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // A has taken the events: its requests hang.
+    tokio::time::timeout(Duration::from_secs(15), accepted.recv())
+        .await
+        .expect("node A posts")
+        .expect("a connection");
     let b = NodeProcess::spawn(&env).await;
     a.signal("KILL");
     a.wait(Duration::from_secs(5)).await.expect("A is dead");
     drop(clients);
+    black_hole.abort();
+    let _ = black_hole.await;
     let mut receiver = Receiver::start(port, &app).await;
     let events = receiver
         .until(Duration::from_secs(30), |e| {
@@ -633,6 +695,17 @@ async fn events_of_a_killed_node_are_delivered_by_another() {
         events.len()
     );
     assert!(worst <= 2, "at least once, not a flood: {events:?}");
+    // A duplicate (sent by A before it died, then by B) carries the same idempotency id.
+    for name in ["channel_occupied", "channel_vacated"] {
+        for c in &channels {
+            let ids: std::collections::HashSet<&Value> = events
+                .iter()
+                .filter(|e| e["name"] == name && e["channel"] == c.as_str())
+                .map(|e| &e["_id"])
+                .collect();
+            assert_eq!(ids.len(), 1, "{name} {c}: {events:?}");
+        }
+    }
     assert!(b.logs().contains("took over events"), "{}", b.logs());
 }
 

@@ -216,6 +216,10 @@ fn private_v4(ip: Ipv4Addr) -> bool {
         || a == 0
         // 100.64.0.0/10, carrier-grade NAT (and many clusters' pod networks).
         || (a == 100 && (64..128).contains(&b))
+        // 192.0.0.0/24 (IETF protocol assignments), 198.18.0.0/15 (benchmarking), 240.0.0.0/4.
+        || (a == 192 && b == 0 && ip.octets()[2] == 0)
+        || (a == 198 && (b == 18 || b == 19))
+        || a >= 240
 }
 
 fn private_v6(ip: Ipv6Addr) -> bool {
@@ -223,9 +227,17 @@ fn private_v6(ip: Ipv6Addr) -> bool {
     ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
-        // fc00::/7 unique local, fe80::/10 link-local.
+        // fc00::/7 unique local, fe80::/10 link-local, fec0::/10 the old site-local.
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
+        || (first & 0xffc0) == 0xfec0
+        // 2002::/16 (6to4) carries an IPv4 address in its next 32 bits.
+        || (first == 0x2002 && {
+            let s = ip.segments();
+            let [a, b] = s[1].to_be_bytes();
+            let [c, d] = s[2].to_be_bytes();
+            private_v4(Ipv4Addr::new(a, b, c, d))
+        })
         // 64:ff9b::/96 (NAT64) and ::/96 (IPv4-compatible) carry an IPv4 address.
         || (ip.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
             && private_v4(embedded_v4(ip)))
@@ -286,6 +298,9 @@ mod tests {
             "http://[fd00::1]/",
             "http://[::ffff:127.0.0.1]/",
             "http://2130706433/",
+            "http://198.18.0.1/",
+            "http://[2002:7f00:1::]/",
+            "http://[fec0::1]/",
         ] {
             let hooks = json!([{ "url": url, "events": ["channel_occupied"] }]);
             assert!(cast(&hooks, STRICT).is_err(), "{url} must be refused");

@@ -79,12 +79,15 @@ pub async fn show(
     let app = find(&state, &slug).await?;
     let mut shown = json!(app);
     let urls: Vec<String> = app.webhooks.iter().map(|hook| hook.url.clone()).collect();
-    let statuses = state
-        .webhooks
-        .store()
-        .statuses(&app.slug, &urls)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    // The app is shown from the database even while Redis is down; its statuses are then
+    // unknown (null).
+    let statuses = match state.webhooks.store().statuses(&app.slug, &urls).await {
+        Ok(statuses) => statuses,
+        Err(error) => {
+            tracing::warn!(%error, "webhook statuses unavailable");
+            vec![None; urls.len()]
+        }
+    };
     if let Some(hooks) = shown["webhooks"].as_array_mut() {
         for (hook, status) in hooks.iter_mut().zip(statuses) {
             hook["last_attempt_at"] = json!(status.as_ref().map(|s| &s.at));

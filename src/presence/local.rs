@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 
-use super::{Change, Member, Observer, Op, PresenceError, PresenceStore, Snapshot, TopicChange};
+use super::{
+    Change, Member, MemberEdge, Observer, Op, PresenceError, PresenceStore, Snapshot, TopicChange,
+};
 use crate::bus::BusSink;
 
 #[derive(Default)]
@@ -43,7 +45,13 @@ impl LocalPresence {
     /// Hands a change to this node's sessions, under the lock so changes keep their order.
     fn announce(&self, topic: &str, op: Op, edge: bool, ver: u64, member: Member) {
         if edge {
-            self.observer.member(topic, &member.user_id, op == Op::Join);
+            self.observer.member(MemberEdge {
+                topic: topic.to_owned(),
+                user_id: member.user_id.clone(),
+                joined: op == Op::Join,
+                epoch: self.epoch.clone(),
+                ver,
+            });
         }
         self.sink.presence(TopicChange {
             topic: topic.to_owned(),
@@ -142,5 +150,7 @@ impl PresenceStore for LocalPresence {
             .collect())
     }
 
-    async fn drain(&self, _timeout: std::time::Duration) {}
+    async fn drain(&self, timeout: std::time::Duration) {
+        self.observer.drain(timeout).await;
+    }
 }

@@ -276,19 +276,34 @@ pub trait PresenceStore: Send + Sync + 'static {
     async fn drain(&self, timeout: std::time::Duration);
 }
 
+/// A user's first entry joining, or last one leaving, a presence channel, cluster-wide.
+#[derive(Debug, Clone)]
+pub struct MemberEdge {
+    pub topic: String,
+    pub user_id: String,
+    pub joined: bool,
+    /// The change's epoch and version: nodes report edges in their own time, and these order
+    /// them.
+    pub epoch: String,
+    pub ver: u64,
+}
+
 /// What else follows from membership and node liveness (the webhooks' member and occupancy
 /// events). The node that made a change, or swept a dead node, is the one told, so each
 /// cluster-wide fact is reported once.
 #[async_trait]
 pub trait Observer: Send + Sync + 'static {
-    /// A user's first entry joined (`joined`), or its last entry left, the channel.
-    fn member(&self, topic: &str, user_id: &str, joined: bool);
+    fn member(&self, edge: MemberEdge);
     /// A dead node is being swept: undo what else it held. A failure is retried by the next
     /// sweep.
     async fn node_dead(&self, node: &str) -> Result<(), String>;
     /// Redis forgot this node (`announce` false: restore silently), or swept it as dead while it
     /// was only cut off (true: restore and announce).
     fn returned(&self, announce: bool);
+    /// At shutdown, after this node's presence leaves: finish what else it held. Returns
+    /// whether that was done within `timeout`; if not, the node must stay listed as live, so
+    /// the others sweep it.
+    async fn drain(&self, timeout: std::time::Duration) -> bool;
 }
 
 /// Checks a member's user id and info as a client sent them.

@@ -32,7 +32,7 @@ local function tidy()
 end
 
 -- Removes one entry (KEYS: entries, users, meta) and announces it; returns whether it was its
--- user's last.
+-- user's last, and the change's epoch and version.
 local function remove(field, member, channel, cmd)
   redis.call('HDEL', KEYS[1], field)
   local user = user_of(field)
@@ -43,5 +43,5 @@ local function remove(field, member, channel, cmd)
   local epoch, ver = bump(KEYS[3])
   announce(channel, cmd, 'leave', left <= 0, epoch, ver, member)
   tidy()
-  return left <= 0
+  return left <= 0, epoch, ver
 end

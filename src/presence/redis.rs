@@ -25,7 +25,7 @@ use fred::types::Value as RedisValue;
 use fred::types::scripts::Script;
 use tokio::sync::{Notify, mpsc};
 
-use super::{Member, Observer, PresenceError, PresenceStore, Snapshot};
+use super::{Member, MemberEdge, Observer, PresenceError, PresenceStore, Snapshot};
 use crate::bus::Bus;
 
 const PRELUDE: &str = include_str!("presence.lua");
@@ -330,9 +330,20 @@ impl RedisPresence {
         let removed = self
             .eval(&self.scripts.leave, channel_keys(&leave.topic), args)
             .await?;
-        if removed.as_i64() == Some(2) {
-            self.observer
-                .member(&leave.topic, user_of(&leave.entry.field), false);
+        let mut removed = removed.into_array().into_iter();
+        if removed.next().and_then(|v| v.as_i64()) == Some(2) {
+            let epoch = removed
+                .next()
+                .and_then(|v| v.as_string())
+                .unwrap_or_default();
+            let ver = removed.next().and_then(|v| v.as_u64()).unwrap_or(0);
+            self.observer.member(MemberEdge {
+                topic: leave.topic.clone(),
+                user_id: user_of(&leave.entry.field).to_owned(),
+                joined: false,
+                epoch,
+                ver,
+            });
         }
         let held = self.owned().contains_key(&leave.topic);
         if !held {
@@ -383,7 +394,13 @@ impl RedisPresence {
             .await?;
         let (snapshot, edge) = snapshot(reply)?;
         if edge {
-            self.observer.member(topic, user_of(&entry.field), true);
+            self.observer.member(MemberEdge {
+                topic: topic.to_owned(),
+                user_id: user_of(&entry.field).to_owned(),
+                joined: true,
+                epoch: snapshot.epoch.clone(),
+                ver: snapshot.ver,
+            });
         }
         Ok(snapshot)
     }
@@ -441,8 +458,8 @@ impl RedisPresence {
             let mut reply = reply.into_array().into_iter();
             let count = reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
             added += usize::try_from(count).unwrap_or(0);
-            for user in reply.filter_map(|v| v.as_string()) {
-                self.observer.member(&topic, &user, true);
+            for edge in edges(&topic, true, reply) {
+                self.observer.member(edge);
             }
             // An entry that left while the script was on its way may have been written back:
             // take it out again.
@@ -532,8 +549,8 @@ impl RedisPresence {
                 Ok(reply) => {
                     let mut reply = reply.into_array().into_iter();
                     removed += reply.next().and_then(|v| v.as_u64()).unwrap_or(0);
-                    for user in reply.filter_map(|v| v.as_string()) {
-                        self.observer.member(topic, &user, false);
+                    for edge in edges(topic, false, reply) {
+                        self.observer.member(edge);
                     }
                 }
                 Err(PresenceError::Rejected(error)) => {
@@ -628,6 +645,24 @@ impl RedisPresence {
             }
         }
     }
+}
+
+/// The edges a script listed as (user, epoch, version) triples.
+fn edges(topic: &str, joined: bool, items: impl Iterator<Item = RedisValue>) -> Vec<MemberEdge> {
+    let items: Vec<RedisValue> = items.collect();
+    items
+        .chunks(3)
+        .filter_map(|triple| match triple {
+            [user, epoch, ver] => Some(MemberEdge {
+                topic: topic.to_owned(),
+                user_id: user.as_string()?,
+                joined,
+                epoch: epoch.as_string()?,
+                ver: ver.as_string()?.parse().ok()?,
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The user id of an entry's field `node|entry|user`.
@@ -764,9 +799,15 @@ impl PresenceStore for RedisPresence {
                 notified.await;
             }
         };
+        let started = Instant::now();
         let done = tokio::time::timeout(timeout, drained).await.is_ok();
+        // The leaves' member edges are queued before the observer's own drain, so they go too.
+        let observed = self
+            .observer
+            .drain(timeout.saturating_sub(started.elapsed()))
+            .await;
         self.stopped.store(true, Ordering::SeqCst);
-        if done && self.owned().is_empty() {
+        if done && observed && self.owned().is_empty() {
             // Every entry left: nothing for the others to sweep.
             let _: Result<i64, _> = self.client.zrem(LIVE_KEY, self.node.as_str()).await;
             let _: Result<i64, _> = self.client.del(node_topics_key(&self.node)).await;

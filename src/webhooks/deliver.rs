@@ -22,11 +22,11 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::Semaphore;
 
-use super::{Job, Status, WebhookStore};
+use super::{Job, Retry, Status, WebhookStore};
 use crate::config::WebhooksConfig;
 use crate::domain::app::App;
 use crate::domain::signature::sign;
-use crate::domain::webhook::{Webhook, is_private};
+use crate::domain::webhook::{Webhook, check_url, is_private};
 use crate::metrics::Metrics;
 use crate::registry::AppRegistry;
 
@@ -124,8 +124,14 @@ async fn tick(delivery: Arc<Delivery>, held: Arc<Mutex<HashSet<String>>>) {
     let mut sampled = tokio::time::Instant::now();
     loop {
         ticker.tick().await;
-        if let Err(error) = delivery.store.fire_due().await {
-            tracing::debug!(%error, "webhooks: due leaves not fired");
+        match delivery.store.fire_due().await {
+            Ok(dropped) => {
+                for app in dropped {
+                    tracing::warn!(%app, "webhook event dropped: the queue is full (webhooks.max_queue)");
+                    delivery.metrics.webhook_sent(&app, "dropped");
+                }
+            }
+            Err(error) => tracing::debug!(%error, "webhooks: due leaves and retries not moved"),
         }
         if kept.elapsed() >= keep_every {
             kept = tokio::time::Instant::now();
@@ -191,8 +197,8 @@ async fn read(delivery: Arc<Delivery>, held: Arc<Mutex<HashSet<String>>>) {
             let (delivery, held) = (delivery.clone(), held.clone());
             tokio::spawn(async move {
                 let ids: Vec<String> = jobs.iter().map(|job| job.id.clone()).collect();
-                delivery.deliver_app(&app, &jobs).await;
-                delivery.finish(&ids).await;
+                let retries = delivery.deliver_app(&app, jobs).await;
+                delivery.finish(&ids, &retries).await;
                 let mut held = held.lock().unwrap_or_else(PoisonError::into_inner);
                 for id in &ids {
                     held.remove(id);
@@ -222,44 +228,99 @@ impl Delivery {
         Duration::from_millis(ms.min(self.config.backoff_max_ms))
     }
 
-    /// Posts one app's events to each of its webhooks that wants some of them.
-    async fn deliver_app(&self, slug: &str, jobs: &[Job]) {
-        let oldest = jobs.iter().map(|job| job.queued_at_ms).min().unwrap_or(0);
-        let window =
-            i64::try_from(self.config.retry_for_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        let deadline = oldest.saturating_add(window);
-        let mut attempt = 0;
-        let app = loop {
-            match self.registry.by_slug(slug).await {
-                Ok(app) => break app,
-                Err(error) => {
-                    let wait = self.backoff(attempt);
-                    if now_ms() + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX) > deadline {
-                        tracing::warn!(%error, app = %slug, "webhooks dropped: the registry stayed unavailable");
-                        self.metrics.webhook_sent(slug, "dropped");
-                        return;
-                    }
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
-                }
+    /// Posts one app's events, one attempt each, to each webhook that wants them (a retry to
+    /// the one webhook that failed it); returns the retries to schedule.
+    async fn deliver_app(&self, slug: &str, jobs: Vec<Job>) -> Vec<Retry> {
+        let app = match self.registry.by_slug(slug).await {
+            Ok(app) => app,
+            Err(error) => {
+                tracing::warn!(%error, app = %slug, "webhooks: registry unavailable; retrying later");
+                return jobs
+                    .into_iter()
+                    .filter_map(|job| self.retry(job, None))
+                    .collect();
             }
         };
-        // A deleted or deactivated app's events go nowhere.
+        // A deleted, deactivated or renamed app's events go nowhere.
         let Some(app) = app.filter(|app| app.active) else {
-            return;
+            tracing::info!(app = %slug, events = jobs.len(), "webhooks dropped: the app is gone or inactive");
+            for _ in &jobs {
+                self.metrics.webhook_sent(slug, "dropped");
+            }
+            return Vec::new();
         };
-        let posts = app.webhooks.iter().filter_map(|hook| {
+        if let Some(hook) = app
+            .webhooks
+            .iter()
+            .find(|hook| check_url(&hook.url, self.config.allow_private_targets).is_err())
+        {
+            // Stored when private targets were allowed, or written to the database directly.
+            tracing::warn!(app = %slug, "webhook refused: its URL points at a private address");
+            let record = status(
+                None,
+                Some("refused: the URL points at a private address".to_owned()),
+            );
+            let _ = self.store.set_status(slug, &hook.url, &record).await;
+        }
+        let app = &app;
+        let mut posts = Vec::new();
+        for hook in &app.webhooks {
+            if check_url(&hook.url, self.config.allow_private_targets).is_err() {
+                continue;
+            }
             let events: Vec<&Job> = jobs
                 .iter()
+                .filter(|job| job.url.as_ref().is_none_or(|url| *url == hook.url))
                 .filter(|job| job.kind().is_some_and(|kind| hook.wants(kind)))
                 .collect();
-            (!events.is_empty()).then(|| self.post(&app, hook, events, deadline))
-        });
-        futures_util::future::join_all(posts).await;
+            if !events.is_empty() {
+                posts.push(async move {
+                    let delivered = self.post(app, hook, &events).await;
+                    (hook, events, delivered)
+                });
+            }
+        }
+        let mut retries = Vec::new();
+        for (hook, events, delivered) in futures_util::future::join_all(posts).await {
+            if !delivered {
+                retries.extend(
+                    events
+                        .into_iter()
+                        .filter_map(|job| self.retry(job.clone(), Some(&hook.url))),
+                );
+            }
+        }
+        retries
     }
 
-    /// One webhook request, retried until a 2xx or the deadline (Unix ms).
-    async fn post(&self, app: &App, hook: &Webhook, events: Vec<&Job>, deadline: i64) {
+    /// The next attempt of `job` (to `url`, or to every webhook when `None`), or `None` when it
+    /// would fall outside the retry window: then it is dropped and counted.
+    fn retry(&self, job: Job, url: Option<&str>) -> Option<Retry> {
+        let window =
+            i64::try_from(self.config.retry_for_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        let wait = i64::try_from(self.backoff(job.attempt).as_millis()).unwrap_or(i64::MAX);
+        let due_ms = now_ms().saturating_add(wait);
+        if due_ms > job.queued_at_ms.saturating_add(window) {
+            tracing::warn!(
+                app = %job.app,
+                attempts = job.attempt + 1,
+                "webhook dropped: no 2xx within webhooks.retry_for_secs"
+            );
+            self.metrics.webhook_sent(&job.app, "dropped");
+            return None;
+        }
+        Some(Retry {
+            job: Job {
+                url: url.map(str::to_owned).or(job.url.clone()),
+                attempt: job.attempt + 1,
+                ..job
+            },
+            due_ms,
+        })
+    }
+
+    /// One webhook request; returns whether the receiver answered 2xx.
+    async fn post(&self, app: &App, hook: &Webhook, events: &[&Job]) -> bool {
         let listed: Vec<&str> = events.iter().map(|job| job.event.get()).collect();
         let body = format!(
             r#"{{"time_ms":{},"events":[{}]}}"#,
@@ -267,89 +328,83 @@ impl Delivery {
             listed.join(",")
         );
         let signature = sign(&app.secret, &body);
-        let ids: Vec<&str> = events.iter().map(|job| job.id.as_str()).collect();
-        // The same for every retry of these events to this URL: receivers drop duplicates by it.
-        let id = sign(&hook.url, &ids.join(","))[..32].to_owned();
-        let mut attempt = 0;
-        loop {
-            let request = hyper::Request::post(hook.url.as_str())
-                .header(CONTENT_TYPE, "application/json")
-                .header("X-Pusher-Key", app.key.as_str())
-                .header("X-Pusher-Signature", signature.as_str())
-                .header("X-Pushlite-Webhook-Id", id.as_str())
-                .body(Full::new(Bytes::from(body.clone())));
-            let request = match request {
-                Ok(request) => request,
-                Err(e) => {
-                    // A URL or key hyper cannot send: no retry would change that.
-                    tracing::error!(app = %app.slug, error = %e, "webhook cannot be sent; dropped");
-                    self.metrics.webhook_sent(&app.slug, "dropped");
-                    return;
-                }
-            };
-            let timeout = Duration::from_millis(self.config.timeout_ms);
-            let (status, error) =
-                match tokio::time::timeout(timeout, self.client.request(request)).await {
-                    Ok(Ok(response)) if response.status().is_success() => {
-                        (Some(response.status().as_u16()), None)
-                    }
-                    Ok(Ok(response)) => (
-                        Some(response.status().as_u16()),
-                        Some(format!("HTTP {}", response.status())),
-                    ),
-                    Ok(Err(e)) => (None, Some(describe(&e))),
-                    Err(_) => (None, Some("timed out".to_owned())),
-                };
-            let record = Status {
-                at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                status,
-                error: error.clone(),
-            };
-            if let Err(e) = self.store.set_status(&app.slug, &hook.url, &record).await {
-                tracing::debug!(error = %e, "webhook status not recorded");
+        let origins: Vec<&str> = events.iter().map(|job| job.origin.as_str()).collect();
+        // The same for every attempt of these events to this URL: receivers drop duplicates by
+        // it.
+        let id = sign(&hook.url, &origins.join(","))[..32].to_owned();
+        let request = hyper::Request::post(hook.url.as_str())
+            .header(CONTENT_TYPE, "application/json")
+            .header("X-Pusher-Key", app.key.as_str())
+            .header("X-Pusher-Signature", signature.as_str())
+            .header("X-Pushlite-Webhook-Id", id.as_str())
+            .body(Full::new(Bytes::from(body)));
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => {
+                // A URL or key hyper cannot send: retries fail the same way until the window
+                // ends, and the status shows why.
+                let record = status(None, Some(format!("cannot be sent: {e}")));
+                let _ = self.store.set_status(&app.slug, &hook.url, &record).await;
+                self.metrics.webhook_sent(&app.slug, "error");
+                return false;
             }
-            let Some(error) = error else {
-                self.metrics.webhook_sent(&app.slug, "ok");
-                let now = now_ms();
-                for job in &events {
-                    let waited = now.saturating_sub(job.queued_at_ms).max(0);
-                    #[allow(clippy::cast_precision_loss, reason = "milliseconds of a latency")]
-                    self.metrics.webhook_delivered(waited as f64 / 1000.0);
-                }
-                return;
-            };
-            self.metrics.webhook_sent(&app.slug, "error");
-            let wait = self.backoff(attempt);
-            if now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
-                > deadline
-            {
-                tracing::warn!(
-                    app = %app.slug,
-                    events = events.len(),
-                    %error,
-                    "webhook dropped: no 2xx within webhooks.retry_for_secs"
-                );
-                self.metrics.webhook_sent(&app.slug, "dropped");
-                return;
+        };
+        let timeout = Duration::from_millis(self.config.timeout_ms);
+        let (code, error) = match tokio::time::timeout(timeout, self.client.request(request)).await
+        {
+            Ok(Ok(response)) if response.status().is_success() => {
+                (Some(response.status().as_u16()), None)
             }
-            tracing::debug!(app = %app.slug, %error, ?wait, "webhook failed; retrying");
-            tokio::time::sleep(wait).await;
-            attempt += 1;
+            Ok(Ok(response)) => (
+                Some(response.status().as_u16()),
+                Some(format!("HTTP {}", response.status())),
+            ),
+            Ok(Err(e)) => (None, Some(describe(&e))),
+            Err(_) => (None, Some("timed out".to_owned())),
+        };
+        let delivered = error.is_none();
+        if let Err(e) = self
+            .store
+            .set_status(&app.slug, &hook.url, &status(code, error))
+            .await
+        {
+            tracing::debug!(error = %e, "webhook status not recorded");
         }
+        if delivered {
+            self.metrics.webhook_sent(&app.slug, "ok");
+            let now = now_ms();
+            for job in events {
+                let waited = now.saturating_sub(job.queued_at_ms).max(0);
+                #[allow(clippy::cast_precision_loss, reason = "milliseconds of a latency")]
+                self.metrics.webhook_delivered(waited as f64 / 1000.0);
+            }
+        } else {
+            self.metrics.webhook_sent(&app.slug, "error");
+        }
+        delivered
     }
 
-    /// Marks events done, retrying while the store is unreachable: until then they stay
-    /// pending, and would be sent again by whichever node takes them over.
-    async fn finish(&self, ids: &[String]) {
+    /// Schedules the retries and marks the events done, retrying while the store is
+    /// unreachable. Until then the events stay pending, and whichever node takes them over
+    /// sends them again (at least once).
+    async fn finish(&self, ids: &[String], retries: &[Retry]) {
         let mut attempt = 0;
-        while let Err(error) = self.store.done(ids).await {
-            tracing::warn!(%error, "webhooks: delivered events not marked done; retrying");
+        while let Err(error) = self.store.done(ids, retries).await {
+            tracing::warn!(%error, "webhooks: events not marked done; retrying");
             tokio::time::sleep(self.backoff(attempt)).await;
             attempt += 1;
             if attempt > 10 {
                 return;
             }
         }
+    }
+}
+
+fn status(code: Option<u16>, error: Option<String>) -> Status {
+    Status {
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        status: code,
+        error,
     }
 }
 

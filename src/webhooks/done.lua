@@ -1,8 +1,16 @@
--- ARGV: prefix, cap, group, ids... Acknowledges delivered (or dropped) events and deletes them,
--- so the stream's length is what is still undelivered.
+-- ARGV: prefix, cap, group, count of ids, ids..., then (due ms, fields as a JSON array) for each
+-- retry. Schedules the retries and acknowledges and deletes the events in one step, so an event
+-- is either pending, waiting to retry or gone.
+local n = tonumber(ARGV[4])
 local ids = {}
-for i = 4, #ARGV do
+for i = 5, 4 + n do
   ids[#ids + 1] = ARGV[i]
 end
-redis.call('XACK', KEYS[1], ARGV[3], unpack(ids))
-return redis.call('XDEL', KEYS[1], unpack(ids))
+for i = 5 + n, #ARGV, 2 do
+  redis.call('ZADD', P .. 'retry', ARGV[i], ARGV[i + 1])
+end
+if n > 0 then
+  redis.call('XACK', KEYS[1], ARGV[3], unpack(ids))
+  redis.call('XDEL', KEYS[1], unpack(ids))
+end
+return n

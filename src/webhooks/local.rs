@@ -11,17 +11,19 @@ use serde_json::value::RawValue;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::{Job, Status, WebhookError, WebhookStore};
+use super::{Dropped, Job, Retry, Status, WebhookError, WebhookStore};
 use crate::domain::topic::{app_of, channel_of};
+use crate::presence::MemberEdge;
 
 #[derive(Default)]
 struct State {
     occupied: HashSet<String>,
-    /// Topic → when its `channel_vacated` is due.
-    vacating: HashMap<String, Instant>,
+    /// Topic → when its `channel_vacated` is due, and whether the app wants it.
+    vacating: HashMap<String, (Instant, bool)>,
     /// (topic, user) → when its `member_removed` is due.
     leaving: HashMap<(String, String), Instant>,
     queue: VecDeque<Job>,
+    retries: Vec<Retry>,
     /// Taken and not yet done.
     taken: HashSet<String>,
     statuses: HashMap<(String, String), Status>,
@@ -50,90 +52,116 @@ impl LocalWebhookStore {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn push(&self, state: &mut State, app: &str, event: String) {
+    /// Queues an event, unless the queue is full: then its app is added to `dropped`.
+    fn push(&self, state: &mut State, app: &str, event: String, dropped: &mut Dropped) {
         let Ok(event) = RawValue::from_string(event) else {
             return;
         };
-        if state.queue.len() >= self.max_queue
-            && let Some(oldest) = state.queue.pop_front()
-        {
-            tracing::warn!(app = %oldest.app, "webhook queue full (webhooks.max_queue): oldest event dropped");
+        if state.queue.len() + state.retries.len() >= self.max_queue {
+            dropped.push(app.to_owned());
+            return;
         }
         state.next += 1;
         let now = chrono::Utc::now().timestamp_millis();
+        let id = format!("{now}-{}", state.next);
         state.queue.push_back(Job {
-            id: format!("{now}-{}", state.next),
+            origin: id.clone(),
+            id,
             app: app.to_owned(),
             event,
             queued_at_ms: now,
+            url: None,
+            attempt: 0,
         });
         self.arrived.notify_one();
     }
 
-    fn push_channel(&self, state: &mut State, name: &str, topic: &str, user_id: Option<&str>) {
+    fn push_channel(
+        &self,
+        state: &mut State,
+        name: &str,
+        topic: &str,
+        user_id: Option<&str>,
+    ) -> Dropped {
+        let mut dropped = Vec::new();
         let (Some(app), Some(channel)) = (app_of(topic), channel_of(topic)) else {
-            return;
+            return dropped;
         };
         let mut event = json!({ "name": name, "channel": channel });
         if let (Some(user_id), Some(fields)) = (user_id, event.as_object_mut()) {
             fields.insert("user_id".to_owned(), user_id.into());
         }
-        self.push(state, app, event.to_string());
+        self.push(state, app, event.to_string(), &mut dropped);
+        dropped
     }
 }
 
 #[async_trait]
 impl WebhookStore for LocalWebhookStore {
-    async fn occupy(&self, topic: &str, announce: bool) -> Result<(), WebhookError> {
+    async fn occupy(
+        &self,
+        topic: &str,
+        wants: bool,
+        announce: bool,
+    ) -> Result<Dropped, WebhookError> {
         let mut state = self.state();
         if state.occupied.insert(topic.to_owned())
             && state.vacating.remove(topic).is_none()
             && announce
+            && wants
         {
-            self.push_channel(&mut state, "channel_occupied", topic, None);
+            return Ok(self.push_channel(&mut state, "channel_occupied", topic, None));
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
-    async fn vacate(&self, topic: &str) -> Result<(), WebhookError> {
+    async fn vacate(&self, topic: &str, wants: bool) -> Result<(), WebhookError> {
         let mut state = self.state();
         if state.occupied.remove(topic) {
             let due = Instant::now() + self.leave_delay;
-            state.vacating.insert(topic.to_owned(), due);
+            state.vacating.insert(topic.to_owned(), (due, wants));
         }
         Ok(())
     }
 
-    async fn member(&self, topic: &str, user_id: &str, joined: bool) -> Result<(), WebhookError> {
+    // One process: its presence store reports edges in order, so they need no ordering here.
+    async fn member(&self, edge: &MemberEdge) -> Result<Dropped, WebhookError> {
         let mut state = self.state();
-        let key = (topic.to_owned(), user_id.to_owned());
-        if !joined {
+        let key = (edge.topic.clone(), edge.user_id.clone());
+        if !edge.joined {
             state.leaving.insert(key, Instant::now() + self.leave_delay);
         } else if state.leaving.remove(&key).is_none() {
-            self.push_channel(&mut state, "member_added", topic, Some(user_id));
+            return Ok(self.push_channel(
+                &mut state,
+                "member_added",
+                &edge.topic,
+                Some(&edge.user_id),
+            ));
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
-    async fn enqueue(&self, app: &str, event: &str) -> Result<(), WebhookError> {
+    async fn enqueue(&self, app: &str, event: &str) -> Result<Dropped, WebhookError> {
         let mut state = self.state();
-        self.push(&mut state, app, event.to_owned());
-        Ok(())
+        let mut dropped = Vec::new();
+        self.push(&mut state, app, event.to_owned(), &mut dropped);
+        Ok(dropped)
     }
 
-    async fn fire_due(&self) -> Result<(), WebhookError> {
+    async fn fire_due(&self) -> Result<Dropped, WebhookError> {
         let now = Instant::now();
+        let mut dropped = Vec::new();
         let mut state = self.state();
-        let vacated: Vec<String> = state
+        let vacated: Vec<(String, bool)> = state
             .vacating
             .iter()
-            .filter(|(_, due)| **due <= now)
-            .map(|(topic, _)| topic.clone())
+            .filter(|(_, (due, _))| *due <= now)
+            .map(|(topic, (_, wants))| (topic.clone(), *wants))
             .collect();
-        for topic in vacated {
+        for (topic, wants) in vacated {
             state.vacating.remove(&topic);
-            if !state.occupied.contains(&topic) {
-                self.push_channel(&mut state, "channel_vacated", &topic, None);
+            if wants && !state.occupied.contains(&topic) {
+                dropped.extend(self.push_channel(&mut state, "channel_vacated", &topic, None));
             }
         }
         let removed: Vec<(String, String)> = state
@@ -144,9 +172,18 @@ impl WebhookStore for LocalWebhookStore {
             .collect();
         for key in removed {
             state.leaving.remove(&key);
-            self.push_channel(&mut state, "member_removed", &key.0, Some(&key.1));
+            dropped.extend(self.push_channel(&mut state, "member_removed", &key.0, Some(&key.1)));
         }
-        Ok(())
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let (due, waiting): (Vec<Retry>, Vec<Retry>) = std::mem::take(&mut state.retries)
+            .into_iter()
+            .partition(|retry| retry.due_ms <= now_ms);
+        state.retries = waiting;
+        if !due.is_empty() {
+            state.queue.extend(due.into_iter().map(|retry| retry.job));
+            self.arrived.notify_one();
+        }
+        Ok(dropped)
     }
 
     async fn take(&self, max: usize, wait: Duration) -> Result<Vec<Job>, WebhookError> {
@@ -172,11 +209,12 @@ impl WebhookStore for LocalWebhookStore {
         }
     }
 
-    async fn done(&self, ids: &[String]) -> Result<(), WebhookError> {
+    async fn done(&self, ids: &[String], retries: &[Retry]) -> Result<(), WebhookError> {
         let mut state = self.state();
         for id in ids {
             state.taken.remove(id);
         }
+        state.retries.extend(retries.iter().cloned());
         Ok(())
     }
 
@@ -186,7 +224,8 @@ impl WebhookStore for LocalWebhookStore {
 
     async fn depth(&self) -> Result<u64, WebhookError> {
         let state = self.state();
-        Ok(u64::try_from(state.queue.len() + state.taken.len()).unwrap_or(u64::MAX))
+        let depth = state.queue.len() + state.taken.len() + state.retries.len();
+        Ok(u64::try_from(depth).unwrap_or(u64::MAX))
     }
 
     async fn sweep_node(&self, _node: &str) -> Result<(), WebhookError> {

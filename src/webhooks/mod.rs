@@ -15,21 +15,22 @@ pub mod deliver;
 mod local;
 mod redis;
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::domain::app::App;
 use crate::domain::event::Event;
 use crate::domain::topic::{ChannelKind, Topic, app_of, channel_of};
 use crate::domain::webhook::{Kind, any_wants};
 use crate::metrics::Metrics;
-use crate::presence::Observer;
+use crate::presence::{MemberEdge, Observer};
 use crate::registry::AppRegistry;
 
 pub use local::LocalWebhookStore;
@@ -41,7 +42,7 @@ const REPORT_BACKLOG: usize = 10_000;
 /// How soon a report the store could not take is tried again.
 const REPORT_RETRY: Duration = Duration::from_millis(500);
 
-/// One queued event.
+/// One queued event, fresh or waiting for another attempt.
 #[derive(Debug, Clone)]
 pub struct Job {
     /// Unique in the queue; the store's handle to mark it done.
@@ -49,8 +50,16 @@ pub struct Job {
     pub app: String,
     /// The event object as the webhook body lists it (`{"name": …, "channel": …, …}`).
     pub event: Box<serde_json::value::RawValue>,
-    /// When it was queued (Unix ms): the retry window and the delivery latency start here.
+    /// When the event was first queued (Unix ms): the retry window and the delivery latency
+    /// start here.
     pub queued_at_ms: i64,
+    /// The id the event was first queued with: the same on every retry, for the idempotency
+    /// header.
+    pub origin: String,
+    /// A retry targets the one webhook that failed; a fresh event every webhook wanting it.
+    pub url: Option<String>,
+    /// Attempts made so far.
+    pub attempt: u32,
 }
 
 impl Job {
@@ -66,7 +75,60 @@ impl Job {
             .ok()
             .and_then(|named| Kind::parse(named.name))
     }
+
+    /// The job's fields as stored with its next attempt: `app`, `event`, and for a retry
+    /// `url`, `first`, `attempt`, `origin`.
+    #[must_use]
+    pub fn fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            ("app", self.app.clone()),
+            ("event", self.event.get().to_owned()),
+            ("first", self.queued_at_ms.to_string()),
+            ("attempt", self.attempt.to_string()),
+            ("origin", self.origin.clone()),
+        ];
+        if let Some(url) = &self.url {
+            fields.push(("url", url.clone()));
+        }
+        fields
+    }
+
+    /// A job from stored fields (see [`Job::fields`]); `None` for an entry no version of
+    /// pushlite wrote. A fresh entry's id (`ms-seq`) tells when it was queued.
+    #[must_use]
+    pub fn from_fields(id: String, fields: &[(String, String)]) -> Option<Job> {
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.as_str())
+        };
+        let event = RawValue::from_string(field("event")?.to_owned()).ok()?;
+        let queued_at_ms = match field("first") {
+            Some(first) => first.parse().ok()?,
+            None => id.split('-').next()?.parse().ok()?,
+        };
+        Some(Job {
+            app: field("app")?.to_owned(),
+            event,
+            queued_at_ms,
+            origin: field("origin").unwrap_or(&id).to_owned(),
+            url: field("url").map(str::to_owned),
+            attempt: field("attempt").map_or(Some(0), |a| a.parse().ok())?,
+            id,
+        })
+    }
 }
+
+/// An event to try again at `due_ms` (Unix ms).
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub job: Job,
+    pub due_ms: i64,
+}
+
+/// The apps whose events a call could not queue because the queue was full.
+pub type Dropped = Vec<String>;
 
 /// The last delivery attempt of one webhook, for the admin API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -85,36 +147,46 @@ pub enum WebhookError {
     Unavailable(String),
 }
 
-/// The cluster-wide side of webhooks: occupancy, pending leaves and the delivery queue.
+/// The cluster-wide side of webhooks: occupancy, pending leaves, the queue and its retries.
 ///
 /// Contract, for every implementation:
-/// - `occupy` and `vacate` are this node's first and last local subscriber of a topic; the
-///   store queues `channel_occupied` when the topic had no node before, and a
-///   `channel_vacated` when its last node leaves (or is swept as dead) and no node comes back
-///   within the leave delay. A topic that comes back within the delay queues nothing;
-/// - `member` is a user's first entry (joined) or last one leaving, cluster-wide; a removal
-///   waits out the leave delay, and a join meanwhile cancels both;
-/// - each of these is queued once per transition, whichever node reports it;
-/// - `take` hands out queued events; an event taken and not marked `done` is handed out again
-///   (to another node when its taker stops touching it with `keep` for `claim_idle`);
-/// - every change is atomic: a node dying between two calls loses at most a report it had not
-///   made yet.
+/// - `occupy` and `vacate` are this node's first and last local subscriber of a topic,
+///   reported for every app; the store queues `channel_occupied` when the topic had no node
+///   before, and `channel_vacated` when its last node leaves (or is swept as dead) and no node
+///   comes back within the leave delay, each only if `wants`. A topic back within the delay
+///   queues nothing;
+/// - `member` is a user's first entry (joined) or last one leaving, cluster-wide, with the
+///   presence change's `epoch/ver`: an edge older than one already applied is ignored. A
+///   removal waits out the leave delay, and a join meanwhile cancels both;
+/// - each of these is queued once per transition, whichever node reports it, and atomically
+///   with the decision;
+/// - the queue holds at most `max_queue` events (queued and waiting to retry); past it new
+///   events are refused and their apps returned as [`Dropped`];
+/// - `take` hands out queued events; one taken and not marked `done` is handed out again (to
+///   another node when its taker stops touching it with `keep` for `claim_idle`). `done`
+///   schedules the retries and removes the events in one step; `fire_due` moves retries whose
+///   time has come back into the queue.
 #[async_trait]
 pub trait WebhookStore: Send + Sync + 'static {
     /// `announce` false restores the report silently (Redis forgot it).
-    async fn occupy(&self, topic: &str, announce: bool) -> Result<(), WebhookError>;
-    async fn vacate(&self, topic: &str) -> Result<(), WebhookError>;
-    async fn member(&self, topic: &str, user_id: &str, joined: bool) -> Result<(), WebhookError>;
+    async fn occupy(
+        &self,
+        topic: &str,
+        wants: bool,
+        announce: bool,
+    ) -> Result<Dropped, WebhookError>;
+    async fn vacate(&self, topic: &str, wants: bool) -> Result<(), WebhookError>;
+    async fn member(&self, edge: &MemberEdge) -> Result<Dropped, WebhookError>;
     /// Queues an event of `app` as is (a client event).
-    async fn enqueue(&self, app: &str, event: &str) -> Result<(), WebhookError>;
-    /// Queues the leaves whose delay has passed.
-    async fn fire_due(&self) -> Result<(), WebhookError>;
+    async fn enqueue(&self, app: &str, event: &str) -> Result<Dropped, WebhookError>;
+    /// Queues the leaves whose delay has passed and the retries whose time has come.
+    async fn fire_due(&self) -> Result<Dropped, WebhookError>;
     /// Up to `max` events, waiting at most `wait` for the first.
     async fn take(&self, max: usize, wait: Duration) -> Result<Vec<Job>, WebhookError>;
-    async fn done(&self, ids: &[String]) -> Result<(), WebhookError>;
+    async fn done(&self, ids: &[String], retries: &[Retry]) -> Result<(), WebhookError>;
     /// Marks this node's events as still being worked on.
     async fn keep(&self, ids: &[String]) -> Result<(), WebhookError>;
-    /// Events queued and not done, cluster-wide.
+    /// Events queued or waiting to retry, cluster-wide.
     async fn depth(&self) -> Result<u64, WebhookError>;
     /// Undoes the occupancy a dead node reported.
     async fn sweep_node(&self, node: &str) -> Result<(), WebhookError>;
@@ -127,17 +199,10 @@ pub trait WebhookStore: Send + Sync + 'static {
     ) -> Result<Vec<Option<Status>>, WebhookError>;
 }
 
-/// What a node saw, on its way to the store.
+/// What a node saw, on its way to the store. Occupancy is not queued but coalesced (see
+/// [`Webhooks::occupancy`]): it can never be dropped, and a flap between two reads is no change.
 enum Report {
-    Occupancy {
-        topic: String,
-        occupied: bool,
-    },
-    Member {
-        topic: String,
-        user_id: String,
-        joined: bool,
-    },
+    Member(MemberEdge),
     Client {
         app: String,
         event: String,
@@ -155,6 +220,9 @@ enum Report {
 pub struct Webhooks {
     store: Arc<dyn WebhookStore>,
     reports: mpsc::Sender<Report>,
+    /// Topic → whether this node now has local subscribers, not yet handed to the store.
+    occupancy: Arc<Mutex<HashMap<String, bool>>>,
+    occupancy_changed: Arc<Notify>,
     metrics: Metrics,
 }
 
@@ -167,12 +235,22 @@ impl Webhooks {
         metrics: Metrics,
     ) -> Arc<Webhooks> {
         let (reports, rx) = mpsc::channel(REPORT_BACKLOG);
-        tokio::spawn(report(store.clone(), registry, rx));
-        Arc::new(Webhooks {
-            store,
+        let webhooks = Arc::new(Webhooks {
+            store: store.clone(),
             reports,
+            occupancy: Arc::default(),
+            occupancy_changed: Arc::default(),
+            metrics: metrics.clone(),
+        });
+        let reporter = Reporter {
+            store,
+            registry,
             metrics,
-        })
+            occupancy: webhooks.occupancy.clone(),
+            reported: HashSet::new(),
+        };
+        tokio::spawn(reporter.run(rx, webhooks.occupancy_changed.clone()));
+        webhooks
     }
 
     #[must_use]
@@ -183,9 +261,7 @@ impl Webhooks {
     fn send(&self, report: Report) {
         if let Err(mpsc::error::TrySendError::Full(report)) = self.reports.try_send(report) {
             let app = match &report {
-                Report::Occupancy { topic, .. } | Report::Member { topic, .. } => {
-                    app_of(topic).unwrap_or("none").to_owned()
-                }
+                Report::Member(edge) => app_of(&edge.topic).unwrap_or("none").to_owned(),
                 Report::Client { app, .. } => app.clone(),
                 Report::Reassert { .. } | Report::Drain { .. } => "none".to_owned(),
             };
@@ -194,33 +270,39 @@ impl Webhooks {
         }
     }
 
-    /// This node's first (`occupied`) or last local subscriber of `topic`.
+    /// This node's first (`occupied`) or last local subscriber of `topic`, for every app: the
+    /// store keeps the state even for apps without webhooks, so one added later sees true
+    /// transitions.
     pub fn occupancy(&self, topic: &str, occupied: bool) {
         // A user's own channel is internal to the Pusher protocol.
         if Topic::parse(topic).is_some_and(|t| t.kind() == ChannelKind::User) {
             return;
         }
-        self.send(Report::Occupancy {
-            topic: topic.to_owned(),
-            occupied,
-        });
+        self.occupancy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(topic.to_owned(), occupied);
+        self.occupancy_changed.notify_one();
     }
 
-    /// At shutdown, once every session has ended: vacates the channels this node reported
-    /// occupied, after the reports queued before. Otherwise a node that stops cleanly (and is
-    /// therefore never swept as dead) would leave its channels occupied for good.
-    pub async fn drain(&self, timeout: Duration) {
+    /// At shutdown, once every session has ended and its presence leaves are applied: vacates
+    /// the channels this node reported occupied, after the reports queued before. A node that
+    /// stops cleanly is never swept as dead, so otherwise its channels would stay occupied.
+    /// Returns whether it finished within `timeout`.
+    pub async fn drain(&self, timeout: Duration) -> bool {
         let (done, finished) = oneshot::channel();
         let drained = async {
-            if self.reports.send(Report::Drain { done }).await.is_ok() {
-                let _ = finished.await;
-            }
+            self.reports.send(Report::Drain { done }).await.is_ok() && finished.await.is_ok()
         };
-        if tokio::time::timeout(timeout, drained).await.is_err() {
+        let finished = tokio::time::timeout(timeout, drained)
+            .await
+            .unwrap_or(false);
+        if !finished {
             tracing::warn!(
                 "webhooks: this node's channels not vacated before exit; the others vacate them once it is found dead"
             );
         }
+        finished
     }
 
     /// Queues a `client_event` webhook if the app has one that wants it.
@@ -257,12 +339,8 @@ fn client_data(event: &Event) -> String {
 
 #[async_trait]
 impl Observer for Webhooks {
-    fn member(&self, topic: &str, user_id: &str, joined: bool) {
-        self.send(Report::Member {
-            topic: topic.to_owned(),
-            user_id: user_id.to_owned(),
-            joined,
-        });
+    fn member(&self, edge: MemberEdge) {
+        self.send(Report::Member(edge));
     }
 
     async fn node_dead(&self, node: &str) -> Result<(), String> {
@@ -272,90 +350,185 @@ impl Observer for Webhooks {
     fn returned(&self, announce: bool) {
         self.send(Report::Reassert { announce });
     }
-}
 
-/// Whether `slug`'s app has a webhook wanting one of `kinds`. An app the registry cannot
-/// answer for is taken as wanting them: a report too many is filtered at delivery, one too few
-/// is an event lost.
-async fn wants(registry: &dyn AppRegistry, slug: &str, kinds: &[Kind]) -> bool {
-    match registry.by_slug(slug).await {
-        Ok(app) => app.is_some_and(|app| app.active && any_wants(&app.webhooks, kinds)),
-        Err(error) => {
-            tracing::warn!(%error, %slug, "webhooks: registry unavailable; reporting anyway");
-            true
-        }
+    async fn drain(&self, timeout: Duration) -> bool {
+        Webhooks::drain(self, timeout).await
     }
 }
 
-/// Hands reports to the store one at a time, in order, retrying each until the store takes it.
-async fn report(
+const OCCUPANCY: [Kind; 2] = [Kind::ChannelOccupied, Kind::ChannelVacated];
+const MEMBERS: [Kind; 2] = [Kind::MemberAdded, Kind::MemberRemoved];
+
+/// The task that hands reports to the store, one at a time and in order, retrying each until
+/// the store takes it.
+struct Reporter {
     store: Arc<dyn WebhookStore>,
     registry: Arc<dyn AppRegistry>,
-    mut rx: mpsc::Receiver<Report>,
-) {
-    const OCCUPANCY: [Kind; 2] = [Kind::ChannelOccupied, Kind::ChannelVacated];
-    const MEMBERS: [Kind; 2] = [Kind::MemberAdded, Kind::MemberRemoved];
-    // The topics this node reported occupied: only those are reported vacated, so an app that
-    // gains or loses webhooks meanwhile never sees a vacated without its occupied.
-    let mut reported: HashSet<String> = HashSet::new();
-    while let Some(report) = rx.recv().await {
+    metrics: Metrics,
+    occupancy: Arc<Mutex<HashMap<String, bool>>>,
+    /// The topics this node told the store it holds.
+    reported: HashSet<String>,
+}
+
+impl Reporter {
+    async fn run(mut self, mut rx: mpsc::Receiver<Report>, occupancy_changed: Arc<Notify>) {
+        loop {
+            tokio::select! {
+                biased;
+                () = occupancy_changed.notified() => self.flush_occupancy().await,
+                report = rx.recv() => match report {
+                    Some(report) => self.handle(report).await,
+                    None => return,
+                },
+            }
+        }
+    }
+
+    async fn handle(&mut self, report: Report) {
         match report {
-            Report::Occupancy {
-                topic,
-                occupied: true,
-            } => {
-                let Some(slug) = app_of(&topic) else { continue };
-                if wants(registry.as_ref(), slug, &OCCUPANCY).await {
-                    retry(|| store.occupy(&topic, true)).await;
-                    reported.insert(topic);
+            Report::Member(edge) => {
+                let Some(slug) = app_of(&edge.topic) else {
+                    return;
+                };
+                if self.wants(slug, &MEMBERS).await {
+                    let store = &self.store;
+                    let dropped = retry(|| store.member(&edge)).await;
+                    self.count(&dropped);
                 }
             }
-            Report::Occupancy {
-                topic,
-                occupied: false,
-            } => {
-                if reported.remove(&topic) {
-                    retry(|| store.vacate(&topic)).await;
-                }
+            Report::Client { app, event } => {
+                let store = &self.store;
+                let dropped = retry(|| store.enqueue(&app, &event)).await;
+                self.count(&dropped);
             }
-            Report::Member {
-                topic,
-                user_id,
-                joined,
-            } => {
-                let Some(slug) = app_of(&topic) else { continue };
-                if wants(registry.as_ref(), slug, &MEMBERS).await {
-                    retry(|| store.member(&topic, &user_id, joined)).await;
-                }
-            }
-            Report::Client { app, event } => retry(|| store.enqueue(&app, &event)).await,
             Report::Reassert { announce } => {
-                for topic in &reported {
-                    retry(|| store.occupy(topic, announce)).await;
+                self.flush_occupancy().await;
+                for topic in self.reported.clone() {
+                    let wants = announce && self.topic_wants(&topic).await;
+                    let store = &self.store;
+                    let dropped = retry(|| store.occupy(&topic, wants, announce)).await;
+                    self.count(&dropped);
                 }
             }
             Report::Drain { done } => {
-                for topic in std::mem::take(&mut reported) {
-                    retry(|| store.vacate(&topic)).await;
+                self.flush_occupancy().await;
+                for topic in std::mem::take(&mut self.reported) {
+                    let wants = self.topic_wants(&topic).await;
+                    let store = &self.store;
+                    retry(|| store.vacate(&topic, wants)).await;
                 }
                 let _ = done.send(());
             }
         }
     }
+
+    /// Hands every pending occupancy change to the store.
+    async fn flush_occupancy(&mut self) {
+        let pending = std::mem::take(
+            &mut *self
+                .occupancy
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (topic, occupied) in pending {
+            if occupied == self.reported.contains(&topic) {
+                continue;
+            }
+            let wants = self.topic_wants(&topic).await;
+            let store = &self.store;
+            if occupied {
+                let dropped = retry(|| store.occupy(&topic, wants, true)).await;
+                self.count(&dropped);
+                self.reported.insert(topic);
+            } else {
+                retry(|| store.vacate(&topic, wants)).await;
+                self.reported.remove(&topic);
+            }
+        }
+    }
+
+    async fn topic_wants(&self, topic: &str) -> bool {
+        match app_of(topic) {
+            Some(slug) => self.wants(slug, &OCCUPANCY).await,
+            None => false,
+        }
+    }
+
+    /// Whether `slug`'s app has a webhook wanting one of `kinds`. An app the registry cannot
+    /// answer for is taken as wanting them: an event too many is filtered at delivery, one too
+    /// few is lost.
+    async fn wants(&self, slug: &str, kinds: &[Kind]) -> bool {
+        match self.registry.by_slug(slug).await {
+            Ok(app) => app.is_some_and(|app| app.active && any_wants(&app.webhooks, kinds)),
+            Err(error) => {
+                tracing::warn!(%error, %slug, "webhooks: registry unavailable; reporting anyway");
+                true
+            }
+        }
+    }
+
+    fn count(&self, dropped: &Dropped) {
+        for app in dropped {
+            tracing::warn!(%app, "webhook event dropped: the queue is full (webhooks.max_queue)");
+            self.metrics.webhook_sent(app, "dropped");
+        }
+    }
 }
 
-async fn retry<F, Fut>(mut call: F)
+async fn retry<T, F, Fut>(mut call: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), WebhookError>>,
+    Fut: Future<Output = Result<T, WebhookError>>,
 {
     loop {
         match call().await {
-            Ok(()) => return,
+            Ok(value) => return value,
             Err(error) => {
                 tracing::warn!(%error, "webhook report not stored; retrying");
                 tokio::time::sleep(REPORT_RETRY).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_round_trip_through_stored_fields() {
+        let fresh = Job::from_fields(
+            "1764450000123-0".to_owned(),
+            &[
+                ("app".to_owned(), "shop".to_owned()),
+                ("event".to_owned(), r#"{"name":"channel_occupied","channel":"a"}"#.to_owned()),
+            ],
+        )
+        .expect("a fresh entry");
+        assert_eq!(fresh.queued_at_ms, 1_764_450_000_123);
+        assert_eq!(fresh.origin, "1764450000123-0");
+        assert_eq!((fresh.url.as_deref(), fresh.attempt), (None, 0));
+        assert_eq!(fresh.kind(), Some(Kind::ChannelOccupied));
+        let retry = Job {
+            url: Some("https://a.example/hook".to_owned()),
+            attempt: 3,
+            ..fresh.clone()
+        };
+        let stored: Vec<(String, String)> = retry
+            .fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let back = Job::from_fields("1764450099999-7".to_owned(), &stored).expect("a retry");
+        assert_eq!(back.queued_at_ms, fresh.queued_at_ms, "the window starts at the first");
+        assert_eq!(back.origin, fresh.origin, "the idempotency id follows the event");
+        assert_eq!(back.url.as_deref(), Some("https://a.example/hook"));
+        assert_eq!(back.attempt, 3);
+        assert!(Job::from_fields("x".to_owned(), &[]).is_none());
+        let bad_event = [
+            ("app".to_owned(), "shop".to_owned()),
+            ("event".to_owned(), "{".to_owned()),
+        ];
+        assert!(Job::from_fields("1-0".to_owned(), &bad_event).is_none());
     }
 }

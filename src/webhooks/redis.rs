@@ -2,22 +2,24 @@
 //! a transition and queues its event in one step, on a Redis Cluster too:
 //! - `…:occ:TOPIC` the nodes with subscribers of a topic, `…:node:ID` the topics a node
 //!   reported (swept when it dies);
-//! - `…:vacating` and `…:leaving` the pending leaves, scored by when they are due;
+//! - `…:vacating` and `…:leaving` the pending leaves, scored by when they are due, and
+//!   `…:members` the last presence change applied per member (edges arrive out of order);
 //! - `…:queue` the events, a stream read by the consumer group `deliver`: an event a node took
 //!   stays pending until that node marks it done, and is taken over by another node when the
-//!   first stops touching it (it died);
+//!   first stops touching it (it died); `…:retry` the failed ones, scored by their next attempt,
+//!   moved back into the stream when it comes;
 //! - `…:status` the last attempt of each webhook, for the admin API.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fred::prelude::{Client, ClientLike, HashesInterface, StreamsInterface};
+use fred::prelude::{Client, ClientLike, HashesInterface, SortedSetsInterface, StreamsInterface};
 use fred::types::Value as RedisValue;
 use fred::types::scripts::Script;
-use serde_json::value::RawValue;
 
-use super::{Job, Status, WebhookError, WebhookStore};
+use super::{Dropped, Job, Retry, Status, WebhookError, WebhookStore};
+use crate::presence::MemberEdge;
 
 const PREFIX: &str = "pushlite:webhooks:{webhooks}:";
 const GROUP: &str = "deliver";
@@ -38,6 +40,7 @@ fn script(body: &str) -> Script {
 }
 
 struct Scripts {
+    enqueue: Script,
     occupy: Script,
     vacate: Script,
     member: Script,
@@ -64,9 +67,9 @@ pub struct RedisWebhookStore {
     reader: Client,
     config: RedisWebhookStoreConfig,
     scripts: Scripts,
-    /// Where the next take-over scan of the pending events starts.
-    cursor: Mutex<String>,
-    last_claim: Mutex<Option<tokio::time::Instant>>,
+    /// Where the next take-over scan of the pending events starts, and when the last one
+    /// ended a pass (no more to take over for a while).
+    claims: Mutex<Claims>,
 }
 
 fn unavailable(e: &fred::error::Error) -> WebhookError {
@@ -89,6 +92,7 @@ impl RedisWebhookStore {
             reader,
             config,
             scripts: Scripts {
+                enqueue: script(include_str!("enqueue.lua")),
                 occupy: script(include_str!("occupy.lua")),
                 vacate: script(include_str!("vacate.lua")),
                 member: script(include_str!("member.lua")),
@@ -98,8 +102,10 @@ impl RedisWebhookStore {
                 keep: script(include_str!("keep.lua")),
                 claim: script(include_str!("claim.lua")),
             },
-            cursor: Mutex::new("0-0".to_owned()),
-            last_claim: Mutex::new(None),
+            claims: Mutex::new(Claims {
+                cursor: "0-0".to_owned(),
+                pass_ended: None,
+            }),
         };
         // Redis may be down at startup: the group is made again whenever a read finds it gone.
         let _ = store.ensure_group().await;
@@ -131,21 +137,19 @@ impl RedisWebhookStore {
         self.config.leave_delay.as_millis().to_string()
     }
 
-    /// Events whose node stopped touching them, at most every half `claim_idle`.
+    /// Events whose node stopped touching them. Scans on while there may be more; after a
+    /// pass over the whole pending list, rests for half `claim_idle`.
     async fn claim(&self, max: usize) -> Result<Vec<Job>, WebhookError> {
-        let now = tokio::time::Instant::now();
-        {
-            let mut last = self.last_claim.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|at| now.duration_since(at) < self.config.claim_idle / 2) {
+        let cursor = {
+            let claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
+            let resting = claims
+                .pass_ended
+                .is_some_and(|at| at.elapsed() < self.config.claim_idle / 2);
+            if resting {
                 return Ok(Vec::new());
             }
-            *last = Some(now);
-        }
-        let cursor = self
-            .cursor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+            claims.cursor.clone()
+        };
         let reply = self
             .eval(
                 &self.scripts.claim,
@@ -170,17 +174,13 @@ impl RedisWebhookStore {
             .next()
             .and_then(|v| v.as_string())
             .unwrap_or_else(|| "0-0".to_owned());
-        *self.cursor.lock().unwrap_or_else(|e| e.into_inner()) = next;
-        let mut jobs = Vec::new();
-        let rest: Vec<RedisValue> = items.collect();
-        for triple in rest.chunks(3) {
-            if let [id, app, event] = triple
-                && let (Some(id), Some(app), Some(event)) =
-                    (id.as_string(), app.as_string(), event.as_string())
-                && let Some(job) = job(id, app, event)
-            {
-                jobs.push(job);
-            }
+        let (jobs, unreadable) =
+            entries(items.next().map(RedisValue::into_array).unwrap_or_default());
+        self.discard(unreadable).await;
+        {
+            let mut claims = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
+            claims.pass_ended = (next == "0-0").then(tokio::time::Instant::now);
+            claims.cursor = next;
         }
         if !jobs.is_empty() {
             tracing::info!(
@@ -190,23 +190,69 @@ impl RedisWebhookStore {
         }
         Ok(jobs)
     }
+
+    /// Acknowledges entries no version of pushlite wrote, so they are not taken over forever.
+    async fn discard(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        tracing::error!(
+            count = ids.len(),
+            "webhooks: unreadable queue entries discarded"
+        );
+        if let Err(error) = self.done(&ids, &[]).await {
+            tracing::warn!(%error, "webhooks: unreadable entries not discarded");
+        }
+    }
 }
 
-/// A queued entry as a job; its id (`ms-seq`) tells when it was queued.
-fn job(id: String, app: String, event: String) -> Option<Job> {
-    let queued_at_ms = id.split('-').next()?.parse().ok()?;
-    let event = RawValue::from_string(event).ok()?;
-    Some(Job {
-        id,
-        app,
-        event,
-        queued_at_ms,
-    })
+struct Claims {
+    cursor: String,
+    pass_ended: Option<tokio::time::Instant>,
+}
+
+/// Stream entries (`[id, [field, value, …]]`, or a map of fields in RESP3) as jobs, and the ids
+/// of those that are not jobs.
+fn entries(list: Vec<RedisValue>) -> (Vec<Job>, Vec<String>) {
+    let mut jobs = Vec::new();
+    let mut unreadable = Vec::new();
+    for entry in list {
+        let mut parts = entry.into_array().into_iter();
+        let (Some(id), Some(fields)) = (parts.next().and_then(|v| v.as_string()), parts.next())
+        else {
+            continue;
+        };
+        let values: Vec<String> = match fields {
+            RedisValue::Map(map) => map
+                .inner()
+                .into_iter()
+                .flat_map(|(k, v)| [k.as_str().map(str::to_owned), v.as_string()])
+                .flatten()
+                .collect(),
+            other => other
+                .into_array()
+                .into_iter()
+                .filter_map(|v| v.as_string())
+                .collect(),
+        };
+        let pairs: Vec<(String, String)> = values
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [key, value] => Some((key.clone(), value.clone())),
+                _ => None,
+            })
+            .collect();
+        match Job::from_fields(id.clone(), &pairs) {
+            Some(job) => jobs.push(job),
+            None => unreadable.push(id),
+        }
+    }
+    (jobs, unreadable)
 }
 
 /// The entries of an `XREADGROUP` reply (one stream), whether RESP2 arrays or RESP3 maps.
-fn read_entries(reply: RedisValue) -> Vec<Job> {
-    let streams = match reply {
+fn read_entries(reply: RedisValue) -> (Vec<Job>, Vec<String>) {
+    let streams: Vec<RedisValue> = match reply {
         RedisValue::Map(map) => map.inner().into_values().collect(),
         RedisValue::Array(streams) => streams
             .into_iter()
@@ -215,87 +261,77 @@ fn read_entries(reply: RedisValue) -> Vec<Job> {
         _ => Vec::new(),
     };
     let mut jobs = Vec::new();
-    for entries in streams {
-        for entry in entries.into_array() {
-            let mut parts = entry.into_array().into_iter();
-            let (Some(id), Some(fields)) = (parts.next().and_then(|v| v.as_string()), parts.next())
-            else {
-                continue;
-            };
-            let fields: Vec<String> = match fields {
-                RedisValue::Map(map) => map
-                    .inner()
-                    .into_iter()
-                    .flat_map(|(k, v)| [k.as_str().map(str::to_owned), v.as_string()])
-                    .flatten()
-                    .collect(),
-                other => other
-                    .into_array()
-                    .into_iter()
-                    .filter_map(|v| v.as_string())
-                    .collect(),
-            };
-            let field = |name: &str| {
-                fields
-                    .chunks(2)
-                    .find(|pair| pair.first().map(String::as_str) == Some(name))
-                    .and_then(|pair| pair.get(1).cloned())
-            };
-            if let (Some(app), Some(event)) = (field("app"), field("event"))
-                && let Some(job) = job(id, app, event)
-            {
-                jobs.push(job);
-            }
-        }
+    let mut unreadable = Vec::new();
+    for list in streams {
+        let (more, bad) = entries(list.into_array());
+        jobs.extend(more);
+        unreadable.extend(bad);
     }
-    jobs
+    (jobs, unreadable)
+}
+
+/// The apps a script listed as dropped.
+fn dropped(reply: RedisValue) -> Dropped {
+    reply
+        .into_array()
+        .into_iter()
+        .filter_map(|v| v.as_string())
+        .collect()
 }
 
 #[async_trait]
 impl WebhookStore for RedisWebhookStore {
-    async fn occupy(&self, topic: &str, announce: bool) -> Result<(), WebhookError> {
+    async fn occupy(
+        &self,
+        topic: &str,
+        wants: bool,
+        announce: bool,
+    ) -> Result<Dropped, WebhookError> {
+        let flag = |b: bool| if b { "1" } else { "0" }.to_owned();
         let args = vec![
             topic.to_owned(),
             self.config.node.clone(),
-            if announce { "1" } else { "0" }.to_owned(),
+            flag(announce),
+            flag(wants),
         ];
-        self.eval(&self.scripts.occupy, args).await.map(drop)
+        self.eval(&self.scripts.occupy, args).await.map(dropped)
     }
 
-    async fn vacate(&self, topic: &str) -> Result<(), WebhookError> {
-        let args = vec![topic.to_owned(), self.config.node.clone(), self.delay()];
+    async fn vacate(&self, topic: &str, wants: bool) -> Result<(), WebhookError> {
+        let args = vec![
+            topic.to_owned(),
+            self.config.node.clone(),
+            self.delay(),
+            if wants { "1" } else { "0" }.to_owned(),
+        ];
         self.eval(&self.scripts.vacate, args).await.map(drop)
     }
 
-    async fn member(&self, topic: &str, user_id: &str, joined: bool) -> Result<(), WebhookError> {
+    async fn member(&self, edge: &MemberEdge) -> Result<Dropped, WebhookError> {
         let args = vec![
-            topic.to_owned(),
-            user_id.to_owned(),
-            if joined { "1" } else { "0" }.to_owned(),
+            edge.topic.clone(),
+            edge.user_id.clone(),
+            if edge.joined { "1" } else { "0" }.to_owned(),
             self.delay(),
+            edge.epoch.clone(),
+            edge.ver.to_string(),
         ];
-        self.eval(&self.scripts.member, args).await.map(drop)
+        self.eval(&self.scripts.member, args).await.map(dropped)
     }
 
-    async fn enqueue(&self, app: &str, event: &str) -> Result<(), WebhookError> {
-        let fields = vec![("app", app.to_owned()), ("event", event.to_owned())];
-        let cap = i64::try_from(self.config.max_queue).unwrap_or(i64::MAX);
-        let _: RedisValue = self
-            .client
-            .xadd(queue_key(), false, ("MAXLEN", "~", cap), "*", fields)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        Ok(())
+    async fn enqueue(&self, app: &str, event: &str) -> Result<Dropped, WebhookError> {
+        let args = vec![app.to_owned(), event.to_owned()];
+        self.eval(&self.scripts.enqueue, args).await.map(dropped)
     }
 
-    async fn fire_due(&self) -> Result<(), WebhookError> {
+    async fn fire_due(&self) -> Result<Dropped, WebhookError> {
         self.eval(&self.scripts.due, vec![FIRE_BATCH.to_string()])
             .await
-            .map(drop)
+            .map(dropped)
     }
 
     async fn take(&self, max: usize, wait: Duration) -> Result<Vec<Job>, WebhookError> {
-        let mut jobs = self.claim(max).await?;
+        let jobs = self.claim(max).await?;
         if !jobs.is_empty() {
             return Ok(jobs);
         }
@@ -315,7 +351,8 @@ impl WebhookStore for RedisWebhookStore {
             .await;
         match reply {
             Ok(reply) => {
-                jobs = read_entries(reply);
+                let (jobs, unreadable) = read_entries(reply);
+                self.discard(unreadable).await;
                 Ok(jobs)
             }
             Err(e) if e.details().contains("NOGROUP") => {
@@ -326,12 +363,24 @@ impl WebhookStore for RedisWebhookStore {
         }
     }
 
-    async fn done(&self, ids: &[String]) -> Result<(), WebhookError> {
-        if ids.is_empty() {
+    async fn done(&self, ids: &[String], retries: &[Retry]) -> Result<(), WebhookError> {
+        if ids.is_empty() && retries.is_empty() {
             return Ok(());
         }
-        let mut args = vec![GROUP.to_owned()];
+        let mut args = vec![GROUP.to_owned(), ids.len().to_string()];
         args.extend(ids.iter().cloned());
+        for retry in retries {
+            // The fields as one JSON array of strings: unique per event, URL and attempt.
+            let fields: Vec<String> = retry
+                .job
+                .fields()
+                .into_iter()
+                .flat_map(|(key, value)| [key.to_owned(), value])
+                .collect();
+            let json = serde_json::to_string(&fields)
+                .map_err(|e| WebhookError::Unavailable(e.to_string()))?;
+            args.extend([retry.due_ms.to_string(), json]);
+        }
         self.eval(&self.scripts.done, args).await.map(drop)
     }
 
@@ -345,10 +394,17 @@ impl WebhookStore for RedisWebhookStore {
     }
 
     async fn depth(&self) -> Result<u64, WebhookError> {
-        self.client
+        let queued: u64 = self
+            .client
             .xlen(queue_key())
             .await
-            .map_err(|e| unavailable(&e))
+            .map_err(|e| unavailable(&e))?;
+        let waiting: u64 = self
+            .client
+            .zcard(format!("{PREFIX}retry"))
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(queued + waiting)
     }
 
     async fn sweep_node(&self, node: &str) -> Result<(), WebhookError> {

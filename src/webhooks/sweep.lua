@@ -6,7 +6,7 @@ local vacated = 0
 for _, topic in ipairs(redis.call('SMEMBERS', node_key)) do
   local occ = P .. 'occ:' .. topic
   if redis.call('SREM', occ, ARGV[3]) == 1 and redis.call('EXISTS', occ) == 0 then
-    redis.call('ZADD', P .. 'vacating', due, topic)
+    redis.call('ZADD', P .. 'vacating', due, '1|' .. topic)
     vacated = vacated + 1
   end
 end
