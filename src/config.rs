@@ -218,7 +218,8 @@ pub struct WebhooksConfig {
     /// Events a node holds undelivered (sending or waiting to retry) at most; it takes no more
     /// from the queue until some are done.
     pub max_in_flight: usize,
-    /// Events queued at most (cluster-wide with Redis); past it the oldest are trimmed.
+    /// Events queued or waiting to retry at most (cluster-wide with Redis); past it new events
+    /// are refused and counted as dropped.
     pub max_queue: usize,
     /// An event taken by a node that has not touched it for this long is taken over by
     /// another (the first node died).

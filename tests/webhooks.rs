@@ -695,7 +695,7 @@ async fn events_of_a_killed_node_are_delivered_by_another() {
         events.len()
     );
     assert!(worst <= 2, "at least once, not a flood: {events:?}");
-    // A duplicate (sent by A before it died, then by B) carries the same idempotency id.
+    // Every delivery of one event, whichever node and attempt made it, carries one id.
     for name in ["channel_occupied", "channel_vacated"] {
         for c in &channels {
             let ids: std::collections::HashSet<&Value> = events
@@ -751,4 +751,81 @@ async fn a_node_that_stops_cleanly_vacates_its_channels() {
         })
         .await;
     assert_eq!(events.len(), 1, "{events:?}");
+}
+
+/// Member edges reach the store in whatever order the nodes report them: only an edge newer
+/// (by the presence change's epoch and version) than the last one applied counts, so a node
+/// that reports late can neither announce a member twice nor remove one who is present.
+#[tokio::test]
+async fn member_edges_out_of_order_follow_the_presence_version() {
+    use fred::prelude::{Builder, ClientLike, Config as RedisConfig};
+    use pushlite::presence::MemberEdge;
+    use pushlite::webhooks::{RedisWebhookStore, RedisWebhookStoreConfig, WebhookStore};
+
+    let redis = RedisServer::start().await;
+    let client = Builder::from_config(RedisConfig::from_url(&redis.url()).expect("URL"))
+        .build()
+        .expect("client");
+    client.init().await.expect("connects");
+    let store = RedisWebhookStore::connect(
+        client,
+        RedisWebhookStoreConfig {
+            node: "n1".to_owned(),
+            leave_delay: Duration::from_millis(200),
+            max_queue: 1000,
+            claim_idle: Duration::from_secs(30),
+        },
+    )
+    .await
+    .expect("store");
+    let edge = |joined: bool, epoch: &str, ver: u64| MemberEdge {
+        topic: "presence-x:shop".to_owned(),
+        user_id: "u".to_owned(),
+        joined,
+        epoch: epoch.to_owned(),
+        ver,
+    };
+    // Epochs are Redis times in microseconds: a channel that emptied and filled again has a
+    // later one.
+    let (first, second) = ("1764450000000001", "1764450000500000");
+    let settle = async || {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        store.fire_due().await.expect("due");
+        let jobs = store
+            .take(100, Duration::from_millis(100))
+            .await
+            .expect("take");
+        let names: Vec<String> = jobs
+            .iter()
+            .map(|job| {
+                let event: Value = serde_json::from_str(job.event.get()).expect("JSON");
+                event["name"].as_str().expect("name").to_owned()
+            })
+            .collect();
+        let ids: Vec<String> = jobs.iter().map(|job| job.id.clone()).collect();
+        store.done(&ids, &[]).await.expect("done");
+        names
+    };
+    store.member(&edge(true, first, 1), true).await.unwrap();
+    assert_eq!(settle().await, ["member_added"]);
+    // Alone in the channel, the user reloads onto another node: the channel empties (its
+    // epoch goes) and fills again. The new node's join is reported before the old one's leave.
+    store.member(&edge(true, second, 1), true).await.unwrap();
+    store.member(&edge(false, first, 2), true).await.unwrap();
+    assert!(settle().await.is_empty(), "still there: nothing to send");
+    // In one epoch: the leave (v3) is late behind the next join (v4).
+    store.member(&edge(true, second, 4), true).await.unwrap();
+    store.member(&edge(false, second, 3), true).await.unwrap();
+    assert!(settle().await.is_empty(), "still there: nothing to send");
+    store.member(&edge(false, second, 5), true).await.unwrap();
+    assert_eq!(settle().await, ["member_removed"]);
+    // A join reported after the removal fired, though older than it, stays old.
+    store.member(&edge(true, second, 4), true).await.unwrap();
+    assert!(settle().await.is_empty(), "a stale join announces nobody");
+    // The member comes back for real.
+    store.member(&edge(true, second, 6), true).await.unwrap();
+    assert_eq!(settle().await, ["member_added"]);
+    // An app without member webhooks keeps the state, and queues nothing.
+    store.member(&edge(false, second, 7), false).await.unwrap();
+    assert!(settle().await.is_empty());
 }

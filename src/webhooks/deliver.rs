@@ -101,12 +101,13 @@ pub struct Delivery {
     pub client: HttpClient,
 }
 
-/// Runs the node's delivery: the queue reader, and the ticker that fires due leaves, keeps this
-/// node's events from being taken over and samples the queue depth.
+/// Runs the node's delivery: the queue reader, the ticker that fires due leaves and retries and
+/// samples the queue depth, and the renewal of this node's events.
 pub fn start(delivery: Delivery) {
     let delivery = Arc::new(delivery);
     let held: Arc<Mutex<HashSet<String>>> = Arc::default();
-    tokio::spawn(tick(delivery.clone(), held.clone()));
+    tokio::spawn(tick(delivery.clone()));
+    tokio::spawn(keep(delivery.clone(), held.clone()));
     tokio::spawn(read(delivery, held));
 }
 
@@ -114,36 +115,21 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-async fn tick(delivery: Arc<Delivery>, held: Arc<Mutex<HashSet<String>>>) {
-    let config = &delivery.config;
-    let every = Duration::from_millis((config.leave_delay_ms / 4).clamp(50, 1000));
-    let keep_every = Duration::from_millis(config.claim_idle_ms / 3);
+async fn tick(delivery: Arc<Delivery>) {
+    let every = Duration::from_millis((delivery.config.leave_delay_ms / 4).clamp(50, 1000));
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut kept = tokio::time::Instant::now();
     let mut sampled = tokio::time::Instant::now();
     loop {
         ticker.tick().await;
         match delivery.store.fire_due().await {
             Ok(dropped) => {
                 for app in dropped {
-                    tracing::warn!(%app, "webhook event dropped: the queue is full (webhooks.max_queue)");
+                    tracing::warn!(%app, "webhook event dropped: the queue is full or the retry unreadable");
                     delivery.metrics.webhook_sent(&app, "dropped");
                 }
             }
-            Err(error) => tracing::debug!(%error, "webhooks: due leaves and retries not moved"),
-        }
-        if kept.elapsed() >= keep_every {
-            kept = tokio::time::Instant::now();
-            let ids: Vec<String> = held
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .cloned()
-                .collect();
-            if let Err(error) = delivery.store.keep(&ids).await {
-                tracing::warn!(%error, "webhooks: in-flight events not kept; another node may take them over");
-            }
+            Err(error) => tracing::warn!(%error, "webhooks: due leaves and retries not moved"),
         }
         if sampled.elapsed() >= Duration::from_secs(1) {
             sampled = tokio::time::Instant::now();
@@ -154,18 +140,42 @@ async fn tick(delivery: Arc<Delivery>, held: Arc<Mutex<HashSet<String>>>) {
     }
 }
 
+/// Renews this node's events every third of `claim_idle`, on its own timer: nothing else the
+/// node does may delay it into looking dead.
+async fn keep(delivery: Arc<Delivery>, held: Arc<Mutex<HashSet<String>>>) {
+    let mut ticker =
+        tokio::time::interval(Duration::from_millis(delivery.config.claim_idle_ms / 3));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let ids: Vec<String> = held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        if let Err(error) = delivery.store.keep(&ids).await {
+            tracing::warn!(%error, "webhooks: in-flight events not kept; another node may take them over");
+        }
+    }
+}
+
 async fn read(delivery: Arc<Delivery>, held: Arc<Mutex<HashSet<String>>>) {
     let config = &delivery.config;
     let permits = Arc::new(Semaphore::new(config.max_in_flight));
-    let batch = config.batch_max.min(config.max_in_flight);
-    let batch_permits = u32::try_from(batch).unwrap_or(u32::MAX);
+    let hold = |jobs: &[Job]| {
+        held.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(jobs.iter().map(|job| job.id.clone()));
+    };
     loop {
-        // Only this loop takes permits, so once `batch` are free they stay free until taken.
-        match permits.acquire_many(batch_permits).await {
+        // Only this loop takes permits: whatever is free now stays free until it takes it.
+        match permits.acquire().await {
             Ok(free) => drop(free),
             Err(_) => return,
         }
-        let mut jobs = match delivery.store.take(batch, TAKE_WAIT).await {
+        let room = permits.available_permits().min(config.batch_max);
+        let mut jobs = match delivery.store.take(room, TAKE_WAIT).await {
             Ok(jobs) => jobs,
             Err(error) => {
                 tracing::warn!(%error, "webhooks: queue not readable");
@@ -176,13 +186,11 @@ async fn read(delivery: Arc<Delivery>, held: Arc<Mutex<HashSet<String>>>) {
         if jobs.is_empty() {
             continue;
         }
-        if jobs.len() < batch && config.batch_delay_ms > 0 {
+        hold(&jobs);
+        if jobs.len() < room && config.batch_delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(config.batch_delay_ms)).await;
-            if let Ok(more) = delivery
-                .store
-                .take(batch - jobs.len(), Duration::ZERO)
-                .await
-            {
+            if let Ok(more) = delivery.store.take(room - jobs.len(), Duration::ZERO).await {
+                hold(&more);
                 jobs.extend(more);
             }
         }
@@ -191,9 +199,6 @@ async fn read(delivery: Arc<Delivery>, held: Arc<Mutex<HashSet<String>>>) {
             let Ok(permit) = permits.clone().acquire_many_owned(count).await else {
                 return;
             };
-            held.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend(jobs.iter().map(|job| job.id.clone()));
             let (delivery, held) = (delivery.clone(), held.clone());
             tokio::spawn(async move {
                 let ids: Vec<String> = jobs.iter().map(|job| job.id.clone()).collect();

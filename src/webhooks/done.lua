@@ -10,7 +10,8 @@ for i = 5 + n, #ARGV, 2 do
   redis.call('ZADD', P .. 'retry', ARGV[i], ARGV[i + 1])
 end
 if n > 0 then
-  redis.call('XACK', KEYS[1], ARGV[3], unpack(ids))
+  -- A Redis that lost its data lost the group too: the events are gone, the retries stand.
+  redis.pcall('XACK', KEYS[1], ARGV[3], unpack(ids))
   redis.call('XDEL', KEYS[1], unpack(ids))
 end
 return n

@@ -20,8 +20,8 @@ struct State {
     occupied: HashSet<String>,
     /// Topic → when its `channel_vacated` is due, and whether the app wants it.
     vacating: HashMap<String, (Instant, bool)>,
-    /// (topic, user) → when its `member_removed` is due.
-    leaving: HashMap<(String, String), Instant>,
+    /// (topic, user) → when its `member_removed` is due, and whether the app wants it.
+    leaving: HashMap<(String, String), (Instant, bool)>,
     queue: VecDeque<Job>,
     retries: Vec<Retry>,
     /// Taken and not yet done.
@@ -125,12 +125,14 @@ impl WebhookStore for LocalWebhookStore {
     }
 
     // One process: its presence store reports edges in order, so they need no ordering here.
-    async fn member(&self, edge: &MemberEdge) -> Result<Dropped, WebhookError> {
+    async fn member(&self, edge: &MemberEdge, wants: bool) -> Result<Dropped, WebhookError> {
         let mut state = self.state();
         let key = (edge.topic.clone(), edge.user_id.clone());
         if !edge.joined {
-            state.leaving.insert(key, Instant::now() + self.leave_delay);
-        } else if state.leaving.remove(&key).is_none() {
+            state
+                .leaving
+                .insert(key, (Instant::now() + self.leave_delay, wants));
+        } else if state.leaving.remove(&key).is_none() && wants {
             return Ok(self.push_channel(
                 &mut state,
                 "member_added",
@@ -164,14 +166,17 @@ impl WebhookStore for LocalWebhookStore {
                 dropped.extend(self.push_channel(&mut state, "channel_vacated", &topic, None));
             }
         }
-        let removed: Vec<(String, String)> = state
+        let removed: Vec<((String, String), bool)> = state
             .leaving
             .iter()
-            .filter(|(_, due)| **due <= now)
-            .map(|(key, _)| key.clone())
+            .filter(|(_, (due, _))| *due <= now)
+            .map(|(key, (_, wants))| (key.clone(), *wants))
             .collect();
-        for key in removed {
+        for (key, wants) in removed {
             state.leaving.remove(&key);
+            if !wants {
+                continue;
+            }
             dropped.extend(self.push_channel(&mut state, "member_removed", &key.0, Some(&key.1)));
         }
         let now_ms = chrono::Utc::now().timestamp_millis();

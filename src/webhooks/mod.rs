@@ -156,8 +156,9 @@ pub enum WebhookError {
 ///   comes back within the leave delay, each only if `wants`. A topic back within the delay
 ///   queues nothing;
 /// - `member` is a user's first entry (joined) or last one leaving, cluster-wide, with the
-///   presence change's `epoch/ver`: an edge older than one already applied is ignored. A
-///   removal waits out the leave delay, and a join meanwhile cancels both;
+///   presence change's `epoch/ver`: an edge older than the last one applied for the member is
+///   ignored, and a join after a join (or a leave after a leave) changes nothing. A removal
+///   waits out the leave delay, and a join meanwhile cancels both;
 /// - each of these is queued once per transition, whichever node reports it, and atomically
 ///   with the decision;
 /// - the queue holds at most `max_queue` events (queued and waiting to retry); past it new
@@ -176,7 +177,9 @@ pub trait WebhookStore: Send + Sync + 'static {
         announce: bool,
     ) -> Result<Dropped, WebhookError>;
     async fn vacate(&self, topic: &str, wants: bool) -> Result<(), WebhookError>;
-    async fn member(&self, edge: &MemberEdge) -> Result<Dropped, WebhookError>;
+    /// Reported for every app, so the member's state is whole; the event is queued only if
+    /// `wants`.
+    async fn member(&self, edge: &MemberEdge, wants: bool) -> Result<Dropped, WebhookError>;
     /// Queues an event of `app` as is (a client event).
     async fn enqueue(&self, app: &str, event: &str) -> Result<Dropped, WebhookError>;
     /// Queues the leaves whose delay has passed and the retries whose time has come.
@@ -390,11 +393,10 @@ impl Reporter {
                 let Some(slug) = app_of(&edge.topic) else {
                     return;
                 };
-                if self.wants(slug, &MEMBERS).await {
-                    let store = &self.store;
-                    let dropped = retry(|| store.member(&edge)).await;
-                    self.count(&dropped);
-                }
+                let wants = self.wants(slug, &MEMBERS).await;
+                let store = &self.store;
+                let dropped = retry(|| store.member(&edge, wants)).await;
+                self.count(&dropped);
             }
             Report::Client { app, event } => {
                 let store = &self.store;
@@ -501,7 +503,10 @@ mod tests {
             "1764450000123-0".to_owned(),
             &[
                 ("app".to_owned(), "shop".to_owned()),
-                ("event".to_owned(), r#"{"name":"channel_occupied","channel":"a"}"#.to_owned()),
+                (
+                    "event".to_owned(),
+                    r#"{"name":"channel_occupied","channel":"a"}"#.to_owned(),
+                ),
             ],
         )
         .expect("a fresh entry");
@@ -520,8 +525,14 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
         let back = Job::from_fields("1764450099999-7".to_owned(), &stored).expect("a retry");
-        assert_eq!(back.queued_at_ms, fresh.queued_at_ms, "the window starts at the first");
-        assert_eq!(back.origin, fresh.origin, "the idempotency id follows the event");
+        assert_eq!(
+            back.queued_at_ms, fresh.queued_at_ms,
+            "the window starts at the first"
+        );
+        assert_eq!(
+            back.origin, fresh.origin,
+            "the idempotency id follows the event"
+        );
         assert_eq!(back.url.as_deref(), Some("https://a.example/hook"));
         assert_eq!(back.attempt, 3);
         assert!(Job::from_fields("x".to_owned(), &[]).is_none());

@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::prelude::{Client, ClientLike, HashesInterface, SortedSetsInterface, StreamsInterface};
 use fred::types::Value as RedisValue;
+use fred::types::config::Options;
 use fred::types::scripts::Script;
 
 use super::{Dropped, Job, Retry, Status, WebhookError, WebhookStore};
@@ -26,6 +27,8 @@ const GROUP: &str = "deliver";
 const PRELUDE: &str = include_str!("webhooks.lua");
 /// Leaves fired per script call; the rest wait for the next tick.
 const FIRE_BATCH: usize = 500;
+/// Added to a blocking read's wait for its command timeout.
+const READ_TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
 
 fn queue_key() -> String {
     format!("{PREFIX}queue")
@@ -307,7 +310,7 @@ impl WebhookStore for RedisWebhookStore {
         self.eval(&self.scripts.vacate, args).await.map(drop)
     }
 
-    async fn member(&self, edge: &MemberEdge) -> Result<Dropped, WebhookError> {
+    async fn member(&self, edge: &MemberEdge, wants: bool) -> Result<Dropped, WebhookError> {
         let args = vec![
             edge.topic.clone(),
             edge.user_id.clone(),
@@ -315,6 +318,7 @@ impl WebhookStore for RedisWebhookStore {
             self.delay(),
             edge.epoch.clone(),
             edge.ver.to_string(),
+            if wants { "1" } else { "0" }.to_owned(),
         ];
         self.eval(&self.scripts.member, args).await.map(dropped)
     }
@@ -325,9 +329,10 @@ impl WebhookStore for RedisWebhookStore {
     }
 
     async fn fire_due(&self) -> Result<Dropped, WebhookError> {
-        self.eval(&self.scripts.due, vec![FIRE_BATCH.to_string()])
-            .await
-            .map(dropped)
+        // A removed member's last edge outlives any report still on its way.
+        let forget = (self.config.leave_delay * 20).max(Duration::from_secs(60));
+        let args = vec![FIRE_BATCH.to_string(), forget.as_millis().to_string()];
+        self.eval(&self.scripts.due, args).await.map(dropped)
     }
 
     async fn take(&self, max: usize, wait: Duration) -> Result<Vec<Job>, WebhookError> {
@@ -337,8 +342,15 @@ impl WebhookStore for RedisWebhookStore {
         }
         // BLOCK 0 would wait forever: no wait is no BLOCK at all.
         let block = (!wait.is_zero()).then(|| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        // The wait is on top of the command timeout, which a short `redis.command_timeout_ms`
+        // would otherwise cut every idle read short.
+        let options = Options {
+            timeout: Some(wait + READ_TIMEOUT_MARGIN),
+            ..Options::default()
+        };
         let reply: Result<RedisValue, _> = self
             .reader
+            .with_options(&options)
             .xreadgroup(
                 GROUP,
                 self.config.node.as_str(),
