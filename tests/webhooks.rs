@@ -161,22 +161,26 @@ async fn nodes(count: usize, redis: &str, tweak: impl Fn(&mut Config)) -> Vec<Te
     nodes
 }
 
-/// Creates an app with a placeholder webhook (the receiver needs the credentials first), then
-/// points it at `url`.
-async fn app_with_hook(
-    node: &TestApp,
-    events: &[&str],
-    url: impl AsyncFnOnce(&Value) -> String,
-) -> Value {
+/// Creates an app, starts a receiver with its credentials, and points the app's webhook
+/// (every event) at it.
+async fn hooked_app(node: &TestApp) -> (Value, Receiver) {
     let app = create_app(node, json!({ "name": unique("hooked") })).await;
-    let url = url(&app).await;
-    set_hooks(node, &app, hooks(&url, events)).await;
-    app
+    let receiver = Receiver::start(0, &app).await;
+    let updated = set_hooks(node, &app, hooks(&receiver.url(), &ALL_EVENTS)).await;
+    assert_eq!(updated.status(), 200);
+    (app, receiver)
 }
 
 async fn set_hooks(node: &TestApp, app: &Value, webhooks: Value) -> reqwest::Response {
+    set_hooks_at(&node.base, app, webhooks).await
+}
+
+/// Replaces an app's webhooks through the admin API of the node at `base` (`http://host:port`).
+async fn set_hooks_at(base: &str, app: &Value, webhooks: Value) -> reqwest::Response {
     let slug = app["slug"].as_str().unwrap();
-    node.admin(reqwest::Method::PATCH, &format!("/api/admin/apps/{slug}"))
+    reqwest::Client::new()
+        .patch(format!("{base}/api/admin/apps/{slug}"))
+        .basic_auth(common::ADMIN.0, Some(common::ADMIN.1))
         .json(&json!({ "app": { "webhooks": webhooks } }))
         .send()
         .await
@@ -331,15 +335,7 @@ async fn embedded_mode_delivers_occupancy_and_batched_client_events() {
         config.webhooks.batch_delay_ms = 300;
     })
     .await;
-    let mut receiver = None;
-    let app = app_with_hook(&node, &ALL_EVENTS, async |app| {
-        let started = Receiver::start(0, app).await;
-        let url = started.url();
-        receiver = Some(started);
-        url
-    })
-    .await;
-    let mut receiver = receiver.expect("started");
+    let (app, mut receiver) = hooked_app(&node).await;
     let key = app["key"].as_str().unwrap();
     let mut client = pusher::connect(node.addr, key).await;
     let channel = "private-chat";
@@ -390,15 +386,7 @@ async fn embedded_mode_delivers_occupancy_and_batched_client_events() {
 async fn one_occupied_and_one_vacated_per_transition_across_three_nodes() {
     let redis = RedisServer::start().await;
     let nodes = nodes(3, &redis.url(), |_| {}).await;
-    let mut receiver = None;
-    let app = app_with_hook(&nodes[0], &ALL_EVENTS, async |app| {
-        let started = Receiver::start(0, app).await;
-        let url = started.url();
-        receiver = Some(started);
-        url
-    })
-    .await;
-    let mut receiver = receiver.expect("started");
+    let (app, mut receiver) = hooked_app(&nodes[0]).await;
     let (channel, presence) = ("lobby", "presence-lobby");
     let key = app["key"].as_str().unwrap();
     let mut raw = pusher::connect(nodes[2].addr, key).await;
@@ -467,15 +455,7 @@ async fn reload_inside_the_leave_delay_sends_nothing() {
     })
     .await;
     let node = &nodes[0];
-    let mut receiver = None;
-    let app = app_with_hook(node, &ALL_EVENTS, async |app| {
-        let started = Receiver::start(0, app).await;
-        let url = started.url();
-        receiver = Some(started);
-        url
-    })
-    .await;
-    let mut receiver = receiver.expect("started");
+    let (app, mut receiver) = hooked_app(node).await;
     let key = app["key"].as_str().unwrap();
     let (channel, presence) = ("news", "presence-room");
     let mut page = pusher::connect(node.addr, key).await;
@@ -516,15 +496,7 @@ async fn reloads_onto_another_node_send_nothing() {
         config.webhooks.leave_delay_ms = 1500;
     })
     .await;
-    let mut receiver = None;
-    let app = app_with_hook(&nodes[0], &ALL_EVENTS, async |app| {
-        let started = Receiver::start(0, app).await;
-        let url = started.url();
-        receiver = Some(started);
-        url
-    })
-    .await;
-    let mut receiver = receiver.expect("started");
+    let (app, mut receiver) = hooked_app(&nodes[0]).await;
     let key = app["key"].as_str().unwrap();
     let presence = "presence-desk";
     let mut page = pusher::connect(nodes[0].addr, key).await;
@@ -568,7 +540,9 @@ async fn receiver_down_then_back_gets_every_event() {
     let node = &nodes[0];
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/pusher/webhooks");
-    let app = app_with_hook(node, &["channel_occupied"], async |_| url.clone()).await;
+    let app = create_app(node, json!({ "name": unique("hooked") })).await;
+    let updated = set_hooks(node, &app, hooks(&url, &["channel_occupied"])).await;
+    assert_eq!(updated.status(), 200);
     let key = app["key"].as_str().unwrap();
     let mut client = pusher::connect(node.addr, key).await;
     let channels: Vec<String> = (0..5).map(|i| format!("feed-{i}")).collect();
@@ -641,15 +615,9 @@ async fn events_of_a_killed_node_are_delivered_by_another() {
     });
     let mut a = NodeProcess::spawn(&env).await;
     let app = a.create_app(&unique("crash")).await;
-    let slug = app["slug"].as_str().unwrap().to_owned();
     let url = format!("http://127.0.0.1:{port}/pusher/webhooks");
-    let updated = reqwest::Client::new()
-        .patch(a.url(&format!("/api/admin/apps/{slug}")))
-        .basic_auth(common::ADMIN.0, Some(common::ADMIN.1))
-        .json(&json!({ "app": { "webhooks": hooks(&url, &["channel_occupied", "channel_vacated"]) } }))
-        .send()
-        .await
-        .expect("update");
+    let events = ["channel_occupied", "channel_vacated"];
+    let updated = set_hooks_at(&a.url(""), &app, hooks(&url, &events)).await;
     assert_eq!(updated.status(), 200);
     let key = app["key"].as_str().unwrap();
     let mut clients = Vec::new();
@@ -727,14 +695,8 @@ async fn a_node_that_stops_cleanly_vacates_its_channels() {
     let _b = NodeProcess::spawn(&env).await;
     let app = a.create_app(&unique("rolling")).await;
     let mut receiver = Receiver::start(0, &app).await;
-    let slug = app["slug"].as_str().unwrap().to_owned();
-    let updated = reqwest::Client::new()
-        .patch(a.url(&format!("/api/admin/apps/{slug}")))
-        .basic_auth(common::ADMIN.0, Some(common::ADMIN.1))
-        .json(&json!({ "app": { "webhooks": hooks(&receiver.url(), &["channel_occupied", "channel_vacated"]) } }))
-        .send()
-        .await
-        .expect("update");
+    let events = ["channel_occupied", "channel_vacated"];
+    let updated = set_hooks_at(&a.url(""), &app, hooks(&receiver.url(), &events)).await;
     assert_eq!(updated.status(), 200);
     let mut client = pusher::connect(a.addr, app["key"].as_str().unwrap()).await;
     client.subscribed("deploys", None).await;

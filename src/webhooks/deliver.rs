@@ -254,36 +254,34 @@ impl Delivery {
             }
             return Vec::new();
         };
-        if let Some(hook) = app
-            .webhooks
-            .iter()
-            .find(|hook| check_url(&hook.url, self.config.allow_private_targets).is_err())
-        {
-            // Stored when private targets were allowed, or written to the database directly.
-            tracing::warn!(app = %slug, "webhook refused: its URL points at a private address");
-            let record = status(
-                None,
-                Some("refused: the URL points at a private address".to_owned()),
-            );
-            let _ = self.store.set_status(slug, &hook.url, &record).await;
-        }
         let app = &app;
         let mut posts = Vec::new();
         for hook in &app.webhooks {
-            if check_url(&hook.url, self.config.allow_private_targets).is_err() {
-                continue;
-            }
             let events: Vec<&Job> = jobs
                 .iter()
                 .filter(|job| job.url.as_ref().is_none_or(|url| *url == hook.url))
                 .filter(|job| job.kind().is_some_and(|kind| hook.wants(kind)))
                 .collect();
-            if !events.is_empty() {
-                posts.push(async move {
-                    let delivered = self.post(app, hook, &events).await;
-                    (hook, events, delivered)
-                });
+            if events.is_empty() {
+                continue;
             }
+            if check_url(&hook.url, self.config.allow_private_targets).is_err() {
+                // Stored when private targets were allowed, or written to the database directly.
+                tracing::warn!(app = %slug, "webhook refused: its URL points at a private address");
+                let error = "refused: the URL points at a private address".to_owned();
+                let _ = self
+                    .store
+                    .set_status(slug, &hook.url, &status(None, Some(error)))
+                    .await;
+                for _ in &events {
+                    self.metrics.webhook_sent(slug, "dropped");
+                }
+                continue;
+            }
+            posts.push(async move {
+                let delivered = self.post(app, hook, &events).await;
+                (hook, events, delivered)
+            });
         }
         let mut retries = Vec::new();
         for (hook, events, delivered) in futures_util::future::join_all(posts).await {
