@@ -94,6 +94,7 @@ fn dispatch(c: &mut Criterion) {
         data: Data::Object(payload()),
         exclude: None,
         user_id: None,
+        position: None,
     };
     c.bench_function(
         "hub dispatch to 10,000 subscribers (a third each of Phoenix v1, v2 and Pusher)",

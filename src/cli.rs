@@ -85,6 +85,14 @@ enum AppsCommand {
     Show { slug: String },
     /// Replace an app's webhooks (JSON list of {"url", "events"}; '[]' removes them all).
     Webhooks { slug: String, webhooks: String },
+    /// Set how many events each channel of an app keeps for recovery and late joiners (0: none).
+    History {
+        slug: String,
+        size: u32,
+        /// How long a channel's history outlives its latest event.
+        #[arg(long)]
+        ttl_secs: Option<u32>,
+    },
     /// Delete one app.
     Delete { slug: String },
 }
@@ -281,6 +289,8 @@ async fn seed(registry: &dyn AppRegistry) -> Result<(), CliError> {
                     allowed_origins: Vec::new(),
                     max_presence_members: crate::domain::app::DEFAULT_PRESENCE_MEMBERS,
                     webhooks: Vec::new(),
+                    history_size: 0,
+                    history_ttl_secs: crate::domain::app::DEFAULT_HISTORY_TTL_SECS,
                 })
                 .await?
         }
@@ -303,22 +313,26 @@ async fn apps(
                 fields.insert("webhooks".to_owned(), webhooks.into());
             }
             let new_app = AppParams::from_map(fields)
-                .into_new_app(config.webhooks.rules())
+                .into_new_app(config.app_rules())
                 .map_err(|e| CliError::Invalid(json!({ "errors": e }).to_string()))?;
             json!({ "data": registry.insert(&new_app).await? })
         }
         AppsCommand::Webhooks { slug, webhooks } => {
             let mut fields = serde_json::Map::new();
             fields.insert("webhooks".to_owned(), webhooks.into());
-            let changes = AppParams::from_map(fields)
-                .into_changes(config.webhooks.rules())
-                .map_err(|e| CliError::Invalid(json!({ "errors": e }).to_string()))?;
-            let app = registry
-                .update(&slug, &changes)
-                .await?
-                .ok_or_else(|| CliError::NotFound(slug.clone()))?;
-            announce_change(config, &slug, false).await?;
-            json!({ "data": app })
+            change(config, registry, &slug, fields).await?
+        }
+        AppsCommand::History {
+            slug,
+            size,
+            ttl_secs,
+        } => {
+            let mut fields = serde_json::Map::new();
+            fields.insert("history_size".to_owned(), size.into());
+            if let Some(ttl) = ttl_secs {
+                fields.insert("history_ttl_secs".to_owned(), ttl.into());
+            }
+            change(config, registry, &slug, fields).await?
         }
         AppsCommand::Show { slug } => {
             let app = registry.by_slug(&slug).await?;
@@ -338,6 +352,24 @@ async fn apps(
 
 /// Running nodes cache apps: tell them of a change, as the admin API does. (A new app needs no
 /// announcement: nodes never cache a miss.)
+/// Applies admin-style `fields` to app `slug` and tells the running nodes.
+async fn change(
+    config: &Config,
+    registry: &dyn AppRegistry,
+    slug: &str,
+    fields: serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Value, CliError> {
+    let changes = AppParams::from_map(fields)
+        .into_changes(config.app_rules())
+        .map_err(|e| CliError::Invalid(json!({ "errors": e }).to_string()))?;
+    let app = registry
+        .update(slug, &changes)
+        .await?
+        .ok_or_else(|| CliError::NotFound(slug.to_owned()))?;
+    announce_change(config, slug, false).await?;
+    Ok(json!({ "data": app }))
+}
+
 async fn announce_change(config: &Config, slug: &str, close: bool) -> Result<(), CliError> {
     if let Some(bus) = RedisBusConfig::from_config(&config.redis) {
         let control = Control::AppChanged {

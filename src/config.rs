@@ -36,6 +36,7 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub longpoll: LongPollConfig,
     pub webhooks: WebhooksConfig,
+    pub history: HistoryConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -237,6 +238,46 @@ impl WebhooksConfig {
     }
 }
 
+/// Channel history, which apps switch on with `history_size`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// The largest `history_size` an app may set (events kept per channel).
+    pub max_size: u32,
+    /// The longest `history_ttl_secs` an app may set.
+    pub max_ttl_secs: u32,
+    /// How long a channel's offset and epoch outlive its events, so that a client returning
+    /// later is told its position is gone instead of being handed a fresh history.
+    pub meta_ttl_secs: u32,
+    /// How long a Pusher cache channel keeps its last event.
+    pub cache_ttl_secs: u32,
+    /// Events one `GET /api/apps/:app_slug/history` returns at most.
+    pub max_read: u32,
+}
+
+impl Config {
+    /// What the validation of an app's fields allows.
+    #[must_use]
+    pub fn app_rules(&self) -> crate::domain::app::Rules {
+        crate::domain::app::Rules {
+            webhooks: self.webhooks.rules(),
+            history: self.history.bounds(),
+        }
+    }
+}
+
+impl HistoryConfig {
+    #[must_use]
+    pub fn bounds(&self) -> crate::domain::history::Bounds {
+        crate::domain::history::Bounds {
+            max_size: self.max_size,
+            max_ttl_secs: self.max_ttl_secs,
+            meta_ttl_secs: self.meta_ttl_secs,
+            cache_ttl_secs: self.cache_ttl_secs,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -331,6 +372,13 @@ impl Default for Config {
                 max_in_flight: 1000,
                 max_queue: 100_000,
                 claim_idle_ms: 30_000,
+            },
+            history: HistoryConfig {
+                max_size: 1000,
+                max_ttl_secs: 86_400,
+                meta_ttl_secs: 86_400,
+                cache_ttl_secs: 1800,
+                max_read: 1000,
             },
             metrics: MetricsConfig {
                 listen: None,
@@ -492,7 +540,8 @@ impl Config {
         let as_u64 = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
         let p = &self.pusher;
         let w = &self.webhooks;
-        let ranges: [(&str, u64, u64, u64); 47] = [
+        let h = &self.history;
+        let ranges: [(&str, u64, u64, u64); 52] = [
             ("server.drain_delay_ms", s.drain_delay_ms, 0, DAY_MS),
             (
                 "server.shutdown_timeout_ms",
@@ -664,6 +713,26 @@ impl Config {
             ),
             ("webhooks.max_queue", as_u64(w.max_queue), 1, 100_000_000),
             ("webhooks.claim_idle_ms", w.claim_idle_ms, 1000, DAY_MS),
+            ("history.max_size", u64::from(h.max_size), 0, 100_000),
+            (
+                "history.max_ttl_secs",
+                u64::from(h.max_ttl_secs),
+                1,
+                30 * DAY_SECS,
+            ),
+            (
+                "history.meta_ttl_secs",
+                u64::from(h.meta_ttl_secs),
+                1,
+                365 * DAY_SECS,
+            ),
+            (
+                "history.cache_ttl_secs",
+                u64::from(h.cache_ttl_secs),
+                1,
+                30 * DAY_SECS,
+            ),
+            ("history.max_read", u64::from(h.max_read), 1, 100_000),
             (
                 "metrics.max_app_labels",
                 as_u64(self.metrics.max_app_labels),

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::bus::{Bus, BusError};
 use crate::domain::app::App;
 use crate::domain::event::Event;
+use crate::domain::history::{Position, message_ref};
 use crate::domain::topic::{app_of, channel_of};
 use crate::metrics::Metrics;
 use crate::presence::{TopicChange, TopicSnapshot};
@@ -30,6 +31,9 @@ pub type ConnId = u64;
 pub enum Outbound {
     /// A ready-to-send broadcast frame.
     Frame(Utf8Bytes),
+    /// A broadcast frame of a topic with history, and its position there: a session that has
+    /// just replayed the history drops what it already sent.
+    Stamped(Utf8Bytes, Arc<Stamp>),
     /// The topic's app was deactivated or deleted: send `phx_close` and drop the channel.
     Close { topic: String },
     /// The topic's app changed (secret, origins, switches): check the channel's rights
@@ -41,6 +45,13 @@ pub enum Outbound {
     Presence(Arc<TopicChange>),
     /// A fresh membership of a presence channel, fetched by the session itself.
     PresenceSync(Box<TopicSnapshot>),
+}
+
+/// Where a broadcast stands in its topic's history.
+#[derive(Debug)]
+pub struct Stamp {
+    pub topic: String,
+    pub position: Position,
 }
 
 /// The hub's handle on one connection.
@@ -227,6 +238,12 @@ impl Hub {
             return;
         };
         let excluded = event.exclude.as_deref().and_then(|id| self.local_conn(id));
+        let stamp = event.position.as_ref().map(|position| {
+            Arc::new(Stamp {
+                topic: event.topic.clone(),
+                position: position.clone(),
+            })
+        });
         let mut frames: [Option<Utf8Bytes>; Wire::COUNT] = [None, None, None];
         let (mut delivered, mut slow, mut closed) = (0, 0, 0);
         for (conn, subscriber) in subscribers {
@@ -236,7 +253,11 @@ impl Hub {
             let frame = frames[subscriber.wire.index()]
                 .get_or_insert_with(|| Utf8Bytes::from(encode(subscriber.wire, event)))
                 .clone();
-            match subscriber.tx.try_send(Outbound::Frame(frame)) {
+            let outbound = match &stamp {
+                None => Outbound::Frame(frame),
+                Some(stamp) => Outbound::Stamped(frame, stamp.clone()),
+            };
+            match subscriber.tx.try_send(outbound) {
                 Ok(()) => delivered += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     slow += 1;
@@ -258,13 +279,19 @@ impl Hub {
     }
 }
 
-/// An event as one wire format's frame.
-fn encode(wire: Wire, event: &Event) -> String {
+/// An event as one wire format's frame. On Phoenix, an event with a history position carries
+/// its offset as the message ref.
+#[must_use]
+pub fn encode(wire: Wire, event: &Event) -> String {
     match wire {
         Wire::Phoenix(vsn) => phoenix::encode_raw(
             vsn,
             None,
-            None,
+            event
+                .position
+                .as_ref()
+                .map(|p| message_ref(p.offset))
+                .as_deref(),
             &event.topic,
             &event.event,
             &event.data.phoenix_payload(),

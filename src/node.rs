@@ -4,11 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::bus::{Bus, BusSink, Control};
+use crate::bus::{Bus, BusError, BusSink, Control};
 use crate::config::Config;
 use crate::control::NodeSink;
 use crate::directory::NodeDirectory;
 use crate::domain::app::App;
+use crate::domain::event::Event;
+use crate::domain::history::{Keep, Position};
+use crate::domain::topic::Topic;
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::presence::PresenceStore;
@@ -68,6 +71,22 @@ impl NodeState {
     #[must_use]
     pub fn next_conn_id(&self) -> ConnId {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// What `topic` of `app` keeps in its history, if anything.
+    #[must_use]
+    pub fn keep(&self, app: &App, topic: &Topic) -> Option<Keep> {
+        Keep::of(app, topic, self.config.history.bounds())
+    }
+
+    /// Publishes an event of `app`, stored in its topic's history when the topic keeps one;
+    /// returns its position there.
+    ///
+    /// # Errors
+    /// The bus could not publish it; nothing was stored either.
+    pub async fn publish(&self, app: &App, event: &Event) -> Result<Option<Position>, BusError> {
+        let keep = Topic::parse(&event.topic).and_then(|topic| self.keep(app, &topic));
+        self.bus.publish(event, keep).await
     }
 
     /// After an admin write, tells every node to drop its cached copy of the app, and to close

@@ -36,6 +36,8 @@ fn new_app(name: &str, slug: &str) -> NewApp {
         allowed_origins: vec!["https://a.example".to_owned()],
         max_presence_members: 100,
         webhooks: Vec::new(),
+        history_size: 0,
+        history_ttl_secs: pushlite::domain::app::DEFAULT_HISTORY_TTL_SECS,
     }
 }
 

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::event::Event;
+use crate::domain::history::{Keep, Page, Position, Read};
 use crate::presence::TopicChange;
 
 pub use local::LocalBus;
@@ -48,11 +49,21 @@ pub trait BusSink: Send + Sync + 'static {
     fn presence(&self, change: TopicChange);
 }
 
-/// The fan-out seam, at the topic level (topics are `channel:app_slug`).
+/// The fan-out seam, at the topic level (topics are `channel:app_slug`), and the history of the
+/// topics that keep one.
 ///
 /// Contract, for every implementation:
 /// - `publish` returns `Ok` only once the transport has accepted the event; every node
 ///   subscribed to the topic at that moment will then hand it to its sink exactly once;
+/// - with `keep`, publishing also stores the event in the topic's history, in one atomic step:
+///   the event is given the next offset of the topic (under the topic's epoch, made anew when
+///   its history was lost), the history is trimmed to `keep.size` events and lives
+///   `keep.ttl_secs` after this event, and what the sinks receive carries that position. Events
+///   of one topic are stored and delivered in offset order, whichever node publishes them. The
+///   returned position is the stored one. Without `keep`, nothing is stored anywhere;
+/// - `history` reads a topic's history atomically (the events and the position of the latest
+///   one are of the same moment); reading a topic that has none starts its epoch, at offset 0,
+///   so that a later recovery can tell that nothing was missed;
 /// - events of one topic published by one node reach each sink in publish order;
 /// - `subscribe` returns once events for those topics are being received; `unsubscribe` stops
 ///   them. Both take batches and are idempotent. Callers serialize them (the hub's subscription
@@ -62,7 +73,12 @@ pub trait BusSink: Send + Sync + 'static {
 /// - `ready` says whether `publish` can currently succeed with that guarantee.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    async fn publish(&self, event: &Event) -> Result<(), BusError>;
+    async fn publish(
+        &self,
+        event: &Event,
+        keep: Option<Keep>,
+    ) -> Result<Option<Position>, BusError>;
+    async fn history(&self, topic: &str, keep: Keep, read: Read) -> Result<Page, BusError>;
     async fn publish_control(&self, control: &Control) -> Result<(), BusError>;
     async fn subscribe(&self, topics: &[String]) -> Result<(), BusError>;
     async fn unsubscribe(&self, topics: &[String]) -> Result<(), BusError>;

@@ -10,6 +10,13 @@
 //! `redis-cluster://` URL, sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) keeps each message on the
 //! shard that owns its channel.
 //!
+//! An event of a topic with history is stored and published by one script
+//! (`history_publish.lua`): the topic's offset and epoch live in the hash
+//! `pushlite:history:{TOPIC}:meta`, its last events in the stream `pushlite:history:{TOPIC}:events`
+//! (entry id = offset), and the published envelope starts with `"offset"` and `"epoch"`. The
+//! hash tag puts both keys in the slot of the topic's channel, so the script runs on the shard
+//! that publishes it.
+//!
 //! After any reconnect, publishing is refused for a grace period: a restarted Redis has
 //! forgotten every node's subscriptions, and nodes reconnect with a backoff capped below that
 //! grace, so once it has passed every live node has re-subscribed.
@@ -25,6 +32,7 @@ use fred::prelude::{
     ReconnectPolicy,
 };
 use fred::types::config::Options;
+use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -32,6 +40,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{Bus, BusError, BusSink, Control};
 use crate::domain::event::{Data, Event, is_reserved};
+use crate::domain::history::{Keep, Page, Position, Read, new_epoch};
 use crate::metrics::Metrics;
 use crate::presence::{Change, TopicChange};
 
@@ -82,6 +91,30 @@ struct EventEnvelope<'a> {
     socket_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     user_id: Option<String>,
+    /// The event's place in its topic's history: written by `history_publish.lua` only.
+    #[serde(default, skip_serializing)]
+    offset: Option<u64>,
+    #[serde(default, skip_serializing)]
+    epoch: Option<String>,
+}
+
+impl<'a> EventEnvelope<'a> {
+    fn new(event: &'a Event) -> EventEnvelope<'a> {
+        let (payload, data) = match &event.data {
+            Data::Object(payload) => (Some(&**payload), None),
+            Data::Pusher(data) => (None, Some(&**data)),
+        };
+        EventEnvelope {
+            v: ENVELOPE_VERSION,
+            event: event.event.clone(),
+            payload,
+            data,
+            socket_id: event.exclude.clone(),
+            user_id: event.user_id.clone(),
+            offset: None,
+            epoch: None,
+        }
+    }
 }
 
 impl EventEnvelope<'_> {
@@ -97,12 +130,17 @@ impl EventEnvelope<'_> {
             (None, Some(data)) => Data::Pusher(data.to_owned()),
             _ => return None,
         };
+        let position = self
+            .offset
+            .zip(self.epoch)
+            .map(|(offset, epoch)| Position { offset, epoch });
         Some(Event {
             topic: topic.to_owned(),
             event: self.event,
             data,
             exclude: self.socket_id,
             user_id: self.user_id,
+            position,
         })
     }
 }
@@ -148,10 +186,24 @@ impl Health {
 pub struct RedisBus {
     metrics: Metrics,
     publisher: Client,
+    scripts: Scripts,
     subscriber: SubscriberClient,
     sharded: bool,
     grace: Duration,
     health: Arc<Health>,
+}
+
+struct Scripts {
+    publish: Script,
+    read: Script,
+}
+
+/// The keys of a topic's history: its events and its meta.
+fn history_keys(topic: &str) -> Vec<String> {
+    vec![
+        format!("pushlite:history:{{{topic}}}:events"),
+        format!("pushlite:history:{{{topic}}}:meta"),
+    ]
 }
 
 fn unavailable(e: &fred::error::Error) -> BusError {
@@ -195,6 +247,10 @@ impl RedisBus {
         let bus = RedisBus {
             metrics,
             publisher,
+            scripts: Scripts {
+                publish: Script::from_lua(include_str!("history_publish.lua")),
+                read: Script::from_lua(include_str!("history_read.lua")),
+            },
             subscriber,
             sharded,
             grace: config.resubscribe_grace,
@@ -302,9 +358,6 @@ impl RedisBus {
         });
     }
 
-    /// Publishes only when the bus is settled, and reports failure for a publish that a
-    /// reconnect overtook: fred may hold a command written just before a connection dropped and
-    /// send it on the next connection, to a Redis whose subscribers are not back yet.
     /// The publisher connection, for the node directory and the presence store to share.
     #[must_use]
     pub fn client(&self) -> Client {
@@ -318,6 +371,27 @@ impl RedisBus {
     }
 
     async fn send(&self, channel: &str, message: String) -> Result<(), BusError> {
+        let sharded = self.sharded;
+        self.fenced(channel, |publisher| async move {
+            if sharded {
+                publisher.spublish::<i64, _, _>(channel, message).await
+            } else {
+                publisher.publish::<i64, _, _>(channel, message).await
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Runs `publish` on a connection that never retries, only when the bus is settled, and
+    /// reports failure for a publish that a reconnect overtook: fred may hold a command written
+    /// just before a connection dropped and send it on the next connection, to a Redis whose
+    /// subscribers are not back yet.
+    async fn fenced<T, F, Fut>(&self, channel: &str, publish: F) -> Result<T, BusError>
+    where
+        F: FnOnce(fred::clients::WithOptions<Client>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, fred::error::Error>>,
+    {
         self.ready()?;
         let epoch = self.health.epoch.load(Ordering::SeqCst);
         let publisher = self.publisher.with_options(&Options {
@@ -326,12 +400,9 @@ impl RedisBus {
             ..Options::default()
         });
         let started = Instant::now();
-        let result: Result<i64, _> = if self.sharded {
-            publisher.spublish(channel, message).await
-        } else {
-            publisher.publish(channel, message).await
-        };
-        result.map_err(|e| unavailable(&e))?;
+        let published = publish(publisher.clone())
+            .await
+            .map_err(|e| unavailable(&e))?;
         // The fence: Redis answers PUBLISH before it has written the message to the
         // subscribers' sockets, and a crash in between loses it. A later command on the same
         // connection (routed by the channel's slot, so the same shard) is read in a later
@@ -346,8 +417,106 @@ impl RedisBus {
                 "redis reconnected while publishing; delivery is not guaranteed".to_owned(),
             ));
         }
-        self.ready()
+        self.ready()?;
+        Ok(published)
     }
+
+    /// Stores `event` in its topic's history and publishes it (`history_publish.lua`).
+    async fn publish_kept(&self, event: &Event, keep: Keep) -> Result<Position, BusError> {
+        let envelope = serde_json::to_string(&EventEnvelope::new(event))
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let keys = history_keys(&event.topic);
+        let args = vec![
+            envelope,
+            keep.size.to_string(),
+            keep.ttl_secs.to_string(),
+            keep.meta_ttl_secs.to_string(),
+            new_epoch(),
+            event.topic.clone(),
+            if self.sharded { "spublish" } else { "publish" }.to_owned(),
+        ];
+        let script = &self.scripts.publish;
+        // EVALSHA by hand: fred's script helpers do not take a client with options. The slot
+        // is the first key's (argument 2, after the hash and the key count).
+        let mut command = vec![script.sha1().to_string(), keys.len().to_string()];
+        command.extend(keys);
+        command.extend(args);
+        let evalsha = || CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
+        let loader = self.publisher.clone();
+        let reply: RedisValue = self
+            .fenced(&event.topic, |publisher| async move {
+                match publisher.custom(evalsha(), command.clone()).await {
+                    // Nothing ran: load the script (on every shard) and run it once more.
+                    Err(e) if e.details().starts_with("NOSCRIPT") => {
+                        script.load(&loader).await?;
+                        publisher.custom(evalsha(), command).await
+                    }
+                    other => other,
+                }
+            })
+            .await?;
+        match reply.into_array().as_slice() {
+            [offset, epoch] => match (offset.as_u64(), epoch.as_string()) {
+                (Some(offset), Some(epoch)) => Ok(Position { offset, epoch }),
+                _ => Err(BusError::Unavailable(
+                    "unexpected reply from the history script".to_owned(),
+                )),
+            },
+            _ => Err(BusError::Unavailable(
+                "unexpected reply from the history script".to_owned(),
+            )),
+        }
+    }
+}
+
+/// A history read's reply (`history_read.lua`): `[epoch, top, [[id, [field, value, …]], …],
+/// ttl]`.
+fn page_of(topic: &str, reply: RedisValue) -> Result<Page, BusError> {
+    let malformed = || BusError::Unavailable(format!("unexpected history reply for {topic}"));
+    let mut parts = reply.into_array().into_iter();
+    let (Some(epoch), Some(top), Some(entries), Some(ttl)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(malformed());
+    };
+    let epoch = epoch.as_string().ok_or_else(malformed)?;
+    let top = top.as_u64().ok_or_else(malformed)?;
+    let mut events = Vec::new();
+    for entry in entries.into_array() {
+        let mut entry = entry.into_array().into_iter();
+        let (Some(id), Some(fields)) = (entry.next(), entry.next()) else {
+            return Err(malformed());
+        };
+        let id = id.as_string().ok_or_else(malformed)?;
+        let offset = id
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .ok_or_else(malformed)?;
+        let fields = fields.into_array();
+        let Some(text) = fields.get(1).and_then(RedisValue::as_str) else {
+            return Err(malformed());
+        };
+        // An entry this version cannot read is skipped: the recovery check then sees the gap.
+        let Some(mut event) = serde_json::from_str::<EventEnvelope<'_>>(&text)
+            .ok()
+            .and_then(|envelope| envelope.into_event(topic))
+        else {
+            tracing::warn!(%topic, offset, "skipping an undecodable history entry");
+            continue;
+        };
+        event.position = Some(Position {
+            offset,
+            epoch: epoch.clone(),
+        });
+        events.push(event);
+    }
+    Ok(Page {
+        top: Position { offset: top, epoch },
+        events,
+        // TTL answers -2 for no key and -1 for no expiry; only a count of seconds is one.
+        ttl_secs: ttl.as_i64().and_then(|t| u64::try_from(t).ok()),
+    })
 }
 
 /// A fred builder for `config`, and whether the URL asks for sharded pub/sub (a cluster).
@@ -445,22 +614,43 @@ fn handle_message(sink: &dyn BusSink, channel: &str, value: RedisValue) {
 
 #[async_trait]
 impl Bus for RedisBus {
-    async fn publish(&self, event: &Event) -> Result<(), BusError> {
-        let (payload, data) = match &event.data {
-            Data::Object(payload) => (Some(&**payload), None),
-            Data::Pusher(data) => (None, Some(&**data)),
+    async fn publish(
+        &self,
+        event: &Event,
+        keep: Option<Keep>,
+    ) -> Result<Option<Position>, BusError> {
+        if let Some(keep) = keep {
+            return self.publish_kept(event, keep).await.map(Some);
+        }
+        let text = serde_json::to_string(&EventEnvelope::new(event))
+            .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        self.send(&event.topic, text).await.map(|()| None)
+    }
+
+    async fn history(&self, topic: &str, keep: Keep, read: Read) -> Result<Page, BusError> {
+        let (mode, first, limit) = match read {
+            Read::Top | Read::Last(0) | Read::Since { limit: 0, .. } => ("top", 0, 0),
+            Read::Since { offset, limit } => ("since", offset.saturating_add(1), limit),
+            Read::Last(count) => ("last", u64::from(count), 0),
         };
-        let envelope = EventEnvelope {
-            v: ENVELOPE_VERSION,
-            event: event.event.clone(),
-            payload,
-            data,
-            socket_id: event.exclude.clone(),
-            user_id: event.user_id.clone(),
-        };
-        let text =
-            serde_json::to_string(&envelope).map_err(|e| BusError::Unavailable(e.to_string()))?;
-        self.send(&event.topic, text).await
+        let args = vec![
+            new_epoch(),
+            keep.meta_ttl_secs.to_string(),
+            mode.to_owned(),
+            first.to_string(),
+            limit.to_string(),
+        ];
+        let reply: RedisValue = self
+            .scripts
+            .read
+            .evalsha_with_reload(&self.publisher, history_keys(topic), args)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut page = page_of(topic, reply)?;
+        if mode == "last" {
+            page.events.reverse();
+        }
+        Ok(page)
     }
 
     async fn publish_control(&self, control: &Control) -> Result<(), BusError> {

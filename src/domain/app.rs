@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::history;
 use super::webhook::{self, Webhook};
 
 /// One registered application, as stored and as shown by the admin API.
@@ -27,6 +28,10 @@ pub struct App {
     pub max_presence_members: i32,
     /// Where the app's server hears about occupancy, members and client events.
     pub webhooks: Vec<Webhook>,
+    /// Events each channel keeps for recovery and late joiners; 0 keeps none.
+    pub history_size: i32,
+    /// How long a channel's history outlives its latest event.
+    pub history_ttl_secs: i32,
     pub inserted_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -74,6 +79,8 @@ pub struct NewApp {
     pub allowed_origins: Vec<String>,
     pub max_presence_members: i32,
     pub webhooks: Vec<Webhook>,
+    pub history_size: i32,
+    pub history_ttl_secs: i32,
 }
 
 /// Validated changes to an existing app. A new name always comes with its new slug.
@@ -85,6 +92,8 @@ pub struct AppChanges {
     pub allowed_origins: Option<Vec<String>>,
     pub max_presence_members: Option<i32>,
     pub webhooks: Option<Vec<Webhook>>,
+    pub history_size: Option<i32>,
+    pub history_ttl_secs: Option<i32>,
 }
 
 /// Field name → messages, rendered as Phoenix's `{"errors": {...}}`.
@@ -117,6 +126,23 @@ const ORIGIN_MAX_BYTES: usize = 255;
 pub const DEFAULT_PRESENCE_MEMBERS: i32 = 100;
 /// Beyond this a presence snapshot (sent to every joining member) grows too large to be useful.
 const PRESENCE_MEMBERS_MAX: i32 = 10_000;
+/// An app's `history_ttl_secs` unless it says otherwise (or the configured ceiling is lower).
+pub const DEFAULT_HISTORY_TTL_SECS: i32 = 3600;
+
+/// What the validation of an app's fields allows, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub webhooks: webhook::Rules,
+    pub history: history::Bounds,
+}
+
+impl Rules {
+    /// `history_ttl_secs` of an app created without one.
+    #[must_use]
+    pub fn default_history_ttl(&self) -> i32 {
+        DEFAULT_HISTORY_TTL_SECS.min(i32::try_from(self.history.max_ttl_secs).unwrap_or(i32::MAX))
+    }
+}
 
 /// A fresh random credential: a v4 UUID carries 122 random bits, as the article's
 /// `SecureRandom.uuid` did.
@@ -136,6 +162,8 @@ pub struct AppParams {
     allowed_origins: Option<Value>,
     max_presence_members: Option<Value>,
     webhooks: Option<Value>,
+    history_size: Option<Value>,
+    history_ttl_secs: Option<Value>,
 }
 
 impl AppParams {
@@ -148,6 +176,8 @@ impl AppParams {
             allowed_origins: map.remove("allowed_origins"),
             max_presence_members: map.remove("max_presence_members"),
             webhooks: map.remove("webhooks"),
+            history_size: map.remove("history_size"),
+            history_ttl_secs: map.remove("history_ttl_secs"),
         }
     }
 
@@ -155,7 +185,7 @@ impl AppParams {
     ///
     /// # Errors
     /// Every problem found, by field.
-    pub fn into_new_app(self, rules: webhook::Rules) -> Result<NewApp, ValidationErrors> {
+    pub fn into_new_app(self, rules: Rules) -> Result<NewApp, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let name = match &self.name {
             None | Some(Value::Null) => {
@@ -182,10 +212,19 @@ impl AppParams {
             .map_or(Some(DEFAULT_PRESENCE_MEMBERS), |v| {
                 cast_presence_members(v, &mut errors)
             });
-        let webhooks = self
-            .webhooks
+        let webhooks = self.webhooks.as_ref().map_or(Some(Vec::new()), |v| {
+            cast_webhooks(v, rules.webhooks, &mut errors)
+        });
+        let history_size = self
+            .history_size
             .as_ref()
-            .map_or(Some(Vec::new()), |v| cast_webhooks(v, rules, &mut errors));
+            .map_or(Some(0), |v| cast_history_size(v, rules, &mut errors));
+        let history_ttl_secs = self
+            .history_ttl_secs
+            .as_ref()
+            .map_or(Some(rules.default_history_ttl()), |v| {
+                cast_history_ttl(v, rules, &mut errors)
+            });
         match (
             name,
             active,
@@ -202,6 +241,8 @@ impl AppParams {
                 Some(max_presence_members),
                 Some(webhooks),
             ) if errors.is_empty() => Ok(NewApp {
+                history_size: history_size.unwrap_or(0),
+                history_ttl_secs: history_ttl_secs.unwrap_or(DEFAULT_HISTORY_TTL_SECS),
                 name,
                 slug,
                 key: random_credential(),
@@ -220,7 +261,7 @@ impl AppParams {
     ///
     /// # Errors
     /// Every problem found, by field.
-    pub fn into_changes(self, rules: webhook::Rules) -> Result<AppChanges, ValidationErrors> {
+    pub fn into_changes(self, rules: Rules) -> Result<AppChanges, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let changes = AppChanges {
             name_and_slug: self
@@ -246,7 +287,15 @@ impl AppParams {
             webhooks: self
                 .webhooks
                 .as_ref()
-                .and_then(|v| cast_webhooks(v, rules, &mut errors)),
+                .and_then(|v| cast_webhooks(v, rules.webhooks, &mut errors)),
+            history_size: self
+                .history_size
+                .as_ref()
+                .and_then(|v| cast_history_size(v, rules, &mut errors)),
+            history_ttl_secs: self
+                .history_ttl_secs
+                .as_ref()
+                .and_then(|v| cast_history_ttl(v, rules, &mut errors)),
         };
         if errors.is_empty() {
             Ok(changes)
@@ -314,6 +363,43 @@ fn cast_presence_members(value: &Value, errors: &mut ValidationErrors) -> Option
         Some(n) if (1..=PRESENCE_MEMBERS_MAX).contains(&n) => Some(n),
         _ => {
             errors.add("max_presence_members", "must be an integer from 1 to 10000");
+            None
+        }
+    }
+}
+
+/// An integer, or a form's digits.
+fn cast_int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    }
+}
+
+fn cast_history_size(value: &Value, rules: Rules, errors: &mut ValidationErrors) -> Option<i32> {
+    let max = rules.history.max_size;
+    match cast_int(value).and_then(|n| i32::try_from(n).ok()) {
+        Some(n) if u32::try_from(n).is_ok_and(|n| n <= max) => Some(n),
+        _ => {
+            errors.add(
+                "history_size",
+                &format!("must be an integer from 0 (no history) to {max}"),
+            );
+            None
+        }
+    }
+}
+
+fn cast_history_ttl(value: &Value, rules: Rules, errors: &mut ValidationErrors) -> Option<i32> {
+    let max = rules.history.max_ttl_secs;
+    match cast_int(value).and_then(|n| i32::try_from(n).ok()) {
+        Some(n) if n >= 1 && u32::try_from(n).is_ok_and(|n| n <= max) => Some(n),
+        _ => {
+            errors.add(
+                "history_ttl_secs",
+                &format!("must be an integer from 1 to {max}"),
+            );
             None
         }
     }
@@ -393,10 +479,45 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const RULES: webhook::Rules = webhook::Rules {
-        allow_private_targets: false,
-        max_per_app: 10,
+    const RULES: Rules = Rules {
+        webhooks: webhook::Rules {
+            allow_private_targets: false,
+            max_per_app: 10,
+        },
+        history: history::Bounds {
+            max_size: 1000,
+            max_ttl_secs: 86_400,
+            meta_ttl_secs: 86_400,
+            cache_ttl_secs: 1800,
+        },
     };
+
+    #[test]
+    fn history_settings() {
+        let app = params(json!({"name": "chat-app"}))
+            .into_new_app(RULES)
+            .expect("valid");
+        assert_eq!((app.history_size, app.history_ttl_secs), (0, 3600));
+        let app = params(json!({"name": "chat-app", "history_size": "50", "history_ttl_secs": 60}))
+            .into_new_app(RULES)
+            .expect("valid");
+        assert_eq!((app.history_size, app.history_ttl_secs), (50, 60));
+        let err = params(json!({"name": "chat-app", "history_size": 1001, "history_ttl_secs": 0}))
+            .into_new_app(RULES)
+            .unwrap_err();
+        assert!(err.0.contains_key("history_size") && err.0.contains_key("history_ttl_secs"));
+        let err = params(json!({"history_size": -1, "history_ttl_secs": 86_401}))
+            .into_changes(RULES)
+            .unwrap_err();
+        assert!(err.0.contains_key("history_size") && err.0.contains_key("history_ttl_secs"));
+        let changes = params(json!({"history_size": 0}))
+            .into_changes(RULES)
+            .unwrap();
+        assert_eq!(
+            (changes.history_size, changes.history_ttl_secs),
+            (Some(0), None)
+        );
+    }
 
     fn params(v: Value) -> AppParams {
         match v {
@@ -469,6 +590,8 @@ mod tests {
             allowed_origins: vec![],
             max_presence_members: crate::domain::app::DEFAULT_PRESENCE_MEMBERS,
             webhooks: Vec::new(),
+            history_size: 0,
+            history_ttl_secs: crate::domain::app::DEFAULT_HISTORY_TTL_SECS,
             inserted_at: Utc::now(),
             updated_at: Utc::now(),
         };

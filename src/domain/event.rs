@@ -5,6 +5,8 @@ use std::borrow::Cow;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::history::Position;
+
 /// Longest topic (the article's `topic` parameter) or event name, in bytes.
 pub const NAME_MAX_BYTES: usize = 200;
 
@@ -18,6 +20,9 @@ pub struct Event {
     pub exclude: Option<String>,
     /// The sender's user id, for a client event on a presence channel (Pusher's `user_id`).
     pub user_id: Option<String>,
+    /// Where the event stands in its topic's history, once stored there (topics with history
+    /// only; see [`crate::domain::history`]).
+    pub position: Option<Position>,
 }
 
 /// An event's payload as its producer wrote it. Each protocol renders it once per event:

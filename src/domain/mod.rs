@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod event;
+pub mod history;
 pub mod signature;
 pub mod topic;
 pub mod webhook;

@@ -19,15 +19,17 @@ pub enum Kind {
     MemberAdded,
     MemberRemoved,
     ClientEvent,
+    CacheMiss,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::ChannelOccupied,
         Kind::ChannelVacated,
         Kind::MemberAdded,
         Kind::MemberRemoved,
         Kind::ClientEvent,
+        Kind::CacheMiss,
     ];
 
     #[must_use]
@@ -38,6 +40,7 @@ impl Kind {
             Kind::MemberAdded => "member_added",
             Kind::MemberRemoved => "member_removed",
             Kind::ClientEvent => "client_event",
+            Kind::CacheMiss => "cache_miss",
         }
     }
 
@@ -138,7 +141,7 @@ fn cast_one(item: &Value, rules: Rules) -> Result<Webhook, String> {
     for name in names {
         let kind = Kind::parse(name).ok_or_else(|| {
             format!(
-                "unknown event {name:?}; known: channel_occupied, channel_vacated, member_added, member_removed, client_event"
+                "unknown event {name:?}; known: channel_occupied, channel_vacated, member_added, member_removed, client_event, cache_miss"
             )
         })?;
         if !events.contains(&kind) {
@@ -322,7 +325,7 @@ mod tests {
             json!([{"url": "ftp://a.com/", "events": ["channel_occupied"]}]),
             json!([{"url": "https://a.com/#x", "events": ["channel_occupied"]}]),
             json!([{"url": "https://a.com/", "events": []}]),
-            json!([{"url": "https://a.com/", "events": ["cache_miss"]}]),
+            json!([{"url": "https://a.com/", "events": ["subscription_count"]}]),
             json!([{"url": "https://a.com/", "events": [1]}]),
             json!([{"url": 5, "events": ["client_event"]}]),
             json!([{"url": "https://a.com/", "events": ["client_event"]},

@@ -59,7 +59,7 @@ pub async fn create(
     let body = body.map_err(|r| ApiError::from_body(&r, limit))?;
     let params = AppParams::from_map(body::app_object(&headers, &body)?);
     let new_app = params
-        .into_new_app(state.config.webhooks.rules())
+        .into_new_app(state.config.app_rules())
         .map_err(ApiError::Validation)?;
     let app = state.registry.insert(&new_app).await?;
     tracing::info!(slug = %app.slug, "app created");
@@ -108,7 +108,7 @@ pub async fn update(
     let body = body.map_err(|r| ApiError::from_body(&r, limit))?;
     let params = AppParams::from_map(body::app_object(&headers, &body)?);
     let changes = params
-        .into_changes(state.config.webhooks.rules())
+        .into_changes(state.config.app_rules())
         .map_err(ApiError::Validation)?;
     let app = to_completion(async move {
         let app = state

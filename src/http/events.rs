@@ -13,6 +13,7 @@ use super::auth::{basic_credentials, credentials_match};
 use super::body;
 use super::error::ApiError;
 use super::extract::Slug;
+use crate::domain::app::App;
 use crate::domain::event::{Data, Event, RESERVED, Scope, check_name, event_name, is_reserved};
 use crate::node::NodeState;
 
@@ -22,35 +23,48 @@ pub fn body_limit(payload_limit: usize) -> usize {
     payload_limit.saturating_mul(3).saturating_add(4096)
 }
 
-pub async fn trigger(
-    State(state): State<NodeState>,
-    Slug(slug): Slug,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Some((key, secret)) = basic_credentials(&headers) else {
+/// The active app `slug`, when the request carries its `key:secret` over HTTP Basic.
+///
+/// # Errors
+/// 401 without or with wrong credentials, 404 for no active app.
+pub(super) async fn authenticate(
+    state: &NodeState,
+    slug: &str,
+    headers: &HeaderMap,
+) -> Result<App, ApiError> {
+    let Some((key, secret)) = basic_credentials(headers) else {
         return Err(ApiError::Unauthorized("app key and secret required"));
     };
     let app = state
         .registry
-        .by_slug(&slug)
+        .by_slug(slug)
         .await?
         .filter(|app| app.active)
         .ok_or(ApiError::NotFound("no active app with this slug"))?;
     if !credentials_match((&key, &secret), (&app.key, &app.secret)) {
         return Err(ApiError::Unauthorized("wrong app key or secret"));
     }
+    Ok(app)
+}
+
+pub async fn trigger(
+    State(state): State<NodeState>,
+    Slug(slug): Slug,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let app = authenticate(&state, &slug, &headers).await?;
     let payload_limit = state.config.limits.event_payload_bytes;
     let body = body.map_err(|r| ApiError::from_body(&r, body_limit(payload_limit)))?;
     let fields = body::object(&headers, &body)?;
     let event = parse_event(&slug, fields, payload_limit)?;
-    state
-        .bus
-        .publish(&event)
+    let position = state
+        .publish(&app, &event)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     state.metrics.published(&slug, "http");
-    Ok(Json(json!({})))
+    // On a topic with history, where the event was stored (Centrifugo's publish result).
+    Ok(Json(position.map_or_else(|| json!({}), |p| json!(p))))
 }
 
 fn required<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a str, ApiError> {
@@ -108,5 +122,6 @@ fn parse_event(
         data: Data::Object(payload),
         exclude: None,
         user_id: None,
+        position: None,
     })
 }

@@ -6,6 +6,7 @@ mod body;
 mod error;
 mod events;
 mod extract;
+mod history;
 mod longpoll;
 mod pusher_api;
 pub mod server;
@@ -69,6 +70,7 @@ pub fn router(state: NodeState) -> Router {
             "/api/apps/{app_slug}/events",
             post(events::trigger).layer(DefaultBodyLimit::max(events_limit)),
         )
+        .route("/api/apps/{app_slug}/history", get(history::read))
         .route("/socket/websocket", get(ws::upgrade))
         .route(
             "/socket/longpoll",

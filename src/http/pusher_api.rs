@@ -21,6 +21,7 @@ use super::stats;
 use crate::bus::Control;
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, RESERVED, check_name, is_reserved};
+use crate::domain::history::{Read, is_cache};
 use crate::domain::signature;
 use crate::domain::topic::{ChannelKind, Topic, channel_of};
 use crate::node::NodeState;
@@ -250,19 +251,34 @@ struct Trigger {
 struct Info {
     user_count: bool,
     subscription_count: bool,
+    /// A cache channel's last event: one channel's info only.
+    cache: bool,
 }
 
 impl Info {
+    /// The attributes of several channels (a trigger's, a channel list's).
     fn parse(info: Option<&str>) -> Result<Info> {
+        let parsed = Info::parse_one(info)?;
+        if parsed.cache {
+            return Err(PusherError::bad_request(
+                "cache is only available for one channel: GET /apps/:app_id/channels/:channel",
+            ));
+        }
+        Ok(parsed)
+    }
+
+    /// The attributes of one channel.
+    fn parse_one(info: Option<&str>) -> Result<Info> {
         let mut parsed = Info::default();
         for attribute in info.unwrap_or_default().split(',').map(str::trim) {
             match attribute {
                 "" => {}
                 "user_count" => parsed.user_count = true,
                 "subscription_count" => parsed.subscription_count = true,
+                "cache" => parsed.cache = true,
                 other => {
                     return Err(PusherError::bad_request(format!(
-                        "unknown info attribute {other}: use user_count or subscription_count"
+                        "unknown info attribute {other}: use user_count, subscription_count or cache"
                     )));
                 }
             }
@@ -279,6 +295,11 @@ impl Info {
         if self.user_count && topic.kind() != ChannelKind::Presence {
             return Err(PusherError::bad_request(
                 "user_count is only available for presence channels",
+            ));
+        }
+        if self.cache && !is_cache(topic.channel()) {
+            return Err(PusherError::bad_request(
+                "cache is only available for cache channels",
             ));
         }
         Ok(())
@@ -372,6 +393,7 @@ fn check_trigger(state: &NodeState, app: &App, trigger: Trigger, many: bool) -> 
             data: Data::Pusher(data.clone()),
             exclude: trigger.socket_id.clone(),
             user_id: None,
+            position: None,
         });
     }
     Ok(Checked { events, info })
@@ -416,8 +438,7 @@ fn presence_topics<'a>(info: Info, topics: impl Iterator<Item = &'a String>) -> 
 async fn publish(state: &NodeState, app: &App, events: &[Event]) -> Result<()> {
     for event in events {
         state
-            .bus
-            .publish(event)
+            .publish(app, event)
             .await
             .map_err(|e| PusherError::from(ApiError::Unavailable(e.to_string())))?;
         state.metrics.published(&app.slug, "http");
@@ -544,7 +565,7 @@ fn channel_topic(signed: &Signed) -> Result<Topic> {
 /// `GET /apps/:app_id/channels/:channel`.
 pub async fn channel(State(state): State<NodeState>, signed: Signed) -> Result<Json<Value>> {
     let topic = channel_topic(&signed)?;
-    let info = Info::parse(signed.param("info"))?;
+    let info = Info::parse_one(signed.param("info"))?;
     info.check(&topic)?;
     let count = occupancy(&state, &signed.app)
         .await?
@@ -564,6 +585,24 @@ pub async fn channel(State(state): State<NodeState>, signed: Signed) -> Result<J
     };
     let mut body = info.render(count, members);
     body.insert("occupied".into(), json!(count > 0));
+    // `info.check` allowed cache only for a cache channel, which always keeps its last event.
+    if info.cache
+        && let Some(keep) = state.keep(&signed.app, &topic)
+    {
+        let page = state
+            .bus
+            .history(topic.as_str(), keep, Read::Last(1))
+            .await
+            .map_err(|e| PusherError::from(ApiError::Unavailable(e.to_string())))?;
+        if let Some(event) = page.events.last() {
+            let data: Value =
+                serde_json::from_str(&event.data.pusher_data()).unwrap_or(Value::Null);
+            body.insert(
+                "cache".into(),
+                json!({ "event": event.event, "data": data, "ttl": page.ttl_secs }),
+            );
+        }
+    }
     Ok(Json(Value::Object(body)))
 }
 

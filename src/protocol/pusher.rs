@@ -162,6 +162,15 @@ pub fn subscription_succeeded(channel: &str) -> String {
     )
 }
 
+/// A cache channel had no event to give its new subscriber.
+#[must_use]
+pub fn cache_miss(channel: &str) -> String {
+    format!(
+        "{{\"event\":\"pusher:cache_miss\",\"channel\":{}}}",
+        quoted(channel)
+    )
+}
+
 /// `pusher_internal:subscription_succeeded` of a presence channel: `data` holds the members.
 #[must_use]
 pub fn presence_succeeded(channel: &str, presence: &Value) -> String {

@@ -225,6 +225,8 @@ mod tests {
                 allowed_origins: vec![],
                 max_presence_members: crate::domain::app::DEFAULT_PRESENCE_MEMBERS,
                 webhooks: Vec::new(),
+                history_size: 0,
+                history_ttl_secs: crate::domain::app::DEFAULT_HISTORY_TTL_SECS,
             })
             .await
             .expect("insert");

@@ -30,6 +30,8 @@ struct Row {
     max_presence_members: i32,
     allowed_origins: String,
     webhooks: String,
+    history_size: i32,
+    history_ttl_secs: i32,
     inserted_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -53,6 +55,8 @@ impl TryFrom<Row> for App {
             max_presence_members: r.max_presence_members,
             allowed_origins,
             webhooks,
+            history_size: r.history_size,
+            history_ttl_secs: r.history_ttl_secs,
             inserted_at: r.inserted_at,
             updated_at: r.updated_at,
         })
@@ -141,8 +145,8 @@ impl AppRegistry for SqliteRegistry {
     async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {
         let now = Utc::now();
         let row: Row = sqlx::query_as(concat!(
-            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events, max_presence_members, webhooks) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10) RETURNING ",
+            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events, max_presence_members, webhooks, history_size, history_ttl_secs) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING ",
             columns!()
         ))
         .bind(app.name.clone())
@@ -155,6 +159,8 @@ impl AppRegistry for SqliteRegistry {
         .bind(app.client_events)
         .bind(app.max_presence_members)
         .bind(super::webhooks_json(&app.webhooks))
+        .bind(app.history_size)
+        .bind(app.history_ttl_secs)
         .fetch_one(&self.pool)
         .await
         .map_err(write_error)?;
@@ -171,7 +177,8 @@ impl AppRegistry for SqliteRegistry {
              active = COALESCE(?4, active), allowed_origins = COALESCE(?5, allowed_origins), \
              updated_at = ?6, client_events = COALESCE(?7, client_events), \
              max_presence_members = COALESCE(?8, max_presence_members), \
-             webhooks = COALESCE(?9, webhooks) WHERE slug = ?1 RETURNING ",
+             webhooks = COALESCE(?9, webhooks), history_size = COALESCE(?10, history_size), \
+             history_ttl_secs = COALESCE(?11, history_ttl_secs) WHERE slug = ?1 RETURNING ",
             columns!()
         ))
         .bind(slug.to_owned())
@@ -183,6 +190,8 @@ impl AppRegistry for SqliteRegistry {
         .bind(changes.client_events)
         .bind(changes.max_presence_members)
         .bind(changes.webhooks.as_deref().map(super::webhooks_json))
+        .bind(changes.history_size)
+        .bind(changes.history_ttl_secs)
         .fetch_optional(&self.pool)
         .await
         .map_err(write_error)?;

@@ -22,8 +22,9 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use crate::bus::BusError;
 use crate::domain::app::App;
 use crate::domain::event::Event;
+use crate::domain::history::{Keep, Page, Position, Read};
 use crate::domain::topic::{Topic, app_of};
-use crate::hub::{ConnId, Outbound, Subscriber};
+use crate::hub::{ConnId, Outbound, Stamp, Subscriber};
 use crate::metrics::CloseReason;
 use crate::node::NodeState;
 use crate::presence::{Member, PresenceError, Snapshot, TopicChange, TopicSnapshot};
@@ -235,6 +236,9 @@ pub(crate) struct Core {
     presence: HashMap<String, String>,
     /// Makes each presence entry of this connection unique, even on a channel it re-joins.
     presence_seq: u32,
+    /// Per topic whose history this connection was sent, the newest position it holds:
+    /// broadcasts at or before it, queued while the history was read, are not sent again.
+    floors: HashMap<String, Position>,
 }
 
 impl Core {
@@ -268,7 +272,47 @@ impl Core {
     pub fn exit(&mut self, topic: &str) {
         self.state.hub.leave(topic, self.id);
         self.in_hub.remove(topic);
+        self.floors.remove(topic);
         self.untrack(topic);
+    }
+
+    /// Reads a topic's history; only after [`Core::enter`], so that every later event reaches
+    /// this connection live.
+    pub async fn history(&self, topic: &str, keep: Keep, read: Read) -> Result<Page, BusError> {
+        self.state.bus.history(topic, keep, read).await
+    }
+
+    /// This connection now holds `topic` up to `position` (a history it was sent).
+    pub fn hold_from(&mut self, topic: &str, position: Position) {
+        self.floors.insert(topic.to_owned(), position);
+    }
+
+    /// Whether a broadcast is new to this connection; it then becomes the newest it holds.
+    /// A broadcast of another epoch is new: the history was lost and numbering started again.
+    fn fresh(&mut self, stamp: &Stamp) -> bool {
+        let Some(floor) = self.floors.get_mut(&stamp.topic) else {
+            return true;
+        };
+        if floor.epoch == stamp.position.epoch && stamp.position.offset <= floor.offset {
+            return false;
+        }
+        floor.clone_from(&stamp.position);
+        true
+    }
+
+    /// Sends several frames with one flush.
+    pub async fn send_all(&mut self, frames: Vec<String>) -> Result<(), Close> {
+        let sink = &mut self.sink;
+        let sending = async {
+            for frame in frames {
+                sink.feed(Message::Text(frame.into())).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, sending).await {
+            Ok(sent) => sent.map_err(|_| Close::Gone),
+            Err(_) => Err(Close::SlowConsumer),
+        }
     }
 
     /// Fetches a presence channel's membership in the background and hands it to this session
@@ -393,16 +437,18 @@ impl Core {
 
     /// Publishes a client event, counts it, and queues its webhook when the app has one.
     pub async fn publish_client_event(&self, event: &Event) -> Result<(), BusError> {
-        self.state.bus.publish(event).await?;
-        if let Some(slug) = app_of(&event.topic) {
-            self.state.metrics.published(slug, "client");
-            // The cached registry: no database round trip per event.
-            if let Ok(Some(app)) = self.state.registry.by_slug(slug).await {
-                self.state
-                    .webhooks
-                    .client_event(&app, event, &self.socket_id());
-            }
-        }
+        let slug = app_of(&event.topic).unwrap_or_default();
+        // The cached registry: no database round trip per event.
+        let app = match self.state.registry.by_slug(slug).await {
+            Ok(Some(app)) => app,
+            Ok(None) => return Err(BusError::Unavailable(format!("no app {slug}"))),
+            Err(e) => return Err(BusError::Unavailable(e.to_string())),
+        };
+        self.state.publish(&app, event).await?;
+        self.state.metrics.published(slug, "client");
+        self.state
+            .webhooks
+            .client_event(&app, event, &self.socket_id());
         Ok(())
     }
 }
@@ -576,6 +622,7 @@ fn run<P: Protocol>(
         in_hub: HashSet::new(),
         presence: HashMap::new(),
         presence_seq: 0,
+        floors: HashMap::new(),
         sink,
     };
     serve(core, protocol, rx, stream, kill)
@@ -736,6 +783,7 @@ async fn write_batch<P: Protocol>(
     while let Some(outbound) = next.take() {
         let frame = match outbound {
             Outbound::Frame(frame) => Some(frame),
+            Outbound::Stamped(frame, stamp) => core.fresh(&stamp).then_some(frame),
             Outbound::Close { topic } => protocol
                 .on_notice(core, Notice::Closed(topic))?
                 .map(Utf8Bytes::from),

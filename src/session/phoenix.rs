@@ -10,12 +10,16 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::{Close, Core, Notice, Protocol, Refusal};
+use crate::bus::BusError;
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, RESERVED, check_name, is_reserved};
+use crate::domain::history::{EPOCH_MAX_BYTES, Keep, Page, Position, Read, is_cache};
 use crate::domain::topic::{ChannelKind, Topic};
+use crate::hub;
 use crate::metrics::CloseReason;
 use crate::node::NodeState;
 use crate::presence::{self, Admit, Seen, Snapshot, TopicChange, TopicSnapshot};
+use crate::protocol::Wire;
 use crate::protocol::phoenix::{self, DecodeError, Inbound, Status, Vsn};
 use crate::token;
 
@@ -126,6 +130,13 @@ impl Phoenix {
     async fn join(&mut self, core: &mut Core, message: Inbound) -> Result<(), Close> {
         // V1 joins may omit join_ref; Phoenix then uses the join's ref.
         let join_ref = message.join_ref.clone().or_else(|| message.msg_ref.clone());
+        let wish = match Wish::parse(&message.payload) {
+            Ok(wish) => wish,
+            Err(reason) => {
+                let reply = self.error(&message, join_ref.as_deref(), reason);
+                return core.send(reply).await;
+            }
+        };
         let name = message.topic.clone();
         let rejoin = self.channels.remove(&name);
         if let Some(old) = &rejoin {
@@ -144,9 +155,26 @@ impl Phoenix {
             tracing::warn!(error = %e, topic = %name, "join failed: bus unavailable");
             decision = Err(Refusal::Unavailable);
         }
+        // Read only now that the topic's events reach this connection: what the history lacks
+        // arrives live, and what arrived live meanwhile is dropped (see `Core::hold_from`).
+        let mut replay = None;
+        if let (Ok(grant), Some(topic)) = (&decision, &topic)
+            && let Some(keep) = grant.keep
+        {
+            match Replay::read(core, topic, keep, &wish).await {
+                Ok(read) => replay = Some(read),
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %name, "join failed: history unavailable");
+                    if rejoin.is_none() {
+                        core.exit(&name);
+                    }
+                    decision = Err(Refusal::Unavailable);
+                }
+            }
+        }
         let mut snapshot = None;
         let member = match &mut decision {
-            Ok((_, _, member)) => member.take(),
+            Ok(grant) => grant.member.take(),
             Err(_) => None,
         };
         if let (Some((user_id, user_info, max)), Some(topic)) = (member, &topic) {
@@ -167,7 +195,7 @@ impl Phoenix {
             decision.as_ref().map(|_| ()).map_err(|r| *r),
         );
         match (decision, topic) {
-            (Ok((publish, checked, _)), Some(topic)) => {
+            (Ok(grant), Some(topic)) => {
                 if rejoin.is_none() {
                     core.hold_app(topic.app());
                 }
@@ -176,26 +204,46 @@ impl Phoenix {
                     Channel {
                         join_ref: join_ref.clone(),
                         kind: topic.kind(),
-                        publish,
-                        checked,
+                        publish: grant.publish,
+                        checked: grant.app.updated_at,
                         seen: snapshot.as_ref().map(Snapshot::seen),
                     },
                 );
-                let reply = self.reply(&message, join_ref.as_deref(), Status::Ok, &json!({}));
+                let mut response = json!({});
+                let mut frames = Vec::new();
+                match replay {
+                    Some(replay) => {
+                        if replay.cache_miss {
+                            core.state.webhooks.cache_miss(&grant.app, &name);
+                        }
+                        response = replay.response(wish.since.is_some());
+                        let wire = Wire::Phoenix(self.vsn);
+                        frames.extend(replay.page.events.iter().map(|e| hub::encode(wire, e)));
+                        core.hold_from(&name, replay.page.top);
+                    }
+                    // Nothing is kept on this channel: nothing can be recovered.
+                    None if wish.since.is_some() => response = json!({ "recovered": false }),
+                    None => {}
+                }
+                let reply = self.reply(&message, join_ref.as_deref(), Status::Ok, &response);
                 core.send(reply).await?;
-                match snapshot {
-                    Some(snapshot) => {
-                        let state = phoenix::encode_raw(
+                if let Some(snapshot) = snapshot {
+                    frames.insert(
+                        0,
+                        phoenix::encode_raw(
                             self.vsn,
                             join_ref.as_deref(),
                             None,
                             &name,
                             "presence_state",
                             &snapshot.phoenix_state().to_string(),
-                        );
-                        core.send(state).await
-                    }
-                    None => Ok(()),
+                        ),
+                    );
+                }
+                if frames.is_empty() {
+                    Ok(())
+                } else {
+                    core.send_all(frames).await
                 }
             }
             (decision, _) => {
@@ -215,13 +263,8 @@ impl Phoenix {
         }
     }
 
-    /// Decides a join: the channel's publishing right, the `updated_at` of the app row it was
-    /// decided on and, on a presence channel, the member to add; or the refusal.
-    async fn authorize(
-        &mut self,
-        core: &Core,
-        topic: &Topic,
-    ) -> Result<(Publish, DateTime<Utc>, Option<PendingMember>), Refusal> {
+    /// Decides a join: what the channel is granted, or the refusal.
+    async fn authorize(&mut self, core: &Core, topic: &Topic) -> Result<Grant, Refusal> {
         if self.channels.len() >= core.state.config.limits.channels_per_socket {
             return Err(Refusal::Limit);
         }
@@ -236,7 +279,12 @@ impl Phoenix {
         } else {
             None
         };
-        Ok((publish, app.updated_at, member))
+        Ok(Grant {
+            publish,
+            member,
+            keep: core.state.keep(&app, topic),
+            app,
+        })
     }
 
     /// The presence member the connect token names: its `sub`, and its `presence` claim as info.
@@ -391,6 +439,7 @@ impl Phoenix {
             data: Data::Object(raw),
             exclude: None,
             user_id: None,
+            position: None,
         };
         let reply = match core.publish_client_event(&event).await {
             Ok(()) => self.reply(&message, join_ref.as_deref(), Status::Ok, &json!({})),
@@ -443,6 +492,130 @@ impl Phoenix {
 
 /// A presence member decided at a join: user id, info, and the app's user limit.
 type PendingMember = (String, Option<Box<RawValue>>, usize);
+
+/// What a join is granted.
+struct Grant {
+    publish: Publish,
+    /// On a presence channel, the member to add.
+    member: Option<PendingMember>,
+    /// What the topic keeps in its history, if anything.
+    keep: Option<Keep>,
+    /// The app row the rights were decided on.
+    app: App,
+}
+
+/// What a join asks of the topic's history: its params `since` (recover what was missed after
+/// a position) and `history` (the last N events).
+#[derive(Debug, Default, PartialEq)]
+struct Wish {
+    since: Option<Position>,
+    last: Option<u32>,
+}
+
+impl Wish {
+    /// Reads the join params; anything else in them is the app's and is ignored.
+    fn parse(params: &Value) -> Result<Wish, &'static str> {
+        const SINCE: &str = "since must be {\"offset\": <an integer from 0>, \"epoch\": <the epoch a join reply gave>}";
+        let Value::Object(params) = params else {
+            return Ok(Wish::default());
+        };
+        let since = match params.get("since") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(since)) => {
+                let offset = since.get("offset").and_then(Value::as_u64).ok_or(SINCE)?;
+                let epoch = since.get("epoch").and_then(Value::as_str).ok_or(SINCE)?;
+                if epoch.is_empty() || epoch.len() > EPOCH_MAX_BYTES {
+                    return Err(SINCE);
+                }
+                Some(Position {
+                    offset,
+                    epoch: epoch.to_owned(),
+                })
+            }
+            Some(_) => return Err(SINCE),
+        };
+        let last = match params.get("history") {
+            None | Some(Value::Null) => None,
+            Some(count) => Some(
+                count
+                    .as_u64()
+                    .ok_or("history must be an integer from 0 (the number of last events)")?
+                    .min(u64::from(u32::MAX)),
+            ),
+        };
+        Ok(Wish {
+            since,
+            last: last.and_then(|n| u32::try_from(n).ok()),
+        })
+    }
+}
+
+/// What a join on a topic with history is owed.
+struct Replay {
+    /// Set when the join asked to recover: whether it did.
+    recovered: Option<bool>,
+    /// The events to send after the reply, and the position of the topic's latest event.
+    page: Page,
+    /// A cache channel owed its last event had none (Pusher's `cache_miss`).
+    cache_miss: bool,
+}
+
+impl Replay {
+    /// Reads the history a join is owed. Recovery is all or nothing: a join whose missed
+    /// events are not all kept gets none of them, only the last ones it asked for. A cache
+    /// channel sends its last event to a join that asked nothing else.
+    async fn read(core: &Core, topic: &Topic, keep: Keep, wish: &Wish) -> Result<Replay, BusError> {
+        let cache = is_cache(topic.channel());
+        let last = wish.last.unwrap_or(u32::from(cache)).min(keep.size);
+        let mut recovered = None;
+        if let Some(since) = &wish.since {
+            let read = Read::Since {
+                offset: since.offset,
+                limit: keep.size,
+            };
+            let mut page = core.history(topic.as_str(), keep, read).await?;
+            if page.recovers(since) {
+                return Ok(Replay {
+                    recovered: Some(true),
+                    page,
+                    cache_miss: false,
+                });
+            }
+            if last == 0 {
+                page.events.clear();
+                return Ok(Replay {
+                    recovered: Some(false),
+                    page,
+                    cache_miss: false,
+                });
+            }
+            recovered = Some(false);
+        }
+        let read = if last == 0 {
+            Read::Top
+        } else {
+            Read::Last(last)
+        };
+        let page = core.history(topic.as_str(), keep, read).await?;
+        Ok(Replay {
+            recovered,
+            cache_miss: cache && last > 0 && page.events.is_empty(),
+            page,
+        })
+    }
+
+    /// The join reply: the topic's latest position, and whether recovery worked.
+    fn response(&self, asked_to_recover: bool) -> Value {
+        let mut response = json!({
+            "offset": self.page.top.offset,
+            "epoch": self.page.top.epoch,
+        });
+        if asked_to_recover {
+            response["recovered"] = json!(self.recovered == Some(true));
+        }
+        response
+    }
+}
 
 impl Protocol for Phoenix {
     async fn start(&mut self, _core: &mut Core) -> Result<(), Close> {

@@ -10,11 +10,14 @@ use serde_json::value::RawValue;
 use super::{Close, Core, Notice, Protocol, Refusal};
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, check_name};
+use crate::domain::history::{Read, is_cache};
 use crate::domain::signature;
 use crate::domain::topic::{ChannelKind, ChannelNameError, Topic, USER_CHANNEL_PREFIX, channel_of};
+use crate::hub;
 use crate::metrics::CloseReason;
 use crate::node::NodeState;
 use crate::presence::{self, Admit, Seen, TopicSnapshot};
+use crate::protocol::Wire;
 use crate::protocol::pusher::{self, ChannelData, Inbound, Signin, Subscribe};
 
 /// What the upgrade request told us about the client.
@@ -132,6 +135,26 @@ impl Pusher {
             tracing::warn!(error = %e, %topic, "subscription failed: bus unavailable");
             decision = Err(Refusal::Unavailable);
         }
+        // A cache channel's last event, read once the channel's events reach this connection
+        // (see `Core::hold_from`).
+        let keep = self
+            .app
+            .as_ref()
+            .and_then(|app| core.state.keep(app, &topic));
+        let mut cached = None;
+        if decision.is_ok()
+            && is_cache(topic.channel())
+            && let Some(keep) = keep
+        {
+            match core.history(topic.as_str(), keep, Read::Last(1)).await {
+                Ok(page) => cached = Some(page),
+                Err(e) => {
+                    tracing::warn!(error = %e, %topic, "subscription failed: cache unavailable");
+                    core.exit(topic.as_str());
+                    decision = Err(Refusal::Unavailable);
+                }
+            }
+        }
         let mut presence = None;
         if decision.is_ok()
             && let Some((user_id, user_info)) = member
@@ -169,7 +192,20 @@ impl Pusher {
                         presence,
                     },
                 );
-                core.send(frame).await
+                let Some(page) = cached else {
+                    return core.send(frame).await;
+                };
+                let last = match page.events.last() {
+                    Some(event) => hub::encode(Wire::Pusher, event),
+                    None => {
+                        if let Some(app) = &self.app {
+                            core.state.webhooks.cache_miss(app, topic.as_str());
+                        }
+                        pusher::cache_miss(&channel)
+                    }
+                };
+                core.hold_from(topic.as_str(), page.top);
+                core.send_all(vec![frame, last]).await
             }
             Err(refusal) => {
                 let (kind, message, status) = match refusal {
@@ -346,6 +382,7 @@ impl Pusher {
             data: Data::Pusher(data),
             exclude: Some(self.socket_id.clone()),
             user_id,
+            position: None,
         };
         if let Err(e) = core.publish_client_event(&event).await {
             tracing::warn!(error = %e, "client event not published");

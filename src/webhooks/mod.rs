@@ -206,6 +206,7 @@ pub trait WebhookStore: Send + Sync + 'static {
 /// [`Webhooks::occupancy`]): it can never be dropped, and a flap between two reads is no change.
 enum Report {
     Member(MemberEdge),
+    /// An event queued as it is (a client event, a cache miss).
     Client {
         app: String,
         event: String,
@@ -323,6 +324,24 @@ impl Webhooks {
         if let (Some(user_id), Value::Object(fields)) = (&event.user_id, &mut body) {
             fields.insert("user_id".to_owned(), Value::String(user_id.clone()));
         }
+        self.send(Report::Client {
+            app: app.slug.clone(),
+            event: body.to_string(),
+        });
+    }
+}
+
+impl Webhooks {
+    /// Queues a `cache_miss` webhook (a subscriber of a cache channel found no event to
+    /// replay) if the app has one that wants it.
+    pub fn cache_miss(&self, app: &App, topic: &str) {
+        if !any_wants(&app.webhooks, &[Kind::CacheMiss]) {
+            return;
+        }
+        let body = json!({
+            "name": Kind::CacheMiss.as_str(),
+            "channel": channel_of(topic).unwrap_or(topic),
+        });
         self.send(Report::Client {
             app: app.slug.clone(),
             event: body.to_string(),
