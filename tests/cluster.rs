@@ -465,6 +465,62 @@ async fn redis_cluster_uses_sharded_pubsub() {
     drop(second);
     let diff = first.recv_event("presence_diff").await;
     assert!(diff.payload["leaves"]["u2"].is_object(), "{diff:?}");
+
+    // history: one script stores and publishes, on the shard of the channel's hash tag
+    let patched = nodes[0]
+        .admin(reqwest::Method::PATCH, "/api/admin/apps/shard-app")
+        .json(&json!({"app": {"history_size": 5}}))
+        .send()
+        .await
+        .expect("update");
+    assert_eq!(patched.status(), 200);
+    // Every node has dropped its cached copy once the change was announced (within a second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let response: Value = nodes[1]
+            .http
+            .post(nodes[1].url("/api/apps/shard-app/events"))
+            .basic_auth(app["key"].as_str().unwrap(), app["secret"].as_str())
+            .json(&json!({"topic": "t", "event": "e", "scope": "public", "payload": {"n": 8}}))
+            .send()
+            .await
+            .expect("trigger")
+            .json()
+            .await
+            .expect("JSON");
+        let kept = response["offset"].is_u64();
+        // The frames of this trigger reach both clients either way.
+        for client in [&mut a, &mut b] {
+            let frame = client.recv_event("t:e").await;
+            assert_eq!(frame.payload, json!({"n": 8}));
+            assert_eq!(
+                frame.msg_ref,
+                json!(kept.then(|| format!("+{}", response["offset"])))
+            );
+        }
+        if kept {
+            break;
+        }
+        assert!(Instant::now() < deadline, "history never switched on");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut late = phx::connect(nodes[0].addr, Vsn::V2, "", None).await;
+    let r = late.make_ref();
+    late.push(
+        Some(&r),
+        &r,
+        "public:shard-app",
+        "phx_join",
+        json!({"history": 1}),
+    )
+    .await;
+    let reply = late.recv_reply(&r).await;
+    assert_eq!(reply.payload["response"]["offset"], 1, "{reply:?}");
+    let replayed = late.recv_event("t:e").await;
+    assert_eq!(
+        (replayed.payload, replayed.msg_ref),
+        (json!({"n": 8}), json!("+1"))
+    );
 }
 
 #[tokio::test]

@@ -23,12 +23,13 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
 const JS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/js");
-const ALL_EVENTS: [&str; 5] = [
+const ALL_EVENTS: [&str; 6] = [
     "channel_occupied",
     "channel_vacated",
     "member_added",
     "member_removed",
     "client_event",
+    "cache_miss",
 ];
 
 fn unique(prefix: &str) -> String {
@@ -378,6 +379,62 @@ async fn embedded_mode_delivers_occupancy_and_batched_client_events() {
     assert_eq!(shown["webhooks"][0]["last_status"], 200);
     assert!(metric(&node, &["pushlite_webhooks_sent_total", "result=\"ok\""]).await >= 3.0);
     assert!(metric(&node, &["pushlite_webhook_delivery_seconds_count"]).await >= 5.0);
+}
+
+/// A subscriber of an empty cache channel is told `pusher:cache_miss`, and so is the app's
+/// server (both protocols); once the channel has an event, no more misses.
+#[tokio::test]
+async fn cache_misses_reach_the_app_server() {
+    let node = &nodes(1, &common::redis_url(), |_| {}).await[0];
+    let (app, mut receiver) = hooked_app(node).await;
+    let slug = app["slug"].as_str().unwrap();
+    let mut client = pusher::connect(node.addr, app["key"].as_str().unwrap()).await;
+    client.subscribed("cache-quotes", None).await;
+    let miss = client.recv().await;
+    assert_eq!(
+        miss,
+        json!({"event": "pusher:cache_miss", "channel": "cache-quotes"})
+    );
+    let mut phoenix = common::phx::connect(node.addr, common::phx::Vsn::V2, "", None).await;
+    let (_, reply) = phoenix.join(&format!("cache-board:{slug}")).await;
+    assert_eq!(reply.payload["response"]["offset"], 0, "{reply:?}");
+    let events = receiver
+        .until(Duration::from_secs(10), |e| {
+            count(e, "cache_miss", "cache-quotes") == 1
+                && count(e, "cache_miss", "cache-board") == 1
+        })
+        .await;
+    let miss = events.iter().find(|e| e["name"] == "cache_miss").unwrap();
+    assert_eq!(
+        miss.as_object().unwrap().len(),
+        3,
+        "name, channel and _id: {miss}"
+    );
+    let path = format!("/apps/{}/events", app["id"]);
+    let body = r#"{"name":"quote","channel":"cache-quotes","data":"{}"}"#;
+    let query = pusher::signed_query(
+        app["key"].as_str().unwrap(),
+        app["secret"].as_str().unwrap(),
+        "POST",
+        &path,
+        &[],
+        body.as_bytes(),
+        chrono::Utc::now().timestamp(),
+    );
+    let triggered = node
+        .http
+        .post(node.url(&format!("{path}?{query}")))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("trigger");
+    assert_eq!(triggered.status(), 200);
+    let mut late = pusher::connect(node.addr, app["key"].as_str().unwrap()).await;
+    late.subscribed("cache-quotes", None).await;
+    assert_eq!(late.recv().await["event"], "quote");
+    let more = receiver.quiet(Duration::from_millis(500)).await;
+    assert_eq!(count(&more, "cache_miss", "cache-quotes"), 0, "{more:?}");
 }
 
 /// pusher-js on node A and phoenix.js on node B (one user on a presence channel too), a raw
