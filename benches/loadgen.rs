@@ -8,7 +8,7 @@
 //! deliveries per second, losses and duplicates, errors, connect time and the server's RSS.
 //!
 //! ```sh
-//! cargo bench --bench loadgen -- [--peers] [--only pushlite-pusher,soketi] [--scenario all|fanout|topics|idle|trigger|cross-node] [--quick]
+//! cargo bench --bench loadgen -- [--peers] [--only pushlite-pusher,soketi] [--scenario all|fanout|topics|idle|trigger|cross-node|history] [--quick]
 //! ```
 //! Results: `target/bench/results.json` and `target/bench/results.md`.
 
@@ -46,6 +46,7 @@ enum ScenarioArg {
     Idle,
     Trigger,
     CrossNode,
+    History,
 }
 
 #[derive(Parser, Debug)]
@@ -911,50 +912,90 @@ async fn idle(peer: Peer, sizes: &Sizes, http: &reqwest::Client) -> Value {
            "kib_per_connection": ((after.saturating_sub(before)) as f64 / sizes.idle as f64 * 10.0).round() / 10.0})
 }
 
-/// (d) trigger throughput: as many HTTP events as the server accepts, keep-alive where offered.
-async fn trigger(peer: Peer, sizes: &Sizes, http: &reqwest::Client) -> Value {
-    let mut server = Server::start(peer, None, None).await;
-    server.prepare_targets(1, http).await;
-    let subs = subscribe(&server, 1, 1, true).await;
+/// What a closed loop of triggers measured.
+struct Hammered {
+    accepted: u64,
+    failed: u64,
+    took: Duration,
+    /// Request latency of accepted triggers, µs.
+    latency: Histogram<u64>,
+}
+
+impl Hammered {
+    fn per_sec(&self) -> f64 {
+        (self.accepted as f64 / self.took.as_secs_f64()).round()
+    }
+}
+
+/// `concurrency` workers, each sending its next trigger as soon as the last one is answered,
+/// for `length`.
+async fn hammer(
+    http: &reqwest::Client,
+    server: &Server,
+    target: &Target,
+    concurrency: u64,
+    length: Duration,
+) -> Hammered {
     let stop = Arc::new(AtomicBool::new(false));
-    let accepted = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
-    for w in 0..64u64 {
-        let (http, target, addr, stop, accepted, failed) = (
+    for w in 0..concurrency {
+        let (http, target, addr, peer, stop) = (
             http.clone(),
-            server.targets[0].clone(),
+            target.clone(),
             server.addr,
+            server.peer,
             stop.clone(),
-            accepted.clone(),
-            failed.clone(),
         );
         workers.push(tokio::spawn(async move {
             let mut seq = w << 40;
+            let (mut accepted, mut failed) = (0, 0);
+            let mut latency = Histogram::<u64>::new(3).expect("histogram");
             while !stop.load(Ordering::Relaxed) {
+                let sent = Instant::now();
                 let ok = trigger_request(&http, peer, addr, &target, seq)
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success());
                 if ok {
-                    accepted.fetch_add(1, Ordering::Relaxed);
+                    accepted += 1;
+                    let _ = latency.record(sent.elapsed().as_micros() as u64);
                 } else {
-                    failed.fetch_add(1, Ordering::Relaxed);
+                    failed += 1;
                 }
                 seq += 1;
             }
+            (accepted, failed, latency)
         }));
     }
     {
-        let _progress = Progress::start(format!("{} triggers", peer.name()), sizes.step);
-        tokio::time::sleep(sizes.step).await;
+        let _progress = Progress::start(format!("{} triggers", server.peer.name()), length);
+        tokio::time::sleep(length).await;
     }
     stop.store(true, Ordering::Relaxed);
+    let mut total = Hammered {
+        accepted: 0,
+        failed: 0,
+        took: Duration::ZERO,
+        latency: Histogram::<u64>::new(3).expect("histogram"),
+    };
     for w in workers {
-        let _ = w.await;
+        if let Ok((accepted, failed, latency)) = w.await {
+            total.accepted += accepted;
+            total.failed += failed;
+            let _ = total.latency.add(&latency);
+        }
     }
-    let took = started.elapsed();
+    total.took = started.elapsed();
+    total
+}
+
+/// (d) trigger throughput: as many HTTP events as the server accepts, keep-alive where offered.
+async fn trigger(peer: Peer, sizes: &Sizes, http: &reqwest::Client) -> Value {
+    let mut server = Server::start(peer, None, None).await;
+    server.prepare_targets(1, http).await;
+    let subs = subscribe(&server, 1, 1, true).await;
+    let run = hammer(http, &server, &server.targets[0].clone(), 64, sizes.step).await;
     let _ = subs.finish().await;
     // What the events endpoint itself says about keep-alive.
     let keep_alive = trigger_request(http, peer, server.addr, &server.targets[0], u64::MAX >> 1)
@@ -968,9 +1009,81 @@ async fn trigger(peer: Peer, sizes: &Sizes, http: &reqwest::Client) -> Value {
         })
         .unwrap_or_else(|| "keep-alive (no Connection header)".to_owned());
     server.stop().await;
-    json!({"concurrency": 64, "seconds": took.as_secs_f64(),
-           "accepted_per_sec": (accepted.load(Ordering::Relaxed) as f64 / took.as_secs_f64()).round(),
-           "failures": failed.load(Ordering::Relaxed), "connection_header": keep_alive})
+    json!({"concurrency": 64, "seconds": run.took.as_secs_f64(),
+           "accepted_per_sec": run.per_sec(), "failures": run.failed,
+           "latency": latency_json(&run.latency), "connection_header": keep_alive})
+}
+
+/// (f) the cost of history: the seed's events API on an app without history and on one that
+/// keeps 100 events per channel (one Redis script storing and publishing), with one joined
+/// subscriber each, through Redis and in embedded mode. Pushlite only: the peers keep none.
+async fn history(sizes: &Sizes, http: &reqwest::Client, redis: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    for (mode, redis) in [("redis", Some(redis)), ("embedded", None)] {
+        let mut server = Server::start(Peer::Pushlite, redis, None).await;
+        server.prepare_targets(2, http).await;
+        let kept = server.targets[1].clone();
+        let patched = http
+            .patch(format!(
+                "http://{}/api/admin/apps/{}",
+                server.addr, kept.name
+            ))
+            .basic_auth(ADMIN.0, Some(ADMIN.1))
+            .json(&json!({"app": {"history_size": 100}}))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        assert!(patched, "switch history on");
+        let subs = subscribe(&server, 2, 2, true).await;
+        let mut by_setting = serde_json::Map::new();
+        // Off, on, off, on: neither setting always runs on a warmer process.
+        for (setting, target) in [
+            ("off", &server.targets[0]),
+            ("on", &kept),
+            ("off", &server.targets[0]),
+            ("on", &kept),
+        ] {
+            let run = hammer(http, &server, &target.clone(), 64, sizes.step).await;
+            eprintln!("   history {mode} {setting}: {} req/s", run.per_sec());
+            let entry = by_setting
+                .entry(setting)
+                .or_insert_with(|| json!({"runs": []}));
+            entry["runs"].as_array_mut().expect("runs").push(
+                json!({"accepted_per_sec": run.per_sec(), "failures": run.failed,
+                             "latency": latency_json(&run.latency)}),
+            );
+        }
+        let _ = subs.finish().await;
+        server.stop().await;
+        out.insert(mode.to_owned(), Value::Object(by_setting));
+    }
+    Value::Object(out)
+}
+
+/// The history scenario as a table: per mode and setting, the better of its runs.
+fn history_markdown(history: &Value) -> String {
+    let mut md = String::from(
+        "\n| history (seed events API, 64 concurrent) | requests/s | p50 ms | p99 ms |\n|---|---|---|---|\n",
+    );
+    for mode in ["redis", "embedded"] {
+        for setting in ["off", "on"] {
+            let runs = history[mode][setting]["runs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let best = runs.iter().max_by(|a, b| {
+                let rate = |r: &Value| r["accepted_per_sec"].as_f64().unwrap_or(0.0);
+                rate(a).total_cmp(&rate(b))
+            });
+            if let Some(best) = best {
+                md.push_str(&format!(
+                    "| {mode}, history {setting} | {} | {} | {} |\n",
+                    best["accepted_per_sec"], best["latency"]["p50_ms"], best["latency"]["p99_ms"]
+                ));
+            }
+        }
+    }
+    md
 }
 
 /// (e) two nodes through Redis: subscribers on node B, triggers to node A at 1,000 events/s.
@@ -1143,6 +1256,7 @@ async fn main() {
     };
     let scenarios: Vec<&str> = match args.scenario {
         ScenarioArg::All => vec!["fanout", "topics", "idle", "trigger", "cross-node"],
+        ScenarioArg::History => Vec::new(),
         ScenarioArg::Fanout => vec!["fanout"],
         ScenarioArg::Topics => vec!["topics"],
         ScenarioArg::Idle => vec!["idle"],
@@ -1173,6 +1287,12 @@ async fn main() {
         results.insert((*scenario).to_owned(), Value::Object(by_peer));
     }
     let results = Value::Object(results);
+    let history = if matches!(args.scenario, ScenarioArg::All | ScenarioArg::History) {
+        eprintln!("== history on pushlite");
+        history(&sizes, &http, &redis).await
+    } else {
+        Value::Null
+    };
     std::fs::create_dir_all(&args.out).expect("output directory");
     let record = json!({
         "date": chrono::Utc::now().to_rfc3339(),
@@ -1182,6 +1302,7 @@ async fn main() {
         "soketi": if peers.contains(&Peer::Soketi) { "1.6.1" } else { "not run" },
         "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         "results": results,
+        "history": history,
     });
     std::fs::write(
         args.out.join("results.json"),
@@ -1191,7 +1312,10 @@ async fn main() {
     if let Some(dir) = &args.plot {
         plot(dir, &results, &peers);
     }
-    let md = markdown(&results, &peers);
+    let mut md = markdown(&results, &peers);
+    if history.is_object() {
+        md.push_str(&history_markdown(&history));
+    }
     std::fs::write(args.out.join("results.md"), &md).expect("write Markdown");
     println!("{md}");
 }

@@ -1,23 +1,29 @@
-//! Presence as a new user tries it: browser tabs in a real headless Chromium (Debian's, driven by
-//! Playwright for Python, both installed by `make test`), two pusher-js tabs on two nodes and a
-//! phoenix.js tab, list each other; the node of one tab is killed with SIGKILL and the other tabs
-//! drop its member within the node timeout.
+//! Features as a new user tries them, in browser tabs in a real headless Chromium (Debian's,
+//! driven by Playwright for Python, both installed by `make test`):
+//! - presence: two pusher-js tabs on two nodes and a phoenix.js tab list each other; the node of
+//!   one tab is killed with SIGKILL and the other tabs drop its member within the node timeout;
+//! - history: a phoenix.js tab whose socket is closed for a few seconds while messages are
+//!   triggered on the other node shows every missed message once, in order, when it reconnects.
 
 mod common;
 
 use common::process::NodeProcess;
 use common::redis::RedisServer;
-use common::{fresh_postgres_database, run_client};
+use common::{fresh_postgres_database, redis_url, run_client};
 use serde_json::json;
 
 const PYTHON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/target/test-venv/bin/python");
 
-#[tokio::test]
-async fn browser_tabs_on_two_nodes_list_each_other_and_drop_a_killed_node() {
+fn has_browser() {
     assert!(
         std::path::Path::new(PYTHON).exists() && std::path::Path::new("/usr/bin/chromium").exists(),
         "run `make test`, which installs Chromium and Playwright (target/test-venv)"
     );
+}
+
+#[tokio::test]
+async fn browser_tabs_on_two_nodes_list_each_other_and_drop_a_killed_node() {
+    has_browser();
     let redis = RedisServer::start().await;
     let database = fresh_postgres_database().await;
     let timeout_ms: u64 = 3000;
@@ -74,4 +80,48 @@ async fn browser_tabs_on_two_nodes_list_each_other_and_drop_a_killed_node() {
         "the surviving tab dropped the killed node's member after {took} ms (timeout {timeout_ms} ms)"
     );
     drop(a);
+}
+
+#[tokio::test]
+async fn a_browser_tab_that_lost_its_socket_shows_every_missed_message_once() {
+    has_browser();
+    let database = fresh_postgres_database().await;
+    let env = [("REDIS_URL", redis_url()), ("DATABASE_URL", database)];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = NodeProcess::spawn(&env).await;
+    let b = NodeProcess::spawn(&env).await;
+    let name = format!("tab-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let app = a.create_app(&name).await;
+    let slug = app["slug"].as_str().unwrap();
+    // As an operator would: switch history on for the app through the admin API.
+    let enabled = reqwest::Client::new()
+        .patch(a.url(&format!("/api/admin/apps/{slug}")))
+        .basic_auth(common::ADMIN.0, Some(common::ADMIN.1))
+        .json(&json!({"app": {"history_size": 100}}))
+        .send()
+        .await
+        .expect("update");
+    assert_eq!(enabled.status(), 200);
+    let args = json!({
+        "a": a.addr.to_string(),
+        "b": b.addr.to_string(),
+        "slug": slug,
+        "key": app["key"],
+        "secret": app["secret"],
+        "offMs": 3000,
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/history.py");
+    let r = run_client(
+        PYTHON,
+        &[script.to_owned(), args.to_string()],
+        env!("CARGO_MANIFEST_DIR"),
+    )
+    .await;
+    let expected: Vec<String> = (1..=24).map(|n| format!("message {n}")).collect();
+    assert_eq!(
+        r["messages"],
+        json!(expected),
+        "every message once, in order"
+    );
+    assert_eq!(r["status"], "recovered");
 }

@@ -13,58 +13,27 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+import pages
+
 config = json.loads(sys.argv[1])
-HERE = Path(__file__).resolve().parent
-NODE_MODULES = HERE.parent / "js" / "node_modules"
-FILES = {
-    "/presence.html": (HERE / "presence.html", "text/html"),
-    "/vendor/pusher.min.js": (NODE_MODULES / "pusher-js/dist/web/pusher.min.js", "text/javascript"),
-    "/vendor/phoenix.min.js": (NODE_MODULES / "phoenix/priv/static/phoenix.min.js", "text/javascript"),
-}
 CHANNEL = "presence-room"
 
 
-class Page(BaseHTTPRequestHandler):
-    """The app's web server: the page, its scripts, and its Pusher auth endpoint."""
-
-    def log_message(self, *args):
-        pass
-
-    def reply(self, status, body, kind):
-        self.send_response(status)
-        self.send_header("content-type", kind)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        path, kind = FILES.get(urllib.parse.urlparse(self.path).path, (None, None))
-        if path is None:
-            return self.reply(404, b"not found", "text/plain")
-        self.reply(200, path.read_bytes(), kind)
-
-    def do_POST(self):
-        length = int(self.headers.get("content-length", 0))
-        form = urllib.parse.parse_qs(self.rfile.read(length).decode())
-        socket_id, channel, user = form["socket_id"][0], form["channel_name"][0], form["user"][0]
-        channel_data = json.dumps({"user_id": user, "user_info": {"name": user.title()}})
-        string = f"{socket_id}:{channel}:{channel_data}".encode()
-        signature = hmac.new(config["secret"].encode(), string, hashlib.sha256).hexdigest()
-        body = json.dumps({"auth": f"{config['key']}:{signature}", "channel_data": channel_data})
-        self.reply(200, body.encode(), "application/json")
+def auth(form):
+    """The app's Pusher auth endpoint."""
+    socket_id, channel, user = form["socket_id"][0], form["channel_name"][0], form["user"][0]
+    channel_data = json.dumps({"user_id": user, "user_info": {"name": user.title()}})
+    string = f"{socket_id}:{channel}:{channel_data}".encode()
+    signature = hmac.new(config["secret"].encode(), string, hashlib.sha256).hexdigest()
+    return 200, json.dumps({"auth": f"{config['key']}:{signature}", "channel_data": channel_data}).encode()
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Page)
-threading.Thread(target=server.serve_forever, daemon=True).start()
-origin = f"http://127.0.0.1:{server.server_address[1]}"
+origin, server = pages.start(["presence.html"], auth)
 
 
 def pusher_tab(context, node, user):
