@@ -350,8 +350,6 @@ async fn apps(
     Ok(())
 }
 
-/// Running nodes cache apps: tell them of a change, as the admin API does. (A new app needs no
-/// announcement: nodes never cache a miss.)
 /// Applies admin-style `fields` to app `slug` and tells the running nodes.
 async fn change(
     config: &Config,
@@ -370,6 +368,8 @@ async fn change(
     Ok(json!({ "data": app }))
 }
 
+/// Running nodes cache apps: tell them of a change, as the admin API does. (A new app needs no
+/// announcement: nodes never cache a miss.)
 async fn announce_change(config: &Config, slug: &str, close: bool) -> Result<(), CliError> {
     if let Some(bus) = RedisBusConfig::from_config(&config.redis) {
         let control = Control::AppChanged {

@@ -61,6 +61,9 @@ pub enum CloseReason {
     Terminated,
     /// A Pusher client did not answer the server's ping.
     PongTimeout,
+    /// Events of a channel with history went missing on the way to this node, or its history
+    /// was lost: the channel is errored so that the client rejoins and recovers.
+    Resync,
 }
 
 impl CloseReason {
@@ -79,6 +82,7 @@ impl CloseReason {
             CloseReason::Revoked => "revoked",
             CloseReason::Terminated => "terminated",
             CloseReason::PongTimeout => "pong_timeout",
+            CloseReason::Resync => "resync",
         }
     }
 }

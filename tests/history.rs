@@ -229,11 +229,17 @@ async fn a_redis_restart_starts_a_new_epoch() {
         json!({ "name": unique("epoch"), "history_size": 10 }),
     )
     .await;
+    let topic = format!("public:{}", app["slug"].as_str().unwrap());
+    let mut live = phx::connect(node.addr, Vsn::V2, "", None).await;
+    let r = live.make_ref();
+    live.push(Some(&r), &r, &topic, "phx_join", json!({})).await;
+    assert_eq!(live.recv_reply(&r).await.payload["status"], "ok");
     let mut before = Value::Null;
     for seq in 1..=3 {
         before = trigger(&node, &app, json!({ "seq": seq })).await.1;
     }
     assert_eq!(before["offset"], 3);
+    assert_eq!(next_events(&mut live, 3).await.len(), 3);
     redis.kill9();
     redis.restart().await;
     // Publishing is refused until every node had time to subscribe again.
@@ -249,7 +255,13 @@ async fn a_redis_restart_starts_a_new_epoch() {
     };
     assert_eq!(after["offset"], 1, "numbering starts again: {after}");
     assert_ne!(after["epoch"], before["epoch"]);
-    let topic = format!("public:{}", app["slug"].as_str().unwrap());
+    // The connected client is not handed an event of a numbering it does not hold: its channel
+    // errors, so that phoenix.js rejoins with its position and learns what happened.
+    let errored = live.recv().await;
+    assert_eq!(
+        (errored.event.as_str(), &errored.join_ref),
+        ("phx_error", &json!(r))
+    );
     let mut client = phx::connect(node.addr, Vsn::V2, "", None).await;
     let since = json!({"since": {"offset": 3, "epoch": before["epoch"]}});
     assert_eq!(
@@ -259,6 +271,48 @@ async fn a_redis_restart_starts_a_new_epoch() {
     // Nothing replayed: the next frame is the next live event.
     trigger(&node, &app, json!({ "seq": 5 })).await;
     assert_eq!(next_events(&mut client, 1).await, vec![(5, json!("+2"))]);
+}
+
+/// A broadcast that does not follow what a client holds (events lost on the way to its node;
+/// here a forged envelope published straight to Redis with a later offset) is not sent: the
+/// channel errors, and the client's rejoin with its position recovers what the history holds.
+#[tokio::test]
+async fn a_gap_in_live_delivery_makes_the_client_rejoin() {
+    let redis = RedisServer::start().await;
+    let node = spawn_redis_node(&redis.url()).await;
+    let app = create_app(&node, json!({ "name": unique("hole"), "history_size": 10 })).await;
+    let topic = format!("public:{}", app["slug"].as_str().unwrap());
+    let mut client = phx::connect(node.addr, Vsn::V2, "", None).await;
+    let r = client.make_ref();
+    client
+        .push(Some(&r), &r, &topic, "phx_join", json!({}))
+        .await;
+    let joined = client.recv_reply(&r).await.payload["response"].clone();
+    let epoch = joined["epoch"].as_str().expect("an epoch").to_owned();
+    trigger(&node, &app, json!({ "seq": 1 })).await;
+    assert_eq!(next_events(&mut client, 1).await, vec![(1, json!("+1"))]);
+    let forged = json!({"offset": 3, "epoch": epoch, "v": 1, "event": "feed:msg",
+                        "payload": {"seq": 3}});
+    assert_eq!(
+        cli(redis.port, &["publish", &topic, &forged.to_string()]).await,
+        "1"
+    );
+    let errored = client.recv().await;
+    assert_eq!(
+        (errored.event.as_str(), &errored.join_ref),
+        ("phx_error", &json!(r)),
+        "{errored:?}"
+    );
+    // Until the rejoin, nothing more of the channel is sent.
+    trigger(&node, &app, json!({ "seq": 2 })).await;
+    let since = json!({"since": {"offset": 1, "epoch": epoch}});
+    assert_eq!(
+        join(&mut client, &topic, since).await,
+        json!({"recovered": true, "offset": 2, "epoch": epoch})
+    );
+    assert_eq!(next_events(&mut client, 1).await, vec![(2, json!("+2"))]);
+    trigger(&node, &app, json!({ "seq": 4 })).await;
+    assert_eq!(next_events(&mut client, 1).await, vec![(4, json!("+3"))]);
 }
 
 /// pusher-js on an empty cache channel gets `pusher:cache_miss`; after a trigger through the
@@ -348,7 +402,7 @@ async fn app_servers_read_history_over_http() {
             (seqs(&since), &since["complete"]),
             (vec![5, 6, 7], &json!(true))
         );
-        let trimmed: Value = read(&app, "topic=public&since=1")
+        let trimmed: Value = read(&app, &format!("topic=public&since=1&epoch={epoch}"))
             .await
             .unwrap()
             .json()
@@ -359,10 +413,28 @@ async fn app_servers_read_history_over_http() {
             (vec![3, 4, 5, 6, 7], &json!(false)),
             "event 2 is no longer kept"
         );
-        for query in ["topic=public&since=4&epoch=other", "topic=public&since=99"] {
-            let body: Value = read(&app, query).await.unwrap().json().await.unwrap();
+        let bare: Value = read(&app, "topic=public&since=5")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(seqs(&bare), vec![6, 7]);
+        assert!(bare.get("complete").is_none(), "no epoch, no claim: {bare}");
+        for query in [
+            "topic=public&since=4&epoch=other".to_owned(),
+            format!("topic=public&since=99&epoch={epoch}"),
+        ] {
+            let body: Value = read(&app, &query).await.unwrap().json().await.unwrap();
             assert_eq!(body["complete"], false, "{query}: {body}");
         }
+        let huge: Value = read(&app, "topic=public&since=18446744073709551615")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(huge["events"], json!([]), "{huge}");
         for (query, status) in [
             ("topic=public&since=x", 422),
             ("topic=public&limit=0", 422),

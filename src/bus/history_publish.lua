@@ -1,19 +1,25 @@
 -- Stores an event in its topic's history and publishes it, in one step: the offset subscribers
 -- see is the stored one, and a topic's events are stored and delivered in offset order
 -- whichever node publishes them.
--- KEYS: events (a stream whose entry ids are the offsets), meta (a hash: epoch, top).
+-- KEYS: events (a stream whose entry ids are the offsets), meta (a hash: epoch, top, run).
 -- ARGV: envelope (a JSON object), size, ttl secs, meta ttl secs, epoch if new, channel,
 --       publish command.
-local epoch = redis.call('hget', KEYS[2], 'epoch')
-if not epoch then
-  -- Without its meta, what remains of the events belongs to a lost life of the history.
+local run = string.match(redis.call('info', 'server'), 'run_id:(%x+)')
+local meta = redis.call('hmget', KEYS[2], 'epoch', 'top', 'run')
+local epoch, top = meta[1], tonumber(meta[2])
+if not epoch or not top or meta[3] ~= run then
+  -- No meta, or meta another Redis process wrote: one restarted from disk, or a replica that
+  -- took over, may hold less than clients were sent. Either way a new life of the history
+  -- begins, and what remains of the events belongs to the old one.
   epoch = ARGV[5]
+  top = 0
   redis.call('del', KEYS[1])
-  redis.call('hset', KEYS[2], 'epoch', epoch)
 end
-local offset = redis.call('hincrby', KEYS[2], 'top', 1)
-redis.call('expire', KEYS[2], ARGV[4])
+local offset = top + 1
+-- The entry first: should it fail, nothing else has changed.
 redis.call('xadd', KEYS[1], 'MAXLEN', ARGV[2], string.format('%d-0', offset), 'e', ARGV[1])
+redis.call('hset', KEYS[2], 'epoch', epoch, 'top', offset, 'run', run)
+redis.call('expire', KEYS[2], ARGV[4])
 redis.call('expire', KEYS[1], ARGV[3])
 local stamped = string.format('{"offset":%d,"epoch":%s,', offset, cjson.encode(epoch))
 redis.call(ARGV[7], ARGV[6], stamped .. string.sub(ARGV[1], 2))

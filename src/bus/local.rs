@@ -42,8 +42,9 @@ struct History {
 }
 
 impl Histories {
-    /// The live history of `topic`, started afresh (new epoch, offset 0) when there is none.
-    fn of(&mut self, topic: &str, keep: Keep, now: Instant) -> &mut History {
+    /// The live history of `topic`, started afresh (new epoch, offset 0, kept `meta_ttl`)
+    /// when there is none.
+    fn of(&mut self, topic: &str, meta_ttl: u32, now: Instant) -> &mut History {
         self.since_sweep += 1;
         if self.since_sweep >= SWEEP_EVERY {
             self.since_sweep = 0;
@@ -57,9 +58,9 @@ impl Histories {
         let history = self
             .topics
             .entry(topic.to_owned())
-            .or_insert_with(|| History::start(keep, now));
+            .or_insert_with(|| History::start(meta_ttl, now));
         if history.meta_until <= now {
-            *history = History::start(keep, now);
+            *history = History::start(meta_ttl, now);
         } else if history.events_until <= now {
             history.events.clear();
         }
@@ -68,13 +69,13 @@ impl Histories {
 }
 
 impl History {
-    fn start(keep: Keep, now: Instant) -> History {
+    fn start(meta_ttl: u32, now: Instant) -> History {
         History {
             epoch: new_epoch(),
             top: 0,
             events: VecDeque::new(),
             events_until: now,
-            meta_until: now + Duration::from_secs(keep.meta_ttl_secs.into()),
+            meta_until: now + Duration::from_secs(meta_ttl.into()),
         }
     }
 
@@ -132,7 +133,7 @@ impl Bus for LocalBus {
             .histories
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let history = histories.of(&event.topic, keep, started);
+        let history = histories.of(&event.topic, keep.meta_ttl_secs, started);
         history.top += 1;
         let position = history.top();
         let mut stored = event.clone();
@@ -150,23 +151,41 @@ impl Bus for LocalBus {
         Ok(Some(position))
     }
 
-    async fn history(&self, topic: &str, keep: Keep, read: Read) -> Result<Page, BusError> {
+    async fn history(&self, topic: &str, keep: Keep, read: Read<'_>) -> Result<Page, BusError> {
         let mut histories = self
             .histories
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
-        let history = histories.of(topic, keep, now);
+        // A read alone keeps a new history only as long as events would be kept.
+        let history = histories.of(topic, keep.ttl_secs, now);
         let events = &history.events;
         let take = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
-        let events = match read {
-            Read::Top => Vec::new(),
-            Read::Since { offset, limit } => events
+        let after = |offset: u64, limit: u32| -> Vec<Event> {
+            events
                 .iter()
                 .filter(|e| e.position.as_ref().is_some_and(|p| p.offset > offset))
                 .take(take(limit))
                 .cloned()
-                .collect(),
+                .collect()
+        };
+        let first_kept = events
+            .front()
+            .and_then(|e| e.position.as_ref())
+            .map(|p| p.offset);
+        let events = match read {
+            Read::Top => Vec::new(),
+            Read::Since { offset, limit } => after(offset, limit),
+            Read::Recover { since, limit } => {
+                let recoverable = since.epoch == history.epoch
+                    && since.offset < history.top
+                    && first_kept.is_some_and(|first| first <= since.offset + 1);
+                if recoverable {
+                    after(since.offset, limit)
+                } else {
+                    Vec::new()
+                }
+            }
             Read::Last(count) => events
                 .iter()
                 .skip(events.len().saturating_sub(take(count)))

@@ -62,8 +62,8 @@ pub trait BusSink: Send + Sync + 'static {
 ///   of one topic are stored and delivered in offset order, whichever node publishes them. The
 ///   returned position is the stored one. Without `keep`, nothing is stored anywhere;
 /// - `history` reads a topic's history atomically (the events and the position of the latest
-///   one are of the same moment); reading a topic that has none starts its epoch, at offset 0,
-///   so that a later recovery can tell that nothing was missed;
+///   one are of the same moment); reading a topic that has none starts its epoch, at offset 0
+///   and for `keep.ttl_secs`, so that a later recovery can tell that nothing was missed;
 /// - events of one topic published by one node reach each sink in publish order;
 /// - `subscribe` returns once events for those topics are being received; `unsubscribe` stops
 ///   them. Both take batches and are idempotent. Callers serialize them (the hub's subscription
@@ -78,7 +78,7 @@ pub trait Bus: Send + Sync + 'static {
         event: &Event,
         keep: Option<Keep>,
     ) -> Result<Option<Position>, BusError>;
-    async fn history(&self, topic: &str, keep: Keep, read: Read) -> Result<Page, BusError>;
+    async fn history(&self, topic: &str, keep: Keep, read: Read<'_>) -> Result<Page, BusError>;
     async fn publish_control(&self, control: &Control) -> Result<(), BusError>;
     async fn subscribe(&self, topics: &[String]) -> Result<(), BusError>;
     async fn unsubscribe(&self, topics: &[String]) -> Result<(), BusError>;

@@ -436,12 +436,14 @@ impl RedisBus {
             if self.sharded { "spublish" } else { "publish" }.to_owned(),
         ];
         let script = &self.scripts.publish;
-        // EVALSHA by hand: fred's script helpers do not take a client with options. The slot
-        // is the first key's (argument 2, after the hash and the key count).
+        // EVALSHA by hand: fred's script helpers do not take a client with options. fred
+        // routes a custom command by an explicit slot only (it hashes the first argument, the
+        // script's hash, otherwise): the keys' slot, which is the channel's.
+        let slot = fred::util::redis_keyslot(keys[0].as_bytes());
         let mut command = vec![script.sha1().to_string(), keys.len().to_string()];
         command.extend(keys);
         command.extend(args);
-        let evalsha = || CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
+        let evalsha = || CustomCommand::new_static("EVALSHA", ClusterHash::Custom(slot), false);
         let loader = self.publisher.clone();
         let reply: RedisValue = self
             .fenced(&event.topic, |publisher| async move {
@@ -627,18 +629,28 @@ impl Bus for RedisBus {
         self.send(&event.topic, text).await.map(|()| None)
     }
 
-    async fn history(&self, topic: &str, keep: Keep, read: Read) -> Result<Page, BusError> {
-        let (mode, first, limit) = match read {
-            Read::Top | Read::Last(0) | Read::Since { limit: 0, .. } => ("top", 0, 0),
-            Read::Since { offset, limit } => ("since", offset.saturating_add(1), limit),
-            Read::Last(count) => ("last", u64::from(count), 0),
+    async fn history(&self, topic: &str, keep: Keep, read: Read<'_>) -> Result<Page, BusError> {
+        // Offsets go to the script as text it never computes with: a client's huge offset
+        // must not become a float.
+        let first = |offset: u64| offset.saturating_add(1).to_string();
+        let (mode, from, limit, epoch) = match read {
+            Read::Top | Read::Last(0) => ("top", String::new(), 0, ""),
+            Read::Since { limit: 0, .. } | Read::Recover { limit: 0, .. } => {
+                ("top", String::new(), 0, "")
+            }
+            Read::Since { offset, limit } => ("since", first(offset), limit, ""),
+            Read::Recover { since, limit } => {
+                ("recover", first(since.offset), limit, since.epoch.as_str())
+            }
+            Read::Last(count) => ("last", count.to_string(), 0, ""),
         };
         let args = vec![
             new_epoch(),
-            keep.meta_ttl_secs.to_string(),
+            keep.ttl_secs.to_string(),
             mode.to_owned(),
-            first.to_string(),
+            from,
             limit.to_string(),
+            epoch.to_owned(),
         ];
         let reply: RedisValue = self
             .scripts

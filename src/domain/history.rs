@@ -2,9 +2,10 @@
 //! an event in its topic's history, and the rules of recovery.
 //!
 //! A topic with history numbers its events 1, 2, 3… (the offset). The numbering lives as long
-//! as the history does: when the history is lost (its time to live passed with no event, or
-//! Redis lost it), numbering starts again under a new epoch. A position is only meaningful with
-//! its epoch.
+//! as the topic's meta does (`history.meta_ttl_secs` after its latest event, while the events
+//! themselves go after `history_ttl_secs`): when it is lost (that time passed, Redis lost its
+//! data or is another process than the one that wrote it), numbering starts again under a new
+//! epoch. A position is only meaningful with its epoch.
 
 use serde::Serialize;
 
@@ -107,11 +108,15 @@ pub fn new_epoch() -> String {
 
 /// What to read from a topic's history.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Read {
+pub enum Read<'a> {
     /// Only the position of the latest event.
     Top,
-    /// Events after `offset`, oldest first, at most `limit`.
+    /// Events after `offset`, oldest first, at most `limit`: what is kept of them.
     Since { offset: u64, limit: u32 },
+    /// Every event after `since`, oldest first, at most `limit`, only when all of them are
+    /// kept in `since`'s epoch; otherwise none (see [`Page::recovers`]). A recovery that
+    /// cannot succeed reads no event.
+    Recover { since: &'a Position, limit: u32 },
     /// The latest `count` events, oldest first.
     Last(u32),
 }

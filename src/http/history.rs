@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use super::events::authenticate;
 use super::extract::Slug;
-use crate::domain::history::{EPOCH_MAX_BYTES, Position, Read};
+use crate::domain::history::{EPOCH_MAX_BYTES, Read};
 use crate::domain::topic::Topic;
 use crate::node::NodeState;
 
@@ -122,17 +122,13 @@ pub async fn read(
         "epoch": page.top.epoch,
         "events": events,
     });
-    if let Some(offset) = query.since {
+    if let (Some(offset), Some(epoch)) = (query.since, query.epoch) {
         // Whether every event after `since` is still kept: `events` then starts right after
-        // it (and goes on up to `limit`).
-        let since = Position {
-            offset,
-            epoch: query.epoch.unwrap_or_else(|| page.top.epoch.clone()),
-        };
+        // it (and goes on up to `limit`). Only an epoch says which numbering `since` is of.
         let first = page.events.first().and_then(|e| e.position.as_ref());
-        let complete = since.epoch == page.top.epoch
-            && since.offset <= page.top.offset
-            && (since.offset == page.top.offset || first.is_some_and(|p| p.offset == offset + 1));
+        let complete = epoch == page.top.epoch
+            && offset <= page.top.offset
+            && (offset == page.top.offset || first.is_some_and(|p| p.offset == offset + 1));
         body["complete"] = json!(complete);
     }
     Ok(Json(body))

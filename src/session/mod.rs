@@ -278,7 +278,7 @@ impl Core {
 
     /// Reads a topic's history; only after [`Core::enter`], so that every later event reaches
     /// this connection live.
-    pub async fn history(&self, topic: &str, keep: Keep, read: Read) -> Result<Page, BusError> {
+    pub async fn history(&self, topic: &str, keep: Keep, read: Read<'_>) -> Result<Page, BusError> {
         self.state.bus.history(topic, keep, read).await
     }
 
@@ -287,17 +287,28 @@ impl Core {
         self.floors.insert(topic.to_owned(), position);
     }
 
-    /// Whether a broadcast is new to this connection; it then becomes the newest it holds.
-    /// A broadcast of another epoch is new: the history was lost and numbering started again.
-    fn fresh(&mut self, stamp: &Stamp) -> bool {
-        let Some(floor) = self.floors.get_mut(&stamp.topic) else {
-            return true;
-        };
-        if floor.epoch == stamp.position.epoch && stamp.position.offset <= floor.offset {
-            return false;
+    /// Where a broadcast of a topic with history stands against what this connection holds.
+    fn sequence(&mut self, stamp: &Stamp) -> Sequence {
+        // A channel this connection has left (or that is waiting to be rejoined) gets nothing:
+        // a client must not move its position past events it has not been sent.
+        if !self.in_hub.contains(&stamp.topic) {
+            return Sequence::Seen;
         }
-        floor.clone_from(&stamp.position);
-        true
+        let Some(floor) = self.floors.get_mut(&stamp.topic) else {
+            return Sequence::Next;
+        };
+        let position = &stamp.position;
+        if floor.epoch != position.epoch {
+            return Sequence::Broken;
+        }
+        if position.offset <= floor.offset {
+            return Sequence::Seen;
+        }
+        if position.offset > floor.offset.saturating_add(1) {
+            return Sequence::Broken;
+        }
+        floor.offset = position.offset;
+        Sequence::Next
     }
 
     /// Sends several frames with one flush.
@@ -453,8 +464,21 @@ impl Core {
     }
 }
 
+/// A broadcast of a topic with history, against the newest position the connection holds.
+enum Sequence {
+    /// The next one: send it.
+    Next,
+    /// Already sent (from the history), or for a channel this connection no longer holds.
+    Seen,
+    /// Events are missing before it (this node missed them), or the topic's history started a
+    /// new epoch: the connection's position no longer leads to it.
+    Broken,
+}
+
 /// A server-side change to one of the connection's topics, for its protocol to act on.
 pub(crate) enum Notice {
+    /// A broadcast that does not follow what the connection holds ([`Sequence::Broken`]).
+    Gap(Arc<Stamp>, Utf8Bytes),
     /// The topic's app was deactivated, renamed or deleted.
     Closed(String),
     /// The topic's app changed: check the channel's rights against it.
@@ -783,7 +807,13 @@ async fn write_batch<P: Protocol>(
     while let Some(outbound) = next.take() {
         let frame = match outbound {
             Outbound::Frame(frame) => Some(frame),
-            Outbound::Stamped(frame, stamp) => core.fresh(&stamp).then_some(frame),
+            Outbound::Stamped(frame, stamp) => match core.sequence(&stamp) {
+                Sequence::Next => Some(frame),
+                Sequence::Seen => None,
+                Sequence::Broken => protocol
+                    .on_notice(core, Notice::Gap(stamp, frame))?
+                    .map(Utf8Bytes::from),
+            },
             Outbound::Close { topic } => protocol
                 .on_notice(core, Notice::Closed(topic))?
                 .map(Utf8Bytes::from),

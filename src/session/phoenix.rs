@@ -115,6 +115,25 @@ impl Phoenix {
         )
     }
 
+    /// Errors a channel whose broadcasts no longer follow the position its client holds (a gap,
+    /// a new epoch): phoenix.js rejoins it, sending that position back, and gets what it
+    /// missed or `recovered: false`. Returns the `phx_error` frame, as Phoenix sends it when a
+    /// channel process crashes.
+    fn resync(&mut self, core: &mut Core, topic: &str) -> Option<String> {
+        let channel = self.channels.remove(topic)?;
+        tracing::info!(conn = core.id, %topic, "channel history out of sequence: the client rejoins to recover");
+        core.leave(topic, CloseReason::Resync);
+        let join_ref = channel.join_ref.as_deref();
+        Some(phoenix::encode_raw(
+            self.vsn,
+            join_ref,
+            join_ref,
+            topic,
+            "phx_error",
+            "{}",
+        ))
+    }
+
     /// Drops a channel the server ends; returns the `phx_close` frame to send, if it was joined.
     fn close_channel(
         &mut self,
@@ -569,8 +588,8 @@ impl Replay {
         let last = wish.last.unwrap_or(u32::from(cache)).min(keep.size);
         let mut recovered = None;
         if let Some(since) = &wish.since {
-            let read = Read::Since {
-                offset: since.offset,
+            let read = Read::Recover {
+                since,
                 limit: keep.size,
             };
             let mut page = core.history(topic.as_str(), keep, read).await?;
@@ -646,6 +665,7 @@ impl Protocol for Phoenix {
             Notice::Recheck(topic, app) => self.recheck(core, &topic, &app),
             Notice::Presence(change) => self.presence_diff(core, &change),
             Notice::PresenceSync(sync) => self.presence_state(core, &sync),
+            Notice::Gap(stamp, _) => self.resync(core, &stamp.topic),
         })
     }
 

@@ -547,6 +547,12 @@ impl Protocol for Pusher {
             Notice::Recheck(_, app) => self.recheck(core, &app).map(|()| None),
             Notice::Presence(change) => Ok(self.presence_frame(core, &change)),
             Notice::PresenceSync(sync) => Ok(self.presence_sync(core, &sync)),
+            // The Pusher protocol has no recovery: the event goes out, and is the position the
+            // connection holds from now on.
+            Notice::Gap(stamp, frame) => {
+                core.hold_from(&stamp.topic, stamp.position.clone());
+                Ok(Some(frame.to_string()))
+            }
         }
     }
 

@@ -56,12 +56,12 @@ socket.connect();
 let position = null;
 const channel = socket.channel(`public:${config.slug}`, () => (position ? { since: position } : {}));
 channel.on("feed:msg", (payload, ref) => {
-  position.offset = Number(ref);
+  if (position && ref) position.offset = Number(ref);
   received.push({ seq: payload.seq, ref });
   wake();
 });
 channel.join().receive("ok", (reply) => {
-  if (!reply.recovered) position = { offset: reply.offset, epoch: reply.epoch };
+  if (!reply.recovered) position = reply.epoch ? { offset: reply.offset, epoch: reply.epoch } : null;
   replies.push(reply);
   wake();
 });
