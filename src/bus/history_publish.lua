@@ -4,13 +4,9 @@
 -- KEYS: events (a stream whose entry ids are the offsets), meta (a hash: epoch, top, run).
 -- ARGV: envelope (a JSON object), size, ttl secs, meta ttl secs, epoch if new, channel,
 --       publish command.
-local run = string.match(redis.call('info', 'server'), 'run_id:(%x+)')
-local meta = redis.call('hmget', KEYS[2], 'epoch', 'top', 'run')
-local epoch, top = meta[1], tonumber(meta[2])
-if not epoch or not top or meta[3] ~= run then
-  -- No meta, or meta another Redis process wrote: one restarted from disk, or a replica that
-  -- took over, may hold less than clients were sent. Either way a new life of the history
-  -- begins, and what remains of the events belongs to the old one.
+local epoch, top, run, valid = position()
+if not valid then
+  -- A new life of the history begins; what remains of the events belongs to the old one.
   epoch = ARGV[5]
   top = 0
   redis.call('del', KEYS[1])

@@ -6,10 +6,8 @@
 -- ARGV: epoch if new, ttl secs, mode (top | since | recover | last), the first offset wanted
 --       (since, recover: the client's offset plus one) or count (last), limit (since,
 --       recover), the client's epoch (recover).
-local run = string.match(redis.call('info', 'server'), 'run_id:(%x+)')
-local meta = redis.call('hmget', KEYS[2], 'epoch', 'top', 'run')
-local epoch, top = meta[1], tonumber(meta[2])
-if not epoch or not top or meta[3] ~= run then
+local epoch, top, run, valid = position()
+if not valid then
   epoch = ARGV[1]
   top = 0
   redis.call('del', KEYS[1])

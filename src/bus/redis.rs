@@ -198,6 +198,11 @@ struct Scripts {
     read: Script,
 }
 
+/// A history script after the functions both share (`history.lua`).
+fn history_script(body: &str) -> Script {
+    Script::from_lua(format!("{}\n{body}", include_str!("history.lua")))
+}
+
 /// The keys of a topic's history: its events and its meta.
 fn history_keys(topic: &str) -> Vec<String> {
     vec![
@@ -248,8 +253,8 @@ impl RedisBus {
             metrics,
             publisher,
             scripts: Scripts {
-                publish: Script::from_lua(include_str!("history_publish.lua")),
-                read: Script::from_lua(include_str!("history_read.lua")),
+                publish: history_script(include_str!("history_publish.lua")),
+                read: history_script(include_str!("history_read.lua")),
             },
             subscriber,
             sharded,
