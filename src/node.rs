@@ -76,7 +76,7 @@ impl NodeState {
     /// What `topic` of `app` keeps in its history, if anything.
     #[must_use]
     pub fn keep(&self, app: &App, topic: &Topic) -> Option<Keep> {
-        Keep::of(app, topic, self.config.history.bounds())
+        Keep::of(app, topic.as_str(), self.config.history.bounds())
     }
 
     /// Publishes an event of `app`, stored in its topic's history when the topic keeps one;
@@ -85,7 +85,7 @@ impl NodeState {
     /// # Errors
     /// The bus could not publish it; nothing was stored either.
     pub async fn publish(&self, app: &App, event: &Event) -> Result<Option<Position>, BusError> {
-        let keep = Topic::parse(&event.topic).and_then(|topic| self.keep(app, &topic));
+        let keep = Keep::of(app, &event.topic, self.config.history.bounds());
         self.bus.publish(event, keep).await
     }
 

@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 use super::app::App;
-use super::topic::{ChannelKind, Topic};
+use super::topic::{ChannelKind, channel_of};
 
 /// Channel name prefixes of Pusher cache channels: they keep their last event.
 const CACHE_PREFIXES: [&str; 4] = [
@@ -55,12 +55,14 @@ pub struct Keep {
 }
 
 impl Keep {
-    /// What `topic` of `app` keeps, or `None` when it keeps nothing: the app's history
-    /// settings, and at least the last event for 30 minutes on a cache channel. A user's own
-    /// channel never keeps anything.
+    /// What `topic` (`channel:slug`) of `app` keeps, or `None` when it keeps nothing: the
+    /// app's history settings, and at least the last event for 30 minutes on a cache channel.
+    /// A user's own channel never keeps anything. It takes the topic as text, not a parsed
+    /// [`super::topic::Topic`]: every publish asks, and parsing would copy the topic.
     #[must_use]
-    pub fn of(app: &App, topic: &Topic, bounds: Bounds) -> Option<Keep> {
-        if topic.kind() == ChannelKind::User {
+    pub fn of(app: &App, topic: &str, bounds: Bounds) -> Option<Keep> {
+        let channel = channel_of(topic)?;
+        if ChannelKind::of(channel) == ChannelKind::User {
             return None;
         }
         let size = u32::try_from(app.history_size)
@@ -69,7 +71,7 @@ impl Keep {
         let ttl = u32::try_from(app.history_ttl_secs)
             .unwrap_or(0)
             .clamp(1, bounds.max_ttl_secs.max(1));
-        let (size, ttl_secs) = match (size, is_cache(topic.channel())) {
+        let (size, ttl_secs) = match (size, is_cache(channel)) {
             (0, false) => return None,
             (0, true) => (1, bounds.cache_ttl_secs),
             (size, true) => (size, ttl.max(bounds.cache_ttl_secs)),
@@ -181,29 +183,22 @@ mod tests {
         cache_ttl_secs: 1800,
     };
 
-    fn topic(name: &str) -> Topic {
-        Topic::parse(name).unwrap()
-    }
-
     #[test]
     fn what_a_topic_keeps() {
-        assert_eq!(
-            Keep::of(&app(0, 60), &topic("public:foo-app"), BOUNDS),
-            None
-        );
-        let kept = Keep::of(&app(10, 60), &topic("public:foo-app"), BOUNDS).unwrap();
+        assert_eq!(Keep::of(&app(0, 60), "public:foo-app", BOUNDS), None);
+        let kept = Keep::of(&app(10, 60), "public:foo-app", BOUNDS).unwrap();
         assert_eq!(
             (kept.size, kept.ttl_secs, kept.meta_ttl_secs),
             (10, 60, 86_400)
         );
-        let capped = Keep::of(&app(9000, 99_999), &topic("room:foo-app"), BOUNDS).unwrap();
+        let capped = Keep::of(&app(9000, 99_999), "room:foo-app", BOUNDS).unwrap();
         assert_eq!((capped.size, capped.ttl_secs), (500, 7200));
-        let cache = Keep::of(&app(0, 60), &topic("cache-x:foo-app"), BOUNDS).unwrap();
+        let cache = Keep::of(&app(0, 60), "cache-x:foo-app", BOUNDS).unwrap();
         assert_eq!((cache.size, cache.ttl_secs), (1, 1800));
-        let both = Keep::of(&app(5, 60), &topic("presence-cache-x:foo-app"), BOUNDS).unwrap();
+        let both = Keep::of(&app(5, 60), "presence-cache-x:foo-app", BOUNDS).unwrap();
         assert_eq!((both.size, both.ttl_secs), (5, 1800));
-        let user = topic("#server-to-user-1:foo-app");
-        assert_eq!(Keep::of(&app(5, 60), &user, BOUNDS), None);
+        let user = "#server-to-user-1:foo-app";
+        assert_eq!(Keep::of(&app(5, 60), user, BOUNDS), None);
         assert!(is_cache("private-encrypted-cache-a") && !is_cache("cached"));
     }
 

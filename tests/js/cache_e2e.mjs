@@ -2,20 +2,13 @@
 // channel (pusher:cache_miss), the `pusher` Node SDK triggers on node B, a second pusher-js
 // client on node A gets the last event first, and the SDK reads `info=cache`.
 // Usage: node cache_e2e.mjs '{"a":"HOST:PORT","b":"HOST:PORT","appId":"1","key":…,"secret":…}'
-import PusherJS from "pusher-js";
 import PusherServer from "pusher";
+import { pusherClient, within } from "./loopback.mjs";
 
 const config = JSON.parse(process.argv[2]);
-const TIMEOUT = 8000;
 const [hostA, portA] = config.a.split(":");
 const [hostB, portB] = config.b.split(":");
 
-function within(promise, what) {
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => setTimeout(() => reject(new Error(`timeout: ${what}`)), TIMEOUT)),
-  ]);
-}
 
 const api = new PusherServer({
   appId: config.appId,
@@ -27,14 +20,7 @@ const api = new PusherServer({
 });
 
 function client() {
-  return new PusherJS(config.key, {
-    cluster: "mt1",
-    wsHost: hostA,
-    wsPort: Number(portA),
-    forceTLS: false,
-    enabledTransports: ["ws"],
-    disableStats: true,
-  });
+  return pusherClient(config.key, hostA, portA);
 }
 
 /** Subscribes and resolves with the first thing the channel hands the app after success. */

@@ -3,22 +3,15 @@
 // transport (chosen outright, and as the fallback when WebSockets are blocked).
 // Usage: node presence_e2e.mjs '{"a":…,"b":…,"c":…,"appId":…,"slug":…,"key":…,"secret":…,
 //                                "phxToken":…,"lpToken":…}'
-import PusherJS from "pusher-js";
 import PusherServer from "pusher";
 import { Socket, Presence, LongPoll } from "phoenix";
 import WebSocket from "ws";
+import { pusherClient, within } from "./loopback.mjs";
 
 const config = JSON.parse(process.argv[2]);
-const TIMEOUT = 8000;
 const ROOM = "presence-room";
 const TOPIC = `${ROOM}:${config.slug}`;
 
-function within(promise, what, ms = TIMEOUT) {
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => setTimeout(() => reject(new Error(`timeout: ${what}`)), ms)),
-  ]);
-}
 
 const split = (addr) => addr.split(":");
 const [hostA, portA] = split(config.a);
@@ -36,13 +29,7 @@ const api = new PusherServer({
 
 /** A pusher-js member on a node; its app's auth endpoint signs the presence data. */
 function member(host, port, userId, name) {
-  return new PusherJS(config.key, {
-    cluster: "mt1",
-    wsHost: host,
-    wsPort: Number(port),
-    forceTLS: false,
-    enabledTransports: ["ws"],
-    disableStats: true,
+  return pusherClient(config.key, host, port, {
     channelAuthorization: {
       customHandler: ({ socketId, channelName }, callback) =>
         callback(null, api.authorizeChannel(socketId, channelName, { user_id: userId, user_info: { name } })),

@@ -7,17 +7,11 @@ import PusherServer from "pusher";
 import Echo from "laravel-echo";
 import { Socket } from "phoenix";
 import WebSocket from "ws";
+import { TIMEOUT, pusherClient, within } from "./loopback.mjs";
 
 const config = JSON.parse(process.argv[2]);
-const TIMEOUT = 8000;
 const MASTER_KEY = Buffer.alloc(32, 7).toString("base64");
 
-function within(promise, what, ms = TIMEOUT) {
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => setTimeout(() => reject(new Error(`timeout: ${what}`)), ms)),
-  ]);
-}
 
 const [hostA, portA] = config.a.split(":");
 const [hostB, portB] = config.b.split(":");
@@ -39,13 +33,7 @@ const apiB = sdk(hostB, portB);
 
 /** A pusher-js client on a node, authorizing through the SDK as an app's auth endpoint would. */
 function client(host, port, userId) {
-  return new PusherJS(config.key, {
-    cluster: "mt1",
-    wsHost: host,
-    wsPort: Number(port),
-    forceTLS: false,
-    enabledTransports: ["ws"],
-    disableStats: true,
+  return pusherClient(config.key, host, port, {
     channelAuthorization: {
       customHandler: ({ socketId, channelName }, callback) =>
         callback(null, apiA.authorizeChannel(socketId, channelName)),
@@ -181,12 +169,7 @@ results.clientEvent = (await arrived).data;
 results.clientNotEchoed = await echoSilent;
 
 // A private channel refused without a valid signature.
-const forged = new PusherJS(config.key, {
-  cluster: "mt1",
-  wsHost: hostA,
-  wsPort: Number(portA),
-  forceTLS: false,
-  enabledTransports: ["ws"],
+const forged = pusherClient(config.key, hostA, portA, {
   channelAuthorization: {
     customHandler: (_, callback) => callback(null, { auth: `${config.key}:${"0".repeat(64)}` }),
   },

@@ -3,32 +3,19 @@
 // Holds both for a moment, closes both, and prints what each saw as JSON.
 // Usage: node webhooks_e2e.mjs '{"a":"HOST:PORT","b":"HOST:PORT","slug":…,"key":…,"secret":…,
 //                               "channel":…,"presence":…,"holdMs":…}'
-import PusherJS from "pusher-js";
 import PusherServer from "pusher";
 import { Socket } from "phoenix";
 import WebSocket from "ws";
 import jwt from "jsonwebtoken";
+import { pusherClient, within } from "./loopback.mjs";
 
 const config = JSON.parse(process.argv[2]);
-const TIMEOUT = 8000;
 
-function within(promise, what, ms = TIMEOUT) {
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => setTimeout(() => reject(new Error(`timeout: ${what}`)), ms)),
-  ]);
-}
 
 const [hostA, portA] = config.a.split(":");
 const api = new PusherServer({ appId: "1", key: config.key, secret: config.secret, host: hostA, port: portA, useTLS: false });
 
-const pusher = new PusherJS(config.key, {
-  cluster: "mt1",
-  wsHost: hostA,
-  wsPort: Number(portA),
-  forceTLS: false,
-  enabledTransports: ["ws"],
-  disableStats: true,
+const pusher = pusherClient(config.key, hostA, portA, {
   channelAuthorization: {
     customHandler: ({ socketId, channelName }, callback) =>
       callback(null, api.authorizeChannel(socketId, channelName, { user_id: "ann", user_info: { name: "Ann" } })),
