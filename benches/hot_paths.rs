@@ -5,8 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use pushlite::Config;
 use pushlite::bus::{Bus, LocalBus};
 use pushlite::control::NodeSink;
+use pushlite::debug::Debug;
 use pushlite::domain::event::{Data, Event};
 use pushlite::hub::{Hub, Subscriber, run_subscriptions};
 use pushlite::metrics::Metrics;
@@ -61,6 +63,12 @@ fn dispatch(c: &mut Criterion) {
         hub: hub.clone(),
         cache: AppCache::new(10, Duration::from_secs(60)),
         registry: registry.clone(),
+        debug: Debug::new(
+            "bench".to_owned(),
+            Config::default().console.debug_limits(),
+            metrics.clone(),
+        )
+        .0,
     });
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(sink, metrics.clone()));
     let webhooks = runtime.block_on(async {

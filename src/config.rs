@@ -37,6 +37,7 @@ pub struct Config {
     pub longpoll: LongPollConfig,
     pub webhooks: WebhooksConfig,
     pub history: HistoryConfig,
+    pub console: ConsoleConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
@@ -278,6 +279,39 @@ impl HistoryConfig {
     }
 }
 
+/// The web console at `/console`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve `/console` at all. The admin API does not depend on it.
+    pub enabled: bool,
+    /// How long a console login lasts.
+    pub session_ttl_secs: u64,
+    /// How long the answer to a failed login is held back.
+    pub login_delay_ms: u64,
+    /// Login attempts one node checks at once; more wait their turn, so guessing in parallel
+    /// is no faster than `login_concurrency` guesses per `login_delay_ms`.
+    pub login_concurrency: u32,
+    /// Debug stream records each node sends per watched app per second; the rest are skipped
+    /// and counted.
+    pub debug_rate: u32,
+    /// How long a debug watch lasts without renewal (renewed every third of it).
+    pub debug_lease_secs: u64,
+    /// Debug stream viewers one node serves at once.
+    pub debug_max_viewers: usize,
+}
+
+impl ConsoleConfig {
+    #[must_use]
+    pub fn debug_limits(&self) -> crate::debug::Limits {
+        crate::debug::Limits {
+            rate: self.debug_rate,
+            lease: std::time::Duration::from_secs(self.debug_lease_secs),
+            max_viewers: self.debug_max_viewers,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -379,6 +413,15 @@ impl Default for Config {
                 meta_ttl_secs: 86_400,
                 cache_ttl_secs: 1800,
                 max_read: 1000,
+            },
+            console: ConsoleConfig {
+                enabled: true,
+                session_ttl_secs: 8 * 3600,
+                login_delay_ms: 1000,
+                login_concurrency: 4,
+                debug_rate: 50,
+                debug_lease_secs: 30,
+                debug_max_viewers: 32,
             },
             metrics: MetricsConfig {
                 listen: None,
@@ -541,7 +584,8 @@ impl Config {
         let p = &self.pusher;
         let w = &self.webhooks;
         let h = &self.history;
-        let ranges: [(&str, u64, u64, u64); 52] = [
+        let c = &self.console;
+        let ranges: [(&str, u64, u64, u64); 58] = [
             ("server.drain_delay_ms", s.drain_delay_ms, 0, DAY_MS),
             (
                 "server.shutdown_timeout_ms",
@@ -733,6 +777,27 @@ impl Config {
                 30 * DAY_SECS,
             ),
             ("history.max_read", u64::from(h.max_read), 1, 100_000),
+            (
+                "console.session_ttl_secs",
+                c.session_ttl_secs,
+                60,
+                30 * DAY_SECS,
+            ),
+            ("console.login_delay_ms", c.login_delay_ms, 0, 60_000),
+            (
+                "console.login_concurrency",
+                u64::from(c.login_concurrency),
+                1,
+                1000,
+            ),
+            ("console.debug_rate", u64::from(c.debug_rate), 1, 10_000),
+            ("console.debug_lease_secs", c.debug_lease_secs, 3, 3600),
+            (
+                "console.debug_max_viewers",
+                as_u64(c.debug_max_viewers),
+                0,
+                10_000,
+            ),
             (
                 "metrics.max_app_labels",
                 as_u64(self.metrics.max_app_labels),

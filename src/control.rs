@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::bus::{BusSink, Control};
+use crate::debug::Debug;
 use crate::domain::event::Event;
 use crate::domain::topic::Topic;
 use crate::hub::Hub;
@@ -15,6 +16,7 @@ pub struct NodeSink {
     pub cache: AppCache,
     /// The cached registry, to load an app once per change for every socket to recheck.
     pub registry: Arc<dyn AppRegistry>,
+    pub debug: Arc<Debug>,
 }
 
 impl BusSink for NodeSink {
@@ -28,6 +30,8 @@ impl BusSink for NodeSink {
 
     fn control(&self, control: Control) {
         match control {
+            Control::DebugWatch { slug, node, on } => self.debug.lease(&slug, &node, on),
+            Control::DebugRecord { slug, record } => self.debug.show(&slug, &record),
             Control::TerminateUser { slug, user_id } => {
                 if let Ok(topic) = Topic::user(&user_id, &slug) {
                     self.hub.terminate_topic(topic.as_str());

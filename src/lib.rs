@@ -5,7 +5,7 @@
 //! - [`config`]: the typed configuration and its layering (defaults, TOML, environment).
 //! - [`domain`]: apps and their validation; no I/O.
 //! - [`registry`]: the app registry trait and its Postgres and SQLite implementations.
-//! - [`http`]: the axum router, handlers and the HTTP error mapping.
+//! - [`http`]: the axum router, handlers, the web console and the HTTP error mapping.
 //! - [`protocol`]: the Phoenix Channels wire formats (v1 objects, v2 arrays); no I/O.
 //! - [`bus`]: the cross-node fan-out seam and its in-process implementation.
 //! - [`control`]: what a node does with events and control messages from the bus.
@@ -19,12 +19,14 @@
 //! - [`startup`]: builds a node from a configuration; the only place concrete backends are chosen.
 //! - [`webhooks`]: occupancy, member and client-event webhooks, decided cluster-wide and
 //!   delivered at least once.
+//! - [`debug`]: the web console's live debug stream, free while nobody watches.
 //! - [`cli`]: the `pushlite` command line; `main.rs` only calls it.
 
 pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod debug;
 pub mod directory;
 pub mod domain;
 pub mod http;

@@ -106,6 +106,8 @@ struct Inner {
     webhooks_sent: IntCounterVec,
     webhook_delivery: Histogram,
     webhook_queue_depth: IntGauge,
+    console_logins: IntCounterVec,
+    debug_records: IntCounterVec,
     max_app_labels: usize,
     labelled_apps: Mutex<HashSet<String>>,
     usage: Usage,
@@ -289,6 +291,18 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
+            console_logins: counter(
+                &r,
+                "pushlite_console_logins_total",
+                "Web console login attempts by result (ok or failed).",
+                &["result"],
+            ),
+            debug_records: counter(
+                &r,
+                "pushlite_console_debug_records_total",
+                "Debug stream records this node sent for watched apps, or skipped over console.debug_rate.",
+                &["outcome"],
+            ),
             registry: r,
             max_app_labels,
             labelled_apps: Mutex::new(HashSet::new()),
@@ -424,6 +438,16 @@ impl Metrics {
         self.0
             .webhook_queue_depth
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// `result` is `ok` or `failed`.
+    pub fn console_login(&self, result: &'static str) {
+        self.0.console_logins.with_label_values(&[result]).inc();
+    }
+
+    /// `outcome` is `sent` or `skipped`.
+    pub fn debug_record(&self, outcome: &'static str) {
+        self.0.debug_records.with_label_values(&[outcome]).inc();
     }
 
     /// The text exposition.

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::bus::{Bus, BusError, BusSink, Control};
 use crate::config::Config;
 use crate::control::NodeSink;
+use crate::debug::{Debug, Kind, Record};
 use crate::directory::NodeDirectory;
 use crate::domain::app::App;
 use crate::domain::event::Event;
 use crate::domain::history::{Keep, Position};
-use crate::domain::topic::Topic;
+use crate::domain::topic::{Topic, channel_of};
 use crate::hub::{ConnId, Hub};
 use crate::metrics::Metrics;
 use crate::presence::PresenceStore;
@@ -40,6 +41,39 @@ pub struct NodeState {
     pub webhooks: Arc<Webhooks>,
     pub longpolls: Arc<LongPolls>,
     pub node: Arc<NodeInfo>,
+    /// The console's debug stream.
+    pub debug: Arc<Debug>,
+}
+
+/// Where an event came from, for the metrics and the debug stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The events API or the Pusher HTTP API.
+    Http,
+    /// A client on its socket.
+    Client,
+    /// A test event from the web console.
+    Console,
+}
+
+impl Source {
+    /// The `source` label of `pushlite_events_published_total`.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Http => "http",
+            Source::Client => "client",
+            Source::Console => "console",
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Source::Http => Kind::Event,
+            Source::Client => Kind::ClientEvent,
+            Source::Console => Kind::ConsoleEvent,
+        }
+    }
 }
 
 /// Who this node is, for the cluster directory.
@@ -79,14 +113,31 @@ impl NodeState {
         Keep::of(app, topic.as_str(), self.config.history.bounds())
     }
 
-    /// Publishes an event of `app`, stored in its topic's history when the topic keeps one;
-    /// returns its position there.
+    /// Publishes an event of `app`, stored in its topic's history when the topic keeps one,
+    /// and counts it; returns its position there.
     ///
     /// # Errors
-    /// The bus could not publish it; nothing was stored either.
-    pub async fn publish(&self, app: &App, event: &Event) -> Result<Option<Position>, BusError> {
+    /// The bus could not publish it; nothing was stored or counted.
+    pub async fn publish(
+        &self,
+        app: &App,
+        event: &Event,
+        source: Source,
+    ) -> Result<Option<Position>, BusError> {
         let keep = Keep::of(app, &event.topic, self.config.history.bounds());
-        self.bus.publish(event, keep).await
+        let position = self.bus.publish(event, keep).await?;
+        self.metrics.published(&app.slug, source.label());
+        self.debug.record(&app.slug, || {
+            let mut record = Record::new(source.kind())
+                .channel(channel_of(&event.topic).unwrap_or(&event.topic))
+                .event(&event.event)
+                .data(event.data.text());
+            if let Some(socket) = &event.exclude {
+                record = record.socket(socket.clone());
+            }
+            record
+        });
+        Ok(position)
     }
 
     /// After an admin write, tells every node to drop its cached copy of the app, and to close

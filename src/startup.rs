@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::bus::{Bus, BusError, LocalBus, RedisBus, RedisBusConfig};
 use crate::config::{Config, ConfigError};
 use crate::control::NodeSink;
+use crate::debug::Debug;
 use crate::directory::{LocalDirectory, NodeDirectory, RedisDirectory};
 use crate::http;
 use crate::http::server::{self, Timeouts};
@@ -83,10 +84,16 @@ impl Server {
         let metrics = Metrics::new(config.metrics.max_app_labels);
         let node = Arc::new(NodeInfo::default());
         let (hub, ops) = Hub::new(metrics.clone(), node.socket_prefix);
+        let (debug, outbox) = Debug::new(
+            node.id.clone(),
+            config.console.debug_limits(),
+            metrics.clone(),
+        );
         let sink = Arc::new(NodeSink {
             hub: hub.clone(),
             cache,
             registry: registry.clone(),
+            debug: debug.clone(),
         });
         let node_ttl = Duration::from_millis(config.stats.node_ttl_ms);
         let hooks = &config.webhooks;
@@ -142,6 +149,7 @@ impl Server {
             metrics: metrics.clone(),
             client: deliver::client(&config.webhooks).map_err(StartupError::Webhooks)?,
         });
+        tokio::spawn(debug.clone().run(outbox, bus.clone()));
         tokio::spawn(run_subscriptions(
             hub.clone(),
             bus.clone(),
@@ -171,6 +179,7 @@ impl Server {
             webhooks,
             longpolls: Arc::default(),
             node,
+            debug,
         };
         spawn_heartbeat(state.clone());
         Ok(Server {

@@ -1,6 +1,7 @@
 //! Per-app usage counted on this node, reported to the cluster for the admin stats API:
-//! connections now, events published and messages delivered since start and over the last
-//! minute (sixty one-second buckets).
+//! connections now, events published and messages delivered since start, over the last minute
+//! (sixty one-second buckets), and over the last five minutes in ten-second buckets of wall
+//! clock time, so that every node's buckets line up for the console's chart.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, PoisonError};
@@ -10,12 +11,19 @@ use serde::{Deserialize, Serialize};
 
 const WINDOW_SECS: usize = 60;
 
+/// The chart's resolution and span.
+pub const SERIES_BUCKET_SECS: i64 = 10;
+pub const SERIES_BUCKETS: usize = 30;
+
 struct AppUsage {
     connections: i64,
     published_total: u64,
     delivered_total: u64,
     /// `(second, published, delivered)` per bucket, indexed by `second % 60`.
     window: [(u64, u64, u64); WINDOW_SECS],
+    /// `(unix second the bucket starts, published, delivered)`, indexed by bucket number modulo
+    /// [`SERIES_BUCKETS`].
+    series: [(i64, u64, u64); SERIES_BUCKETS],
 }
 
 impl Default for AppUsage {
@@ -26,6 +34,7 @@ impl Default for AppUsage {
             delivered_total: 0,
             // Second u64::MAX is never current, so every bucket starts empty.
             window: [(u64::MAX, 0, 0); WINDOW_SECS],
+            series: [(i64::MIN, 0, 0); SERIES_BUCKETS],
         }
     }
 }
@@ -37,6 +46,32 @@ impl AppUsage {
             *slot = (second, 0, 0);
         }
         slot
+    }
+
+    fn series_bucket(&mut self, unix: i64) -> &mut (i64, u64, u64) {
+        let start = unix - unix.rem_euclid(SERIES_BUCKET_SECS);
+        let index = usize::try_from(start / SERIES_BUCKET_SECS).unwrap_or(0) % SERIES_BUCKETS;
+        let slot = &mut self.series[index];
+        if slot.0 != start {
+            *slot = (start, 0, 0);
+        }
+        slot
+    }
+
+    /// The non-empty buckets of the last [`SERIES_BUCKETS`], oldest first.
+    fn recent(&self, unix: i64) -> Vec<[i64; 3]> {
+        let oldest = unix - SERIES_BUCKET_SECS * SERIES_BUCKETS as i64;
+        let mut recent: Vec<[i64; 3]> = self
+            .series
+            .iter()
+            .filter(|(start, p, d)| *start > oldest && (*p, *d) != (0, 0))
+            .map(|&(start, p, d)| {
+                let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                [start, count(p), count(d)]
+            })
+            .collect();
+        recent.sort_unstable_by_key(|bucket| bucket[0]);
+        recent
     }
 
     fn last_minute(&self, now: u64) -> (u64, u64) {
@@ -57,6 +92,10 @@ pub struct AppReport {
     pub published_total: u64,
     pub delivered_last_minute: u64,
     pub delivered_total: u64,
+    /// `[unix second the bucket starts, published, delivered]` for the non-empty buckets of
+    /// the last five minutes (see [`SERIES_BUCKET_SECS`]).
+    #[serde(default)]
+    pub recent: Vec<[i64; 3]>,
 }
 
 pub struct Usage {
@@ -78,33 +117,36 @@ impl Usage {
         self.started.elapsed().as_secs()
     }
 
-    fn with_app(&self, slug: &str, f: impl FnOnce(&mut AppUsage, u64)) {
+    fn with_app(&self, slug: &str, f: impl FnOnce(&mut AppUsage, u64, i64)) {
         let second = self.second();
+        let unix = unix_secs();
         let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(app) = apps.get_mut(slug) {
-            f(app, second);
+            f(app, second, unix);
         } else {
             let mut app = AppUsage::default();
-            f(&mut app, second);
+            f(&mut app, second, unix);
             apps.insert(slug.to_owned(), app);
         }
     }
 
     pub fn connection(&self, slug: &str, delta: i64) {
-        self.with_app(slug, |app, _| app.connections += delta);
+        self.with_app(slug, |app, _, _| app.connections += delta);
     }
 
     pub fn published(&self, slug: &str) {
-        self.with_app(slug, |app, second| {
+        self.with_app(slug, |app, second, unix| {
             app.published_total += 1;
             app.bucket(second).1 += 1;
+            app.series_bucket(unix).1 += 1;
         });
     }
 
     pub fn delivered(&self, slug: &str, count: u64) {
-        self.with_app(slug, |app, second| {
+        self.with_app(slug, |app, second, unix| {
             app.delivered_total += count;
             app.bucket(second).2 += count;
+            app.series_bucket(unix).2 += count;
         });
     }
 
@@ -112,6 +154,7 @@ impl Usage {
     #[must_use]
     pub fn report(&self) -> BTreeMap<String, AppReport> {
         let now = self.second();
+        let unix = unix_secs();
         let apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
         apps.iter()
             .map(|(slug, app)| {
@@ -123,11 +166,16 @@ impl Usage {
                     published_total: app.published_total,
                     delivered_last_minute: delivered,
                     delivered_total: app.delivered_total,
+                    recent: app.recent(unix),
                 };
                 (slug.clone(), report)
             })
             .collect()
     }
+}
+
+fn unix_secs() -> i64 {
+    chrono::Utc::now().timestamp()
 }
 
 #[cfg(test)]
@@ -145,5 +193,23 @@ mod tests {
         app.bucket(65).1 += 1;
         assert_eq!(app.last_minute(65), (1, 3));
         assert_eq!(app.last_minute(200), (0, 0));
+    }
+
+    #[test]
+    fn series_buckets_follow_the_wall_clock() {
+        let mut app = AppUsage::default();
+        app.series_bucket(1_000_003).1 += 2;
+        app.series_bucket(1_000_009).2 += 5;
+        app.series_bucket(1_000_021).1 += 1;
+        assert_eq!(
+            app.recent(1_000_025),
+            vec![[1_000_000, 2, 5], [1_000_020, 1, 0]]
+        );
+        // Five minutes later the first bucket is gone, and its slot reused.
+        app.series_bucket(1_000_300).1 += 7;
+        assert_eq!(
+            app.recent(1_000_305),
+            vec![[1_000_020, 1, 0], [1_000_300, 7, 0]]
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! - presence: two pusher-js tabs on two nodes and a phoenix.js tab list each other; the node of
 //!   one tab is killed with SIGKILL and the other tabs drop its member within the node timeout;
 //! - history: a phoenix.js tab whose socket is closed for a few seconds while messages are
-//!   triggered on the other node shows every missed message once, in order, when it reconnects.
+//!   triggered on the other node shows every missed message once, in order, when it reconnects;
+//! - the web console: an operator logs in, creates an app, watches its debug console while the
+//!   article's curl triggers on another node, rotates, deactivates and deletes it.
 
 mod common;
 
@@ -124,4 +126,101 @@ async fn a_browser_tab_that_lost_its_socket_shows_every_missed_message_once() {
         "every message once, in order"
     );
     assert_eq!(r["status"], "recovered");
+}
+
+#[tokio::test]
+async fn an_operator_manages_an_app_and_watches_its_traffic_in_the_console() {
+    has_browser();
+    let database = fresh_postgres_database().await;
+    // The development pair, as `make run` has it: the console warns about it.
+    let env = [
+        ("REDIS_URL", redis_url()),
+        ("DATABASE_URL", database),
+        ("PUSHER_ADMIN_USERNAME", "pusher_admin_username".to_owned()),
+        ("PUSHER_ADMIN_PASSWORD", "pusher_admin_password".to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = NodeProcess::spawn(&env).await;
+    let b = NodeProcess::spawn(&env).await;
+    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/console-screenshots");
+    let args = json!({
+        "a": a.addr.to_string(),
+        "b": b.addr.to_string(),
+        "user": "pusher_admin_username",
+        "password": "pusher_admin_password",
+        "name": "Foo App",
+        "shots": shots,
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/console.py");
+    let r = run_client(
+        PYTHON,
+        &[script.to_owned(), args.to_string()],
+        env!("CARGO_MANIFEST_DIR"),
+    )
+    .await;
+    eprintln!("{r:#}");
+    let login = "/console/login";
+    assert_eq!(
+        r["guarded"],
+        json!({"/console": login, "/console/nodes": login, "/console/apps/new": login,
+               "/console/apps/x/debug": login, "/console/api/apps": 401})
+    );
+    assert_eq!(r["wrongPassword"]["error"], "Wrong username or password.");
+    assert_eq!(r["wrongPassword"]["path"], login);
+    let slowed = r["wrongPassword"]["ms"].as_u64().unwrap();
+    assert!(
+        slowed >= 1000,
+        "a failed login is answered after the delay, took {slowed} ms"
+    );
+    assert_eq!(
+        r["bannerOnLogin"], true,
+        "the development credentials are flagged"
+    );
+    assert_eq!(r["loggedIn"], true);
+    assert_eq!(r["app"]["slug"], "foo-app");
+    assert_eq!(r["app"]["key"].as_str().unwrap().len(), 36);
+    assert_eq!(r["app"]["secretShown"], true);
+    assert_eq!(r["labelsMissing"], json!([]), "every control has a label");
+    assert_eq!(r["curlStatus"], 200);
+    let took = r["curlToConsoleMs"].as_u64().unwrap();
+    assert!(took < 1000, "the event reached the console in {took} ms");
+    assert!(r["eventRow"].as_str().unwrap().contains("hello from curl"));
+    let refused = r["refusedRow"].as_str().unwrap();
+    assert!(
+        refused.contains("private") && refused.contains("unauthorized"),
+        "{refused}"
+    );
+    assert_eq!(r["filtered"], json!(["kind-refused"]));
+    assert_eq!(
+        r["rotation"],
+        json!({"changed": true, "old": 401, "new": 200})
+    );
+    assert_eq!(r["csrfMissing"]["status"], 403);
+    assert_eq!(
+        r["csrfMissing"]["body"]["errors"]["detail"],
+        "missing or wrong CSRF token"
+    );
+    assert_eq!(r["csrfWrong"], 403);
+    assert_eq!(
+        r["deactivated"], 404,
+        "an inactive app's triggers are refused"
+    );
+    assert_eq!(r["deleted"], 404);
+    assert_eq!(r["nodes"], 2);
+    assert_eq!(r["afterLogout"], login);
+    for page in [
+        "newAppFits",
+        "debugFits",
+        "appFits",
+        "appsFits",
+        "nodesFits",
+    ] {
+        assert_eq!(r[page], true, "{page}: wider than a 375 px phone");
+    }
+    for shot in ["login", "new-app", "debug-console", "app", "apps", "nodes"] {
+        assert!(
+            std::path::Path::new(&format!("{shots}/{shot}.png")).exists(),
+            "{shot}.png"
+        );
+    }
 }

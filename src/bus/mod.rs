@@ -37,6 +37,18 @@ pub enum Control {
     AppChanged { slug: String, close: bool },
     /// The app's server ended a user's connections (Pusher `terminate_connections`).
     TerminateUser { slug: String, user_id: String },
+    /// A console viewer of the app's debug stream on `node` began (or, `on: false`, the last
+    /// one ended); renewed while it lasts (see [`crate::debug`]).
+    DebugWatch {
+        slug: String,
+        node: String,
+        on: bool,
+    },
+    /// One debug stream record of the app, for the nodes with a viewer of it.
+    DebugRecord {
+        slug: String,
+        record: crate::debug::Record,
+    },
 }
 
 /// Where a bus hands what it receives.

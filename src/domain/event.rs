@@ -40,6 +40,14 @@ pub enum Data {
 }
 
 impl Data {
+    /// The payload as its producer wrote it.
+    #[must_use]
+    pub fn text(&self) -> &str {
+        match self {
+            Data::Object(raw) | Data::Pusher(raw) => raw.get(),
+        }
+    }
+
     /// The payload of a Phoenix frame: always a JSON object.
     #[must_use]
     pub fn phoenix_payload(&self) -> Cow<'_, str> {

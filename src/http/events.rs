@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::extract::Slug;
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, RESERVED, Scope, check_name, event_name, is_reserved};
-use crate::node::NodeState;
+use crate::node::{NodeState, Source};
 
 /// Room for the other fields and for percent-encoding (up to three bytes per payload byte).
 #[must_use]
@@ -59,10 +59,9 @@ pub async fn trigger(
     let fields = body::object(&headers, &body)?;
     let event = parse_event(&slug, fields, payload_limit)?;
     let position = state
-        .publish(&app, &event)
+        .publish(&app, &event, Source::Http)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    state.metrics.published(&slug, "http");
     // On a topic with history, where the event was stored (Centrifugo's publish result).
     Ok(Json(position.map_or_else(|| json!({}), |p| json!(p))))
 }
@@ -81,7 +80,7 @@ fn required<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a str, A
 }
 
 /// Validates the article's fields and builds the event it describes.
-fn parse_event(
+pub(super) fn parse_event(
     slug: &str,
     fields: Map<String, Value>,
     payload_limit: usize,

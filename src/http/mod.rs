@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod body;
+mod console;
 mod error;
 mod events;
 mod extract;
@@ -54,6 +55,9 @@ pub fn router(state: NodeState) -> Router {
     let mut router = Router::new();
     if state.config.metrics.listen.is_none() {
         router = router.route("/metrics", get(metrics));
+    }
+    if state.config.console.enabled {
+        router = router.merge(console::router(&state));
     }
     router
         .route("/healthz", get(healthz))

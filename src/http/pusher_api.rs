@@ -24,7 +24,7 @@ use crate::domain::event::{Data, Event, RESERVED, check_name, is_reserved};
 use crate::domain::history::{Read, is_cache};
 use crate::domain::signature;
 use crate::domain::topic::{ChannelKind, Topic, channel_of};
-use crate::node::NodeState;
+use crate::node::{NodeState, Source};
 
 /// A Pusher-shaped error.
 #[derive(Debug)]
@@ -438,10 +438,9 @@ fn presence_topics<'a>(info: Info, topics: impl Iterator<Item = &'a String>) -> 
 async fn publish(state: &NodeState, app: &App, events: &[Event]) -> Result<()> {
     for event in events {
         state
-            .publish(app, event)
+            .publish(app, event, Source::Http)
             .await
             .map_err(|e| PusherError::from(ApiError::Unavailable(e.to_string())))?;
-        state.metrics.published(&app.slug, "http");
     }
     Ok(())
 }

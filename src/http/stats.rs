@@ -11,6 +11,7 @@ use super::extract::Slug;
 use crate::directory::NodeReport;
 use crate::domain::topic::app_of;
 use crate::node::NodeState;
+use crate::usage::{SERIES_BUCKET_SECS, SERIES_BUCKETS};
 
 /// This node's report, fresh.
 #[must_use]
@@ -68,25 +69,60 @@ pub async fn app_stats(
         .await?
         .ok_or(ApiError::NotFound("no app with this slug"))?;
     let reports = cluster(&state).await?;
-    let mut topics: BTreeMap<String, usize> = BTreeMap::new();
-    let (mut connections, mut published, mut published_total) = (0, 0, 0);
-    let (mut delivered, mut delivered_total) = (0, 0);
-    for app in reports.iter().filter_map(|node| node.apps.get(&slug)) {
-        connections += app.connections;
-        published += app.published_last_minute;
-        published_total += app.published_total;
-        delivered += app.delivered_last_minute;
-        delivered_total += app.delivered_total;
-        for (topic, subscribers) in &app.topics {
-            *topics.entry(topic.clone()).or_default() += subscribers;
-        }
-    }
+    let sum = Summary::of(&reports, &slug);
+    let last = chrono::Utc::now().timestamp();
+    let last = last - last.rem_euclid(SERIES_BUCKET_SECS);
+    let buckets: Vec<Value> = (0..SERIES_BUCKETS as i64)
+        .rev()
+        .map(|back| {
+            let at = last - back * SERIES_BUCKET_SECS;
+            let (events, deliveries) = sum.series.get(&at).copied().unwrap_or((0, 0));
+            json!({"at": at, "events": events, "deliveries": deliveries})
+        })
+        .collect();
     Ok(Json(json!({ "data": {
         "app": slug,
         "nodes": reports.len(),
-        "connections": connections,
-        "topics": topics,
-        "events_published": { "last_minute": published, "since_start": published_total },
-        "messages_delivered": { "last_minute": delivered, "since_start": delivered_total },
+        "connections": sum.connections,
+        "topics": sum.topics,
+        "events_published": { "last_minute": sum.published, "since_start": sum.published_total },
+        "messages_delivered": { "last_minute": sum.delivered, "since_start": sum.delivered_total },
+        "series": { "bucket_secs": SERIES_BUCKET_SECS, "buckets": buckets },
     }})))
+}
+
+/// One app's usage summed over the nodes' reports.
+#[derive(Default)]
+pub struct Summary {
+    pub connections: i64,
+    pub topics: BTreeMap<String, usize>,
+    pub published: u64,
+    pub published_total: u64,
+    pub delivered: u64,
+    pub delivered_total: u64,
+    /// Bucket start → (published, delivered).
+    pub series: BTreeMap<i64, (i64, i64)>,
+}
+
+impl Summary {
+    #[must_use]
+    pub fn of(reports: &[NodeReport], slug: &str) -> Summary {
+        let mut sum = Summary::default();
+        for app in reports.iter().filter_map(|node| node.apps.get(slug)) {
+            sum.connections += app.connections;
+            sum.published += app.published_last_minute;
+            sum.published_total += app.published_total;
+            sum.delivered += app.delivered_last_minute;
+            sum.delivered_total += app.delivered_total;
+            for (topic, subscribers) in &app.topics {
+                *sum.topics.entry(topic.clone()).or_default() += subscribers;
+            }
+            for [at, published, delivered] in &app.recent {
+                let bucket = sum.series.entry(*at).or_default();
+                bucket.0 += published;
+                bucket.1 += delivered;
+            }
+        }
+        sum
+    }
 }

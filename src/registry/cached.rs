@@ -143,6 +143,18 @@ impl AppRegistry for CachedRegistry {
         self.cache.invalidate(slug);
         deleted
     }
+
+    async fn start_session(&self, token_hash: &str, expires_at: i64) -> Result<(), RegistryError> {
+        self.inner.start_session(token_hash, expires_at).await
+    }
+
+    async fn session_valid(&self, token_hash: &str, now: i64) -> Result<bool, RegistryError> {
+        self.inner.session_valid(token_hash, now).await
+    }
+
+    async fn end_session(&self, token_hash: &str) -> Result<(), RegistryError> {
+        self.inner.end_session(token_hash).await
+    }
 }
 
 #[cfg(test)]
@@ -206,6 +218,15 @@ mod tests {
         }
         async fn delete(&self, slug: &str) -> Result<bool, RegistryError> {
             self.inner.delete(slug).await
+        }
+        async fn start_session(&self, hash: &str, expires_at: i64) -> Result<(), RegistryError> {
+            self.inner.start_session(hash, expires_at).await
+        }
+        async fn session_valid(&self, hash: &str, now: i64) -> Result<bool, RegistryError> {
+            self.inner.session_valid(hash, now).await
+        }
+        async fn end_session(&self, hash: &str) -> Result<(), RegistryError> {
+            self.inner.end_session(hash).await
         }
     }
 

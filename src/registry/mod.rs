@@ -56,7 +56,10 @@ pub enum RegistryError {
 ///   [`RegistryError::Conflict`] naming the field, and changes nothing;
 /// - `update` and `rotate_secret` set `updated_at`; `inserted_at` never changes;
 /// - lookups are by slug or key and never return a deleted app;
-/// - every method is a single statement, so concurrent callers never see half a write.
+/// - every method is a single statement, so concurrent callers never see half a write
+///   (`start_session` is two independent ones: forget expired sessions, store the new one);
+/// - console sessions are stored by the hash of their token, and a session is valid from
+///   `start_session` until its expiry or `end_session`, on every node.
 #[async_trait]
 pub trait AppRegistry: Send + Sync + 'static {
     /// Applies the embedded migrations for this backend.
@@ -73,6 +76,11 @@ pub trait AppRegistry: Send + Sync + 'static {
     async fn rotate_secret(&self, slug: &str, secret: &str) -> Result<Option<App>, RegistryError>;
     /// `false` when no app has this slug.
     async fn delete(&self, slug: &str) -> Result<bool, RegistryError>;
+    /// Stores a console session valid until `expires_at` (Unix seconds).
+    async fn start_session(&self, token_hash: &str, expires_at: i64) -> Result<(), RegistryError>;
+    /// Whether the session exists and has not expired at `now` (Unix seconds).
+    async fn session_valid(&self, token_hash: &str, now: i64) -> Result<bool, RegistryError>;
+    async fn end_session(&self, token_hash: &str) -> Result<(), RegistryError>;
 }
 
 /// Opens the registry named by `config.url`, every call bounded by

@@ -224,6 +224,38 @@ impl AppRegistry for SqliteRegistry {
             .await?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn start_session(&self, token_hash: &str, expires_at: i64) -> Result<(), RegistryError> {
+        sqlx::query("DELETE FROM console_sessions WHERE expires_at <= ?1")
+            .bind(chrono::Utc::now().timestamp())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("INSERT INTO console_sessions (token_hash, expires_at) VALUES (?1, ?2)")
+            .bind(token_hash.to_owned())
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session_valid(&self, token_hash: &str, now: i64) -> Result<bool, RegistryError> {
+        let found: Option<(i64,)> = sqlx::query_as(
+            "SELECT expires_at FROM console_sessions WHERE token_hash = ?1 AND expires_at > ?2",
+        )
+        .bind(token_hash.to_owned())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn end_session(&self, token_hash: &str) -> Result<(), RegistryError> {
+        sqlx::query("DELETE FROM console_sessions WHERE token_hash = ?1")
+            .bind(token_hash.to_owned())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }
 
 fn origins_json(origins: &[String]) -> String {

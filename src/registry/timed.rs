@@ -69,4 +69,18 @@ impl AppRegistry for TimedRegistry {
     async fn delete(&self, slug: &str) -> Result<bool, RegistryError> {
         self.bounded(self.inner.delete(slug)).await
     }
+
+    async fn start_session(&self, token_hash: &str, expires_at: i64) -> Result<(), RegistryError> {
+        self.bounded(self.inner.start_session(token_hash, expires_at))
+            .await
+    }
+
+    async fn session_valid(&self, token_hash: &str, now: i64) -> Result<bool, RegistryError> {
+        self.bounded(self.inner.session_valid(token_hash, now))
+            .await
+    }
+
+    async fn end_session(&self, token_hash: &str) -> Result<(), RegistryError> {
+        self.bounded(self.inner.end_session(token_hash)).await
+    }
 }

@@ -20,13 +20,14 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::bus::BusError;
+use crate::debug::{Kind, Record};
 use crate::domain::app::App;
 use crate::domain::event::Event;
 use crate::domain::history::{Keep, Page, Position, Read};
-use crate::domain::topic::{Topic, app_of};
+use crate::domain::topic::{Topic, app_of, channel_of};
 use crate::hub::{ConnId, Outbound, Stamp, Subscriber};
 use crate::metrics::CloseReason;
-use crate::node::NodeState;
+use crate::node::{self, NodeState};
 use crate::presence::{Member, PresenceError, Snapshot, TopicChange, TopicSnapshot};
 use crate::protocol::Wire;
 
@@ -113,6 +114,20 @@ impl Refusal {
             Refusal::Unauthorized => "unauthorized",
             Refusal::Limit => "limit",
             Refusal::Full => "full",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+
+    /// Why, in words: the refusal reasons Phoenix clients have always been sent, and what the
+    /// console's debug stream shows.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Unmatched => "unmatched topic",
+            Refusal::NotFound => "app not found",
+            Refusal::Origin => "origin not allowed",
+            Refusal::Unauthorized => "unauthorized",
+            Refusal::Limit => "too many channels joined",
+            Refusal::Full => "presence channel is full",
             Refusal::Unavailable => "unavailable",
         }
     }
@@ -396,6 +411,11 @@ impl Core {
     pub fn leave(&mut self, topic: &str, reason: CloseReason) {
         self.exit(topic);
         if let Some(slug) = app_of(topic) {
+            self.debug(slug, || {
+                Record::new(Kind::Leave)
+                    .channel(channel_of(topic).unwrap_or(topic))
+                    .reason(reason.as_str())
+            });
             self.release_app(slug, reason);
         }
     }
@@ -406,6 +426,7 @@ impl Core {
         *count += 1;
         if *count == 1 {
             self.state.metrics.connection_opened(slug, self.label);
+            self.debug(slug, || Record::new(Kind::Connect));
         }
     }
 
@@ -414,15 +435,44 @@ impl Core {
             *count -= 1;
             if *count == 0 {
                 self.apps.remove(slug);
-                self.state
-                    .metrics
-                    .connection_closed(slug, self.label, reason);
+                self.disconnected(slug, reason);
             }
         }
     }
 
+    /// This connection no longer counts for `slug`.
+    fn disconnected(&self, slug: &str, reason: CloseReason) {
+        self.state
+            .metrics
+            .connection_closed(slug, self.label, reason);
+        self.debug(slug, || {
+            Record::new(Kind::Disconnect).reason(reason.as_str())
+        });
+    }
+
+    /// A debug stream record about this connection, when someone watches `slug`.
+    pub fn debug(&self, slug: &str, make: impl FnOnce() -> Record) {
+        self.state.debug.record(slug, || {
+            make().socket(self.socket_id()).protocol(self.label)
+        });
+    }
+
     /// Counts a join or subscription. A topic no app routes counts under kind `none`.
     pub fn count_join(&self, topic: Option<&Topic>, result: Result<(), Refusal>) {
+        if let Some(topic) = topic {
+            self.debug(topic.app(), || {
+                let record = Record::new(if result.is_ok() {
+                    Kind::Join
+                } else {
+                    Kind::Refused
+                })
+                .channel(topic.channel());
+                match result {
+                    Ok(()) => record,
+                    Err(refusal) => record.reason(refusal.reason()),
+                }
+            });
+        }
         let topic = topic.filter(|_| result != Err(Refusal::Unmatched));
         let (app, kind) = topic.map_or((None, "none"), |t| (Some(t.app()), t.kind().label()));
         let (registered, label) = match result {
@@ -455,8 +505,9 @@ impl Core {
             Ok(None) => return Err(BusError::Unavailable(format!("no app {slug}"))),
             Err(e) => return Err(BusError::Unavailable(e.to_string())),
         };
-        self.state.publish(&app, event).await?;
-        self.state.metrics.published(slug, "client");
+        self.state
+            .publish(&app, event, node::Source::Client)
+            .await?;
         self.state
             .webhooks
             .client_event(&app, event, &self.socket_id());
@@ -666,7 +717,7 @@ fn serve<P: Protocol>(
     kill: Arc<Notify>,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let (id, label) = (core.id, core.label);
+        let id = core.id;
         let shutdown = core.state.shutdown.clone();
         let _live = shutdown.session_started();
         let mut closing = shutdown.closing();
@@ -789,7 +840,7 @@ fn serve<P: Protocol>(
         }
         let reason = outcome.reason();
         for app in core.apps.keys() {
-            core.state.metrics.connection_closed(app, label, reason);
+            core.disconnected(app, reason);
         }
     }
 }

@@ -53,19 +53,6 @@ enum Publish {
     Disabled,
 }
 
-/// The refusal reasons Phoenix clients have always been sent.
-fn reason(refusal: Refusal) -> &'static str {
-    match refusal {
-        Refusal::Unmatched => "unmatched topic",
-        Refusal::NotFound => "app not found",
-        Refusal::Origin => "origin not allowed",
-        Refusal::Unauthorized => "unauthorized",
-        Refusal::Limit => "too many channels joined",
-        Refusal::Full => "presence channel is full",
-        Refusal::Unavailable => "unavailable",
-    }
-}
-
 pub(super) struct Phoenix {
     vsn: Vsn,
     token: Option<String>,
@@ -276,7 +263,7 @@ impl Phoenix {
                 } else {
                     join_ref.as_deref()
                 };
-                let reply = self.error(&message, reply_join_ref, reason(refusal));
+                let reply = self.error(&message, reply_join_ref, refusal.reason());
                 core.send(reply).await
             }
         }
@@ -377,7 +364,7 @@ impl Phoenix {
                 None
             }
             Err(refusal) => {
-                tracing::info!(conn = core.id, %topic, reason = reason(refusal), "closing channel: rights revoked");
+                tracing::info!(conn = core.id, %topic, reason = refusal.reason(), "closing channel: rights revoked");
                 self.close_channel(core, topic, CloseReason::Revoked)
             }
         }

@@ -8,6 +8,7 @@ use axum::extract::ws::{CloseFrame, Utf8Bytes, close_code};
 use serde_json::value::RawValue;
 
 use super::{Close, Core, Notice, Protocol, Refusal};
+use crate::debug::{Kind, Record};
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, check_name};
 use crate::domain::history::{Read, is_cache};
@@ -505,14 +506,16 @@ impl Protocol for Pusher {
                 ));
             }
         };
-        if !app.active {
-            return Err(Close::Refused(
-                code::APP_DISABLED,
-                "application is disabled",
-            ));
-        }
-        if !app.origin_allowed(self.connect.origin.as_deref()) {
-            return Err(Close::Refused(code::UNAUTHORIZED, "origin not allowed"));
+        let refused = if !app.active {
+            Some((code::APP_DISABLED, "application is disabled"))
+        } else if !app.origin_allowed(self.connect.origin.as_deref()) {
+            Some((code::UNAUTHORIZED, "origin not allowed"))
+        } else {
+            None
+        };
+        if let Some((code, reason)) = refused {
+            core.debug(&app.slug, || Record::new(Kind::Refused).reason(reason));
+            return Err(Close::Refused(code, reason));
         }
         self.socket_id = core.state.hub.socket_id(core.id);
         core.hold_app(&app.slug);
