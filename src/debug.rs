@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::bus::{Bus, Control};
@@ -25,6 +25,9 @@ use crate::metrics::Metrics;
 
 /// Longest payload text a record shows, in bytes; longer ones are cut (and marked so).
 pub const DATA_MAX_BYTES: usize = 1024;
+
+/// Longest channel name a record shows, in bytes.
+const NAME_MAX_BYTES: usize = 200;
 
 /// Records queued for one viewer before it starts losing them.
 const VIEWER_QUEUE: usize = 256;
@@ -108,9 +111,10 @@ impl Record {
         }
     }
 
+    /// The channel, cut at [`NAME_MAX_BYTES`] (a refused one can be anything a client sent).
     #[must_use]
     pub fn channel(mut self, channel: &str) -> Record {
-        self.channel = Some(channel.to_owned());
+        self.channel = Some(cut(channel, NAME_MAX_BYTES));
         self
     }
 
@@ -120,19 +124,10 @@ impl Record {
         self
     }
 
-    /// The payload, cut on a character boundary at [`DATA_MAX_BYTES`].
+    /// The payload, cut at [`DATA_MAX_BYTES`].
     #[must_use]
     pub fn data(mut self, text: &str) -> Record {
-        let shown = if text.len() > DATA_MAX_BYTES {
-            let mut end = DATA_MAX_BYTES;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            format!("{}…", &text[..end])
-        } else {
-            text.to_owned()
-        };
-        self.data = Some(shown);
+        self.data = Some(cut(text, DATA_MAX_BYTES));
         self
     }
 
@@ -150,9 +145,21 @@ impl Record {
 
     #[must_use]
     pub fn reason(mut self, reason: &str) -> Record {
-        self.reason = Some(reason.to_owned());
+        self.reason = Some(cut(reason, DATA_MAX_BYTES));
         self
     }
+}
+
+/// `text` cut on a character boundary at `max` bytes, and marked so.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// The debug stream's bounds.
@@ -197,7 +204,12 @@ struct ViewerSlot {
 
 enum Out {
     Record(String, Record),
-    Watch(String, bool),
+    /// A watch of this node begins or ends; `done` hears once it has been published.
+    Watch {
+        slug: String,
+        on: bool,
+        done: Option<oneshot::Sender<()>>,
+    },
 }
 
 /// Too many viewers on this node.
@@ -242,19 +254,17 @@ impl Debug {
 
     fn record_watched(&self, slug: &str, make: impl FnOnce() -> Record) {
         let now = Instant::now();
+        let second = unix_ms() / 1000;
         let skipped = {
             let mut state = self.state();
             if !self.live(&mut state, slug, now) {
                 return;
             }
-            let second = unix_ms() / 1000;
-            let budget = state
-                .budget
-                .entry(slug.to_owned())
-                .or_insert((second, 0, 0));
+            let Some(budget) = state.budget.get_mut(slug) else {
+                return;
+            };
             if budget.0 != second {
-                budget.0 = second;
-                budget.1 = 0;
+                *budget = (second, 0, budget.2);
             }
             if budget.1 >= self.limits.rate {
                 budget.2 += 1;
@@ -275,6 +285,10 @@ impl Debug {
         {
             self.metrics.debug_record("sent");
         } else {
+            // The bus is behind: this one and what it carried travel with the next record.
+            if let Some(budget) = self.state().budget.get_mut(slug) {
+                budget.2 += skipped + 1;
+            }
             self.metrics.debug_record("skipped");
         }
     }
@@ -294,15 +308,42 @@ impl Debug {
         true
     }
 
-    /// A watch announcement from `node` (this one included).
-    pub fn lease(&self, slug: &str, node: &str, on: bool) {
+    /// Forgets every lapsed watch (a node that died watching), so that probes for apps
+    /// nobody watches go back to one atomic load.
+    fn sweep(&self) {
+        let now = Instant::now();
         let mut state = self.state();
+        let state = &mut *state;
+        state.leases.retain(|_, nodes| {
+            nodes.retain(|_, until| *until > now);
+            !nodes.is_empty()
+        });
+        let leases = &state.leases;
+        state.budget.retain(|slug, _| leases.contains_key(slug));
+        self.watched.store(state.leases.len(), Ordering::Relaxed);
+    }
+
+    /// A watch announcement from another node. This node's own come back too, and are
+    /// ignored: it keeps its own watches in step with its viewers (see [`Debug::view`]).
+    pub fn lease(&self, slug: &str, node: &str, on: bool) {
+        if node == self.node {
+            return;
+        }
+        self.set_lease(&mut self.state(), slug, node, on);
+    }
+
+    fn set_lease(&self, state: &mut Watches, slug: &str, node: &str, on: bool) {
         if on {
+            let second = unix_ms() / 1000;
             state
                 .leases
                 .entry(slug.to_owned())
                 .or_default()
                 .insert(node.to_owned(), Instant::now() + self.limits.lease);
+            state
+                .budget
+                .entry(slug.to_owned())
+                .or_insert((second, 0, 0));
         } else if let Some(nodes) = state.leases.get_mut(slug) {
             nodes.remove(node);
             if nodes.is_empty() {
@@ -315,27 +356,30 @@ impl Debug {
 
     /// A record from any node: to this node's viewers of the app.
     pub fn show(&self, slug: &str, record: &Record) {
-        let state = self.state();
-        let Some(viewers) = state.viewers.get(slug) else {
+        if !self.state().viewers.contains_key(slug) {
             return;
-        };
+        }
+        // Serialized outside the lock, which the probes of every session share.
         let Ok(text) = serde_json::to_string(record) else {
             return;
         };
         let text: Arc<str> = Arc::from(text);
-        for viewer in viewers {
+        let state = self.state();
+        for viewer in state.viewers.get(slug).into_iter().flatten() {
             if viewer.tx.try_send(text.clone()).is_err() {
                 viewer.lost.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
-    /// A new viewer of `slug` on this node; the watch is announced to every node.
+    /// A new viewer of `slug` on this node. This node records at once; the others once the
+    /// announcement reaches them, which `announced` tells.
     ///
     /// # Errors
     /// This node already serves `console.debug_max_viewers` viewers.
-    pub fn view(self: &Arc<Debug>, slug: &str) -> Result<Viewer, TooManyViewers> {
+    pub fn view(self: &Arc<Debug>, slug: &str) -> Result<(Viewer, Announced), TooManyViewers> {
         let (tx, rx) = mpsc::channel(VIEWER_QUEUE);
+        let (done, announced) = oneshot::channel();
         let lost = Arc::new(AtomicU64::new(0));
         let id = {
             let mut state = self.state();
@@ -354,12 +398,17 @@ impl Debug {
                     tx,
                     lost: lost.clone(),
                 });
+            // Under the same lock as the viewers, so announcements leave in the order the
+            // viewers came and went: a quick reload cannot end up announced as "off".
+            self.set_lease(&mut state, slug, &self.node, true);
+            let _ = self.outbox.try_send(Out::Watch {
+                slug: slug.to_owned(),
+                on: true,
+                done: Some(done),
+            });
             id
         };
-        // At once here, so this node's own records flow before the announcement returns.
-        self.lease(slug, &self.node, true);
-        let _ = self.outbox.try_send(Out::Watch(slug.to_owned(), true));
-        Ok(Viewer {
+        let viewer = Viewer {
             rx,
             lost,
             guard: ViewerGuard {
@@ -367,35 +416,41 @@ impl Debug {
                 slug: slug.to_owned(),
                 id,
             },
-        })
+        };
+        Ok((viewer, Announced(announced)))
     }
 
     fn unview(&self, slug: &str, id: u64) {
-        let last = {
-            let mut state = self.state();
-            let Some(viewers) = state.viewers.get_mut(slug) else {
-                return;
-            };
-            viewers.retain(|v| v.id != id);
-            let last = viewers.is_empty();
-            if last {
-                state.viewers.remove(slug);
-            }
-            state.viewer_count = state.viewer_count.saturating_sub(1);
-            last
+        let mut state = self.state();
+        let Some(viewers) = state.viewers.get_mut(slug) else {
+            return;
         };
+        viewers.retain(|v| v.id != id);
+        let last = viewers.is_empty();
+        state.viewer_count = state.viewer_count.saturating_sub(1);
         if last {
-            self.lease(slug, &self.node, false);
-            let _ = self.outbox.try_send(Out::Watch(slug.to_owned(), false));
+            state.viewers.remove(slug);
+            self.set_lease(&mut state, slug, &self.node, false);
+            let _ = self.outbox.try_send(Out::Watch {
+                slug: slug.to_owned(),
+                on: false,
+                done: None,
+            });
         }
     }
 
-    fn watched_here(&self) -> Vec<String> {
-        self.state().viewers.keys().cloned().collect()
+    /// Renews this node's watches, here and (returned) for the others.
+    fn renew(&self) -> Vec<String> {
+        let mut state = self.state();
+        let slugs: Vec<String> = state.viewers.keys().cloned().collect();
+        for slug in &slugs {
+            self.set_lease(&mut state, slug, &self.node, true);
+        }
+        slugs
     }
 
-    /// Sends records and watch announcements on the bus, and renews this node's watches, until
-    /// the process ends. Does no I/O while nobody watches.
+    /// Sends records and watch announcements on the bus, renews this node's watches and
+    /// forgets lapsed ones, until the process ends. Does no I/O while nobody watches.
     pub async fn run(self: Arc<Debug>, Outbox(mut rx): Outbox, bus: Arc<dyn Bus>) {
         let mut renew = tokio::time::interval(self.limits.lease / 3);
         loop {
@@ -405,14 +460,20 @@ impl Debug {
                     None => return,
                 },
                 _ = renew.tick() => {
-                    for slug in self.watched_here() {
+                    self.sweep();
+                    for slug in self.renew() {
                         self.announce(&*bus, &slug, true).await;
                     }
                     continue;
                 }
             };
             match out {
-                Out::Watch(slug, on) => self.announce(&*bus, &slug, on).await,
+                Out::Watch { slug, on, done } => {
+                    self.announce(&*bus, &slug, on).await;
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                }
                 Out::Record(slug, record) => {
                     let control = Control::DebugRecord { slug, record };
                     if let Err(error) = bus.publish_control(&control).await {
@@ -440,6 +501,16 @@ impl Debug {
 
 /// The receiving end of [`Debug`]'s queue to the bus; see [`Debug::run`].
 pub struct Outbox(mpsc::Receiver<Out>);
+
+/// Resolves once a new viewer's watch has been announced to every node (or could not be).
+pub struct Announced(oneshot::Receiver<()>);
+
+impl Announced {
+    /// Waits at most `limit`.
+    pub async fn wait(self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.0).await;
+    }
+}
 
 /// One console viewer of an app's debug stream; leaving drops the watch when it was the last.
 pub struct Viewer {
@@ -503,26 +574,65 @@ mod tests {
     async fn a_watched_app_is_capped_and_the_skipped_count_travels() {
         let (debug, Outbox(mut rx)) = debug(3);
         debug.lease("foo", "n2", true);
+        let mut sent = Vec::new();
         for _ in 0..10 {
             debug.record("foo", || Record::new(Kind::Event));
+            while let Ok(Out::Record(_, record)) = rx.try_recv() {
+                sent.push(record.skipped);
+            }
         }
-        let mut sent = 0;
+        // Wait for the next second's budget: its first record carries what was skipped.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        debug.record("foo", || Record::new(Kind::Event));
         while let Ok(Out::Record(_, record)) = rx.try_recv() {
-            assert_eq!(record.skipped, 0);
-            sent += 1;
+            sent.push(record.skipped);
         }
-        // Within one second (a boundary may fall in between, giving one more budget).
-        assert!((3..=6).contains(&sent), "{sent}");
+        let shown = sent.len() as u64;
+        let skipped: u64 = sent.iter().sum();
+        assert_eq!(shown + skipped, 11, "{sent:?}");
+        assert!(skipped >= 4, "at most 3 a second: {sent:?}");
+        assert!(sent.iter().any(|&n| n > 0), "the count travels: {sent:?}");
+    }
+
+    #[tokio::test]
+    async fn watches_lapse_without_renewal_and_own_echoes_are_ignored() {
+        let limits = Limits {
+            rate: 10,
+            lease: Duration::from_millis(100),
+            max_viewers: 2,
+        };
+        let (debug, _outbox) = Debug::new("n1".to_owned(), limits, Metrics::new(10));
+        debug.lease("foo", "n2", true);
+        assert_eq!(debug.watched.load(Ordering::Relaxed), 1);
+        // The lease running out is the behaviour under test: time must pass.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        debug.sweep();
+        assert_eq!(
+            debug.watched.load(Ordering::Relaxed),
+            0,
+            "a dead node's watch lapses"
+        );
+        // An echo of this node's own "off" does not end the watch of a viewer that is here.
+        let (_viewer, _announced) = debug.view("foo").expect("viewer");
+        debug.lease("foo", "n1", false);
+        assert_eq!(debug.watched.load(Ordering::Relaxed), 1);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(debug.renew(), vec!["foo".to_owned()]);
+        debug.sweep();
+        assert_eq!(
+            debug.watched.load(Ordering::Relaxed),
+            1,
+            "renewed while viewed"
+        );
     }
 
     #[tokio::test]
     async fn viewers_are_bounded_and_the_last_one_ends_the_watch() {
         let (debug, _outbox) = debug(10);
-        let a = debug.view("foo").expect("first");
-        let b = debug.view("foo").expect("second");
+        let (mut a, _) = debug.view("foo").expect("first");
+        let (b, _) = debug.view("foo").expect("second");
         assert!(debug.view("bar").is_err(), "max_viewers is 2");
         debug.show("foo", &Record::new(Kind::Join).channel("public"));
-        let mut a = a;
         let text = a.rx.try_recv().expect("shown");
         assert!(text.contains("\"channel\":\"public\""), "{text}");
         drop(b);

@@ -131,10 +131,12 @@ async fn a_browser_tab_that_lost_its_socket_shows_every_missed_message_once() {
 #[tokio::test]
 async fn an_operator_manages_an_app_and_watches_its_traffic_in_the_console() {
     has_browser();
+    // A Redis of its own: the nodes page must list exactly these two nodes.
+    let redis = RedisServer::start().await;
     let database = fresh_postgres_database().await;
     // The development pair, as `make run` has it: the console warns about it.
     let env = [
-        ("REDIS_URL", redis_url()),
+        ("REDIS_URL", redis.url()),
         ("DATABASE_URL", database),
         ("PUSHER_ADMIN_USERNAME", "pusher_admin_username".to_owned()),
         ("PUSHER_ADMIN_PASSWORD", "pusher_admin_password".to_owned()),

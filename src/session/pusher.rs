@@ -113,6 +113,13 @@ impl Pusher {
             Ok(topic) => topic,
             Err(e) => {
                 core.count_join(None, Err(Refusal::Unmatched));
+                if let Some(app) = &self.app {
+                    core.debug(&app.slug, || {
+                        Record::new(Kind::Refused)
+                            .channel(&channel)
+                            .reason(&e.to_string())
+                    });
+                }
                 let frame =
                     pusher::subscription_error(&channel, "InvalidChannel", &e.to_string(), 400);
                 return core.send(frame).await;
@@ -286,6 +293,11 @@ impl Pusher {
             if !(topic.kind() == ChannelKind::User && self.user.is_some()) {
                 core.exit(topic.as_str());
             }
+            core.debug(topic.app(), || {
+                Record::new(Kind::Leave)
+                    .channel(topic.channel())
+                    .reason(CloseReason::Left.as_str())
+            });
             core.release_app(topic.app(), CloseReason::Left);
         }
     }

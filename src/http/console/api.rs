@@ -2,28 +2,34 @@
 //! events, and the live debug stream (Server-Sent Events).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
+use super::SessionHash;
 use crate::debug::Viewer;
 use crate::http::error::{ApiError, detail_response};
 use crate::http::extract::Slug;
 use crate::http::stats::{Summary, cluster};
 use crate::http::{body, events};
 use crate::node::{NodeState, Source};
+use crate::registry::AppRegistry;
 
 /// A comment line this often keeps proxies from closing a quiet stream.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// The longest a new viewer waits for its watch to reach the other nodes.
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(2);
 
 /// Every app with its cluster-wide usage, from one read of the node reports.
 pub async fn overview(State(state): State<NodeState>) -> Result<Json<Value>, ApiError> {
@@ -77,18 +83,24 @@ pub async fn test_event(
 /// `text/event-stream` of the app's debug records: first a `hello` event with the stream's
 /// bounds, then one message per record, a `lost` event when this viewer's queue overflowed,
 /// and a comment every 15 s. Ends when the node shuts down.
-pub async fn debug_stream(State(state): State<NodeState>, Slug(slug): Slug) -> Response {
+pub async fn debug_stream(
+    State(state): State<NodeState>,
+    Extension(session): Extension<SessionHash>,
+    Slug(slug): Slug,
+) -> Response {
     match state.database.by_slug(&slug).await {
         Ok(Some(_)) => {}
         Ok(None) => return ApiError::NotFound("no app with this slug").into_response(),
         Err(error) => return ApiError::from(error).into_response(),
     }
-    let viewer = match state.debug.view(&slug) {
-        Ok(viewer) => viewer,
+    let (viewer, announced) = match state.debug.view(&slug) {
+        Ok(viewing) => viewing,
         Err(error) => {
             return detail_response(StatusCode::TOO_MANY_REQUESTS, &error.to_string());
         }
     };
+    // "Live" only once every node has been told (or the bus did not answer in time).
+    announced.wait(ANNOUNCE_WAIT).await;
     let limits = state.debug.limits();
     let hello = json!({
         "app": viewer.slug(),
@@ -99,6 +111,8 @@ pub async fn debug_stream(State(state): State<NodeState>, Slug(slug): Slug) -> R
     let first = Bytes::from(format!("event: hello\ndata: {hello}\n\n"));
     let stream = Stream {
         viewer,
+        session,
+        registry: state.database.clone(),
         closing: state.shutdown.closing(),
         keepalive: tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE),
         lost_shown: 0,
@@ -119,6 +133,9 @@ pub async fn debug_stream(State(state): State<NodeState>, Slug(slug): Slug) -> R
 
 struct Stream {
     viewer: Viewer,
+    /// Checked again on every keepalive: logging out (on any node) ends the stream.
+    session: SessionHash,
+    registry: Arc<dyn AppRegistry>,
     closing: tokio::sync::watch::Receiver<bool>,
     keepalive: tokio::time::Interval,
     lost_shown: u64,
@@ -126,20 +143,28 @@ struct Stream {
 
 impl Stream {
     async fn next(mut self) -> Option<(Result<Bytes, Infallible>, Stream)> {
-        let chunk = tokio::select! {
-            record = self.viewer.rx.recv() => {
-                let record = record?;
+        let record = tokio::select! {
+            record = self.viewer.rx.recv() => Some(record?),
+            _ = self.keepalive.tick() => None,
+            _ = self.closing.wait_for(|closing| *closing) => return None,
+        };
+        let chunk = match record {
+            Some(record) => {
                 let lost = self.viewer.lost.load(Ordering::Relaxed);
                 let mut text = String::new();
                 if lost > self.lost_shown {
-                    text.push_str(&format!("event: lost\ndata: {{\"lost\":{lost}}}\n\n"));
+                    text = format!("event: lost\ndata: {{\"lost\":{lost}}}\n\n");
                     self.lost_shown = lost;
                 }
-                text.push_str(&format!("data: {record}\n\n"));
-                text
+                text + "data: " + &record + "\n\n"
             }
-            _ = self.keepalive.tick() => ": keepalive\n\n".to_owned(),
-            _ = self.closing.wait_for(|closing| *closing) => return None,
+            None => {
+                let now = chrono::Utc::now().timestamp();
+                if let Ok(false) = self.registry.session_valid(&self.session.0, now).await {
+                    return None;
+                }
+                ": keepalive\n\n".to_owned()
+            }
         };
         Some((Ok(Bytes::from(chunk)), self))
     }

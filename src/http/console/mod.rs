@@ -28,6 +28,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -36,7 +37,7 @@ use tokio::sync::Semaphore;
 use super::auth::credentials_match;
 use super::error::detail_response;
 use super::extract::Slug;
-use super::{admin, stats};
+use super::{admin, events, stats};
 use crate::config::{DEV_ADMIN_PASSWORD, DEV_ADMIN_USERNAME};
 use crate::node::NodeState;
 
@@ -65,14 +66,17 @@ const ASSETS: [(&str, &str, &str); 2] = [
 ];
 
 /// Lets at most `console.login_concurrency` logins be checked at once.
-struct LoginGate(Semaphore);
+struct LoginGate(Arc<Semaphore>);
+
+/// The longest a login waits for its turn before it is answered 429.
+const LOGIN_QUEUE_WAIT: Duration = Duration::from_secs(5);
 
 /// The console's routes, to be merged at the root.
 pub fn router(state: &NodeState) -> Router<NodeState> {
     let console = &state.config.console;
-    let gate = Arc::new(LoginGate(Semaphore::new(
+    let gate = Arc::new(LoginGate(Arc::new(Semaphore::new(
         usize::try_from(console.login_concurrency).unwrap_or(1),
-    )));
+    ))));
     let admin_limit = state.config.limits.admin_body_bytes;
     let pages = Router::new()
         .route("/console", get(page))
@@ -90,7 +94,12 @@ pub fn router(state: &NodeState) -> Router<NodeState> {
         )
         .route("/apps/{slug}/rotate_secret", post(admin::rotate_secret))
         .route("/apps/{slug}/stats", get(stats::app_stats))
-        .route("/apps/{slug}/events", post(api::test_event))
+        .route(
+            "/apps/{slug}/events",
+            post(api::test_event).layer(DefaultBodyLimit::max(events::body_limit(
+                state.config.limits.event_payload_bytes,
+            ))),
+        )
         .route("/apps/{slug}/debug", get(api::debug_stream))
         .layer(DefaultBodyLimit::max(admin_limit))
         .route_layer(middleware::from_fn_with_state(
@@ -136,7 +145,8 @@ fn redirect(to: &'static str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
 }
 
-/// 32 random bytes as hex, from the OS generator (two v4 UUIDs carry 244 random bits).
+/// 32 random bytes as hex, from the OS generator (two v4 UUIDs carry 244 random bits): the
+/// login form's token.
 fn random_token() -> String {
     format!(
         "{}{}",
@@ -145,16 +155,48 @@ fn random_token() -> String {
     )
 }
 
+type HmacSha256 = Hmac<Sha256>;
+
+/// A session token: 32 random hex digits and their HMAC under a key made from the admin
+/// credentials. A forged or stale cookie is refused without a database query, and changing
+/// the admin password ends every session.
+fn session_token(state: &NodeState) -> String {
+    let nonce = uuid::Uuid::new_v4().simple().to_string();
+    let mac = token_mac(state, &nonce);
+    format!("{nonce}{mac}")
+}
+
+fn token_mac(state: &NodeState, nonce: &str) -> String {
+    let admin = &state.config.admin;
+    let key = sha256_hex(&[
+        "pushlite-console-key:",
+        &admin.username,
+        "\0",
+        &admin.password,
+    ]);
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key.as_bytes())
+        .unwrap_or_else(|e| unreachable!("HMAC takes keys of any length: {e}"));
+    mac.update(nonce.as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
+
+/// Whether `token` is one this cluster made.
+fn signed(state: &NodeState, token: &str) -> bool {
+    token.len() == SESSION_TOKEN_LEN && same(&token[32..], &token_mac(state, &token[..32]))
+}
+
+const SESSION_TOKEN_LEN: usize = 32 + 64;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn sha256_hex(parts: &[&str]) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update(part.as_bytes());
     }
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hasher.finalize())
 }
 
 /// What the registry stores for a session token.
@@ -171,24 +213,26 @@ fn same(a: &str, b: &str) -> bool {
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The first cookie called `name` that this server could have set: `len` hex digits.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str, len: usize) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
+        .filter(|(key, _)| *key == name)
         .map(|(_, value)| value)
-        // Only what this server could have set: bounded, plain hex.
-        .filter(|value| value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit()))
+        .find(|value| value.len() == len && value.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// `Secure` when the browser reached us over https (through a proxy that says so).
 fn secure(headers: &HeaderMap) -> &'static str {
+    // The first value is the client's hop: `https, http` is a browser on https.
     let https = headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
     if https { "; Secure" } else { "" }
 }
@@ -219,9 +263,12 @@ enum Check {
 }
 
 async fn session(state: &NodeState, headers: &HeaderMap) -> Check {
-    let Some(token) = cookie(headers, SESSION_COOKIE) else {
+    let Some(token) = cookie(headers, SESSION_COOKIE, SESSION_TOKEN_LEN) else {
         return Check::Missing;
     };
+    if !signed(state, token) {
+        return Check::Missing;
+    }
     let now = chrono::Utc::now().timestamp();
     match state.database.session_valid(&token_hash(token), now).await {
         Ok(true) => Check::Valid(Session {
@@ -239,8 +286,16 @@ fn is_safe(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
+/// The stored hash of the request's session, for handlers that check it again later.
+#[derive(Clone)]
+pub(super) struct SessionHash(pub String);
+
 /// Middleware of `/console/api`: a live session, and its CSRF token on every state change.
-async fn require_session(State(state): State<NodeState>, request: Request, next: Next) -> Response {
+async fn require_session(
+    State(state): State<NodeState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let session = match session(&state, request.headers()).await {
         Check::Valid(session) => session,
         Check::Missing => {
@@ -263,6 +318,9 @@ async fn require_session(State(state): State<NodeState>, request: Request, next:
             return detail_response(StatusCode::FORBIDDEN, "missing or wrong CSRF token");
         }
     }
+    request
+        .extensions_mut()
+        .insert(SessionHash(token_hash(&session.token)));
     next.run(request).await
 }
 
@@ -393,13 +451,23 @@ async fn login(
     let Ok(Form(form)) = form else {
         return login_form(&state, &headers, StatusCode::BAD_REQUEST, LOGIN_EXPIRED);
     };
-    let expected = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    let expected = cookie(&headers, LOGIN_COOKIE, 64).unwrap_or_default();
     if expected.is_empty() || !same(&form.csrf, expected) {
         return login_form(&state, &headers, StatusCode::FORBIDDEN, LOGIN_EXPIRED);
     }
-    // Held while checking and while a failure waits out its delay: parallel guesses queue.
-    let Ok(_turn) = gate.0.acquire().await else {
-        return detail_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    // A turn is held while checking and, for a failure, while its delay runs out, on a task
+    // of its own: a client that hangs up cannot cut the delay short. Waiting for a turn is
+    // bounded too, so a flood of guesses cannot queue without end.
+    let Ok(Ok(turn)) = tokio::time::timeout(LOGIN_QUEUE_WAIT, gate.0.clone().acquire_owned()).await
+    else {
+        let mut response = detail_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many login attempts; try again",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return response;
     };
     let admin = &state.config.admin;
     if !credentials_match(
@@ -408,10 +476,16 @@ async fn login(
     ) {
         state.metrics.console_login("failed");
         tracing::warn!("console login failed");
-        tokio::time::sleep(Duration::from_millis(state.config.console.login_delay_ms)).await;
+        let delay = Duration::from_millis(state.config.console.login_delay_ms);
+        let served = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            drop(turn);
+        });
+        let _ = served.await;
         return login_form(&state, &headers, StatusCode::UNAUTHORIZED, LOGIN_FAILED);
     }
-    let token = random_token();
+    drop(turn);
+    let token = session_token(&state);
     let ttl = state.config.console.session_ttl_secs;
     let expires = chrono::Utc::now().timestamp() + i64::try_from(ttl).unwrap_or(i64::MAX / 2);
     if let Err(error) = state
@@ -509,14 +583,13 @@ mod tests {
         assert_eq!(token.len(), 64);
         headers.insert(
             header::COOKIE,
-            HeaderValue::from_str(&format!("a=b; {SESSION_COOKIE}={token}; c=d")).unwrap(),
+            HeaderValue::from_str(&format!(
+                "a=b; {SESSION_COOKIE}=<script>; {SESSION_COOKIE}={token}; c=d"
+            ))
+            .unwrap(),
         );
-        assert_eq!(cookie(&headers, SESSION_COOKIE), Some(token.as_str()));
-        headers.insert(
-            header::COOKIE,
-            HeaderValue::from_static("pushlite_session=<script>"),
-        );
-        assert_eq!(cookie(&headers, SESSION_COOKIE), None);
+        assert_eq!(cookie(&headers, SESSION_COOKIE, 64), Some(token.as_str()));
+        assert_eq!(cookie(&headers, SESSION_COOKIE, 96), None);
     }
 
     #[test]
@@ -532,7 +605,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         let plain = set_cookie(&headers, SESSION_COOKIE, "x", "/console", 60);
         assert!(!plain.to_str().unwrap().contains("Secure"));
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("https, http"));
         let secure = set_cookie(&headers, SESSION_COOKIE, "x", "/console", 60);
         let secure = secure.to_str().unwrap();
         assert!(

@@ -406,7 +406,11 @@ function debugPage() {
     pause.setAttribute("aria-pressed", String(paused));
     if (!paused) held.splice(0).forEach(add);
   });
-  clear.addEventListener("click", () => rows.replaceChildren());
+  clear.addEventListener("click", () => {
+    rows.replaceChildren();
+    shown = skipped = lost = 0;
+    updateCounts();
+  });
 
   function details(record) {
     const parts = [];
@@ -447,12 +451,17 @@ function debugPage() {
     const record = JSON.parse(event.data);
     skipped += record.skipped || 0;
     shown += 1;
-    if (paused) held.push(record); else add(record);
+    if (!paused) add(record);
+    else if (held.push(record) > MAX_ROWS) held.shift();
     updateCounts();
   });
   source.addEventListener("error", () => {
-    info.textContent = "Disconnected; reconnecting…";
     info.dataset.live = "false";
+    // The browser retries a dropped stream by itself, but not one that was refused (the
+    // session ended, or this node serves too many viewers).
+    info.textContent = source.readyState === EventSource.CLOSED
+      ? "The stream was refused: reload the page (or log in again)."
+      : "Disconnected; reconnecting…";
   });
   addEventListener("pagehide", () => source.close());
 
