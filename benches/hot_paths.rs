@@ -123,5 +123,27 @@ fn dispatch(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, encoding, dispatch);
+/// What the debug stream's probe costs a publish or a join: nobody watching (the usual case),
+/// and another app watched (the probe takes the lock and finds no watch for this one).
+fn debug_probe(c: &mut Criterion) {
+    use pushlite::debug::{Kind, Record};
+    let metrics = Metrics::new(100);
+    let limits = Config::default().console.debug_limits();
+    let (debug, _outbox) = Debug::new("bench".to_owned(), limits, metrics);
+    let probe = |debug: &Debug| {
+        debug.record("foo-app", || {
+            Record::new(Kind::Event)
+                .channel("public")
+                .event("msg")
+                .data("{}")
+        });
+    };
+    c.bench_function("debug probe, nobody watching", |b| b.iter(|| probe(&debug)));
+    debug.lease("other-app", "another-node", true);
+    c.bench_function("debug probe, another app watched", |b| {
+        b.iter(|| probe(&debug));
+    });
+}
+
+criterion_group!(benches, encoding, dispatch, debug_probe);
 criterion_main!(benches);

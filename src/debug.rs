@@ -253,13 +253,12 @@ impl Debug {
     }
 
     fn record_watched(&self, slug: &str, make: impl FnOnce() -> Record) {
-        let now = Instant::now();
-        let second = unix_ms() / 1000;
         let skipped = {
             let mut state = self.state();
-            if !self.live(&mut state, slug, now) {
+            if !self.live(&mut state, slug, Instant::now()) {
                 return;
             }
+            let second = unix_ms() / 1000;
             let Some(budget) = state.budget.get_mut(slug) else {
                 return;
             };

@@ -215,17 +215,23 @@ async fn calls(redis: &RedisServer, command: &str) -> u64 {
         .map_or(0, |n| n.parse().expect("a count"))
 }
 
-#[tokio::test]
-async fn sessions_hold_on_every_node_until_logout_and_every_change_needs_the_csrf_token() {
-    let redis = RedisServer::start().await;
+/// Two nodes on one fresh Postgres database and `redis`.
+async fn two_nodes(redis: &RedisServer, adjust: impl Fn(&mut pushlite::Config)) -> Vec<TestApp> {
     let database = fresh_postgres_database().await;
     let mut nodes = Vec::new();
     for _ in 0..2 {
         let mut config = test_config(database.clone());
         config.redis.url = Some(redis.url());
-        config.console.login_delay_ms = 300;
+        adjust(&mut config);
         nodes.push(spawn_config(config, None).await);
     }
+    nodes
+}
+
+#[tokio::test]
+async fn sessions_hold_on_every_node_until_logout_and_every_change_needs_the_csrf_token() {
+    let redis = RedisServer::start().await;
+    let nodes = two_nodes(&redis, |config| config.console.login_delay_ms = 300).await;
     let (a, b) = (&nodes[0], &nodes[1]);
 
     // Nothing without a session: pages send to the login form, the API says 401 (and never
@@ -338,14 +344,7 @@ async fn sessions_hold_on_every_node_until_logout_and_every_change_needs_the_csr
 #[tokio::test]
 async fn the_debug_stream_is_free_unwatched_and_capped_when_watched() {
     let redis = RedisServer::start().await;
-    let database = fresh_postgres_database().await;
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        let mut config = test_config(database.clone());
-        config.redis.url = Some(redis.url());
-        config.console.debug_rate = 5;
-        nodes.push(spawn_config(config, None).await);
-    }
+    let nodes = two_nodes(&redis, |config| config.console.debug_rate = 5).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let app = create_app(a, json!({"name": "watched"})).await;
     let slug = app["slug"].as_str().unwrap().to_owned();
