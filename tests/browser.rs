@@ -128,23 +128,42 @@ async fn a_browser_tab_that_lost_its_socket_shows_every_missed_message_once() {
     assert_eq!(r["status"], "recovered");
 }
 
+/// The development pair, as `make run` has it: the console warns about it.
+const DEV_ENV: [(&str, &str); 2] = [
+    ("PUSHER_ADMIN_USERNAME", "pusher_admin_username"),
+    ("PUSHER_ADMIN_PASSWORD", "pusher_admin_password"),
+];
+
 #[tokio::test]
 async fn an_operator_manages_an_app_and_watches_its_traffic_in_the_console() {
     has_browser();
     // A Redis of its own: the nodes page must list exactly these two nodes.
     let redis = RedisServer::start().await;
     let database = fresh_postgres_database().await;
-    // The development pair, as `make run` has it: the console warns about it.
-    let env = [
-        ("REDIS_URL", redis.url()),
-        ("DATABASE_URL", database),
-        ("PUSHER_ADMIN_USERNAME", "pusher_admin_username".to_owned()),
-        ("PUSHER_ADMIN_PASSWORD", "pusher_admin_password".to_owned()),
+    let (redis_url, database) = (redis.url(), database);
+    let mut env = vec![
+        ("REDIS_URL", redis_url.as_str()),
+        ("DATABASE_URL", database.as_str()),
     ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend(DEV_ENV);
     let a = NodeProcess::spawn(&env).await;
     let b = NodeProcess::spawn(&env).await;
-    let shots = concat!(env!("CARGO_MANIFEST_DIR"), "/target/console-screenshots");
+    console_flow(&a, &b, 2, "console-screenshots").await;
+}
+
+/// The "done when", as a new user tries it: `make run` (SQLite, the in-process bus, no
+/// Redis), the console, `foo-app`, its debug console and the article's curl, on one node.
+#[tokio::test]
+async fn the_console_works_on_one_embedded_node_as_make_run_starts_it() {
+    has_browser();
+    let node = NodeProcess::spawn(&DEV_ENV).await;
+    console_flow(&node, &node, 1, "console-screenshots-embedded").await;
+}
+
+/// Runs `tests/browser/console.py` with the debug console on `a` and the triggers and sockets
+/// on `b`, and checks what it saw.
+async fn console_flow(a: &NodeProcess, b: &NodeProcess, nodes: usize, shots: &str) {
+    let shots = format!("{}/target/{shots}", env!("CARGO_MANIFEST_DIR"));
     let args = json!({
         "a": a.addr.to_string(),
         "b": b.addr.to_string(),
@@ -208,7 +227,7 @@ async fn an_operator_manages_an_app_and_watches_its_traffic_in_the_console() {
         "an inactive app's triggers are refused"
     );
     assert_eq!(r["deleted"], 404);
-    assert_eq!(r["nodes"], 2);
+    assert_eq!(r["nodes"], nodes);
     assert_eq!(r["afterLogout"], login);
     for page in [
         "newAppFits",
