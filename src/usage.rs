@@ -100,6 +100,9 @@ pub struct AppReport {
 
 pub struct Usage {
     started: Instant,
+    /// The wall clock at `started`, in Unix milliseconds: the series' buckets follow it from
+    /// the one monotonic reading each count takes anyway.
+    started_unix_ms: i64,
     apps: Mutex<HashMap<String, AppUsage>>,
 }
 
@@ -107,19 +110,25 @@ impl Default for Usage {
     fn default() -> Self {
         Usage {
             started: Instant::now(),
+            started_unix_ms: chrono::Utc::now().timestamp_millis(),
             apps: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl Usage {
-    fn second(&self) -> u64 {
-        self.started.elapsed().as_secs()
+    /// Seconds since start, and the Unix second now.
+    fn now(&self) -> (u64, i64) {
+        let elapsed = self.started.elapsed();
+        let elapsed_ms = i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX / 2);
+        (
+            elapsed.as_secs(),
+            self.started_unix_ms.saturating_add(elapsed_ms) / 1000,
+        )
     }
 
     fn with_app(&self, slug: &str, f: impl FnOnce(&mut AppUsage, u64, i64)) {
-        let second = self.second();
-        let unix = unix_secs();
+        let (second, unix) = self.now();
         let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(app) = apps.get_mut(slug) {
             f(app, second, unix);
@@ -153,8 +162,7 @@ impl Usage {
     /// Every app this node has seen; `topics` is filled in by the caller, who owns the hub.
     #[must_use]
     pub fn report(&self) -> BTreeMap<String, AppReport> {
-        let now = self.second();
-        let unix = unix_secs();
+        let (now, unix) = self.now();
         let apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
         apps.iter()
             .map(|(slug, app)| {
@@ -172,10 +180,6 @@ impl Usage {
             })
             .collect()
     }
-}
-
-fn unix_secs() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 #[cfg(test)]

@@ -411,13 +411,18 @@ impl Core {
     pub fn leave(&mut self, topic: &str, reason: CloseReason) {
         self.exit(topic);
         if let Some(slug) = app_of(topic) {
-            self.debug(slug, || {
-                Record::new(Kind::Leave)
-                    .channel(channel_of(topic).unwrap_or(topic))
-                    .reason(reason.as_str())
-            });
+            self.debug_leave(slug, channel_of(topic).unwrap_or(topic), reason);
             self.release_app(slug, reason);
         }
+    }
+
+    /// A leave in the debug stream, when someone watches `slug`.
+    pub fn debug_leave(&self, slug: &str, channel: &str, reason: CloseReason) {
+        self.debug(slug, || {
+            Record::new(Kind::Leave)
+                .channel(channel)
+                .reason(reason.as_str())
+        });
     }
 
     /// Counts one more reference of this connection to `slug`.

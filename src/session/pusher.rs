@@ -293,11 +293,7 @@ impl Pusher {
             if !(topic.kind() == ChannelKind::User && self.user.is_some()) {
                 core.exit(topic.as_str());
             }
-            core.debug(topic.app(), || {
-                Record::new(Kind::Leave)
-                    .channel(topic.channel())
-                    .reason(CloseReason::Left.as_str())
-            });
+            core.debug_leave(topic.app(), topic.channel(), CloseReason::Left);
             core.release_app(topic.app(), CloseReason::Left);
         }
     }

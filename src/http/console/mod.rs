@@ -35,11 +35,12 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
 
 use super::auth::credentials_match;
-use super::error::detail_response;
+use super::error::{ApiError, detail_response};
 use super::extract::Slug;
 use super::{admin, events, stats};
 use crate::config::{DEV_ADMIN_PASSWORD, DEV_ADMIN_USERNAME};
 use crate::node::NodeState;
+use crate::registry::RegistryError;
 
 const SESSION_COOKIE: &str = "pushlite_session";
 const LOGIN_COOKIE: &str = "pushlite_login";
@@ -259,7 +260,7 @@ struct Session {
 enum Check {
     Valid(Session),
     Missing,
-    Unavailable,
+    Unavailable(RegistryError),
 }
 
 async fn session(state: &NodeState, headers: &HeaderMap) -> Check {
@@ -275,10 +276,7 @@ async fn session(state: &NodeState, headers: &HeaderMap) -> Check {
             token: token.to_owned(),
         }),
         Ok(false) => Check::Missing,
-        Err(error) => {
-            tracing::warn!(%error, "console session not checked: registry unavailable");
-            Check::Unavailable
-        }
+        Err(error) => Check::Unavailable(error),
     }
 }
 
@@ -301,12 +299,7 @@ async fn require_session(
         Check::Missing => {
             return detail_response(StatusCode::UNAUTHORIZED, "log in to the console first");
         }
-        Check::Unavailable => {
-            return detail_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service unavailable, try again later",
-            );
-        }
+        Check::Unavailable(error) => return ApiError::from(error).into_response(),
     };
     if !is_safe(request.method()) {
         let given = request
@@ -373,10 +366,7 @@ async fn render(state: &NodeState, headers: &HeaderMap, page: &str, slug: &str) 
                 .replace("{{slug}}", &escape(slug)),
         ),
         Check::Missing => redirect("/console/login"),
-        Check::Unavailable => detail_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service unavailable, try again later",
-        ),
+        Check::Unavailable(error) => ApiError::from(error).into_response(),
     }
 }
 
@@ -493,11 +483,7 @@ async fn login(
         .start_session(&token_hash(&token), expires)
         .await
     {
-        tracing::warn!(%error, "console login not stored: registry unavailable");
-        return detail_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service unavailable, try again later",
-        );
+        return ApiError::from(error).into_response();
     }
     state.metrics.console_login("ok");
     tracing::info!("console login");
@@ -528,12 +514,7 @@ async fn logout(
     let session = match session(&state, &headers).await {
         Check::Valid(session) => session,
         Check::Missing => return redirect("/console/login"),
-        Check::Unavailable => {
-            return detail_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service unavailable, try again later",
-            );
-        }
+        Check::Unavailable(error) => return ApiError::from(error).into_response(),
     };
     let given = form.map(|Form(f)| f.csrf).unwrap_or_default();
     if !same(&given, &csrf_of(&session.token)) {
@@ -544,11 +525,7 @@ async fn logout(
         .end_session(&token_hash(&session.token))
         .await
     {
-        tracing::warn!(%error, "console logout not stored: registry unavailable");
-        return detail_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service unavailable, try again later",
-        );
+        return ApiError::from(error).into_response();
     }
     let mut response = redirect("/console/login");
     response.headers_mut().insert(
