@@ -89,8 +89,12 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// Unset: the in-process bus (one node only). `redis://` for one Redis,
-    /// `redis-cluster://host:port?node=host2:port2` for a cluster (sharded pub/sub).
+    /// `redis-cluster://host:port?node=host2:port2` for a cluster (sharded pub/sub);
+    /// `rediss://` and `rediss-cluster://` for the same over TLS.
     pub url: Option<String>,
+    /// PEM file of the certificate authorities trusted for `rediss://`, in addition to the
+    /// public roots built in (Mozilla's): for a Redis whose certificate a private CA signed.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Longest wait between reconnect attempts; must stay below `resubscribe_grace_ms`.
     pub max_reconnect_delay_ms: u64,
     /// After a reconnect, triggers are refused (503) this long so every node can re-subscribe.
@@ -150,6 +154,22 @@ pub struct LimitsConfig {
     /// Client events one socket may push per second (the burst is the same number). Excess
     /// events get an error reply; a socket that keeps pushing past the limit is closed (1008).
     pub client_events_per_sec: u32,
+    /// New WebSocket connections and long-poll sessions per second from one client address
+    /// (an IPv6 /64), with a burst of as many; past it the upgrade gets 429. 0: no limit.
+    pub upgrades_per_sec_per_ip: u32,
+    /// Wrong admin credentials (admin API and console login) one client address may send per
+    /// minute, with a burst of as many; past it every admin request from there gets 429
+    /// until the budget refills. 0: no limit.
+    pub admin_login_failures_per_min: u32,
+    /// Addresses or CIDR blocks of the proxies in front of the nodes: only from them is
+    /// `X-Forwarded-For` believed when finding a client's address. Empty: the peer address.
+    pub trusted_proxies: Vec<String>,
+    /// Connections one app may hold across the cluster, unless the app sets
+    /// `max_connections`. 0: no limit.
+    pub connections_per_app: u32,
+    /// Events one app may trigger over HTTP per second across the cluster, unless the app
+    /// sets `max_triggers_per_sec`; past it triggers get 429 with `Retry-After`. 0: no limit.
+    pub triggers_per_sec_per_app: u32,
 }
 
 /// The Pusher protocol 7 endpoint (`/app/:key`) and HTTP API (`/apps/:app_id/...`).
@@ -349,6 +369,7 @@ impl Default for Config {
             },
             redis: RedisConfig {
                 url: None,
+                tls_ca_file: None,
                 max_reconnect_delay_ms: 400,
                 resubscribe_grace_ms: 1200,
                 command_timeout_ms: 2000,
@@ -375,6 +396,11 @@ impl Default for Config {
                 idle_timeout_secs: 60,
                 write_timeout_secs: 10,
                 client_events_per_sec: 10,
+                upgrades_per_sec_per_ip: 100,
+                admin_login_failures_per_min: 10,
+                trusted_proxies: Vec::new(),
+                connections_per_app: 0,
+                triggers_per_sec_per_app: 0,
             },
             pusher: PusherConfig {
                 activity_timeout_secs: 120,
@@ -441,7 +467,7 @@ impl Default for Config {
 pub struct ConfigError(String);
 
 impl ConfigError {
-    fn key(key: &str, problem: impl std::fmt::Display) -> Self {
+    pub(crate) fn key(key: &str, problem: impl std::fmt::Display) -> Self {
         ConfigError(format!("invalid configuration: `{key}`: {problem}"))
     }
 }
@@ -532,11 +558,19 @@ impl Config {
             ));
         }
         if let Some(url) = &self.redis.url
-            && !(url.starts_with("redis://") || url.starts_with("redis-cluster://"))
+            && !REDIS_SCHEMES.iter().any(|scheme| url.starts_with(scheme))
         {
             return Err(ConfigError::key(
                 "redis.url",
-                "must start with redis:// or redis-cluster:// (TLS to Redis is not built in)",
+                "must start with redis://, rediss://, redis-cluster:// or rediss-cluster://",
+            ));
+        }
+        if self.redis.tls_ca_file.is_some()
+            && !self.redis.url.as_deref().is_some_and(is_tls_redis_url)
+        {
+            return Err(ConfigError::key(
+                "redis.tls_ca_file",
+                "is only used with a rediss:// or rediss-cluster:// redis.url",
             ));
         }
         if self.admin.username.is_empty() || self.admin.password.is_empty() {
@@ -552,6 +586,8 @@ impl Config {
             ));
         }
         self.check_ranges()?;
+        crate::limits::parse_cidrs(&self.limits.trusted_proxies)
+            .map_err(|problem| ConfigError::key("limits.trusted_proxies", problem))?;
         if self.redis.max_reconnect_delay_ms >= self.redis.resubscribe_grace_ms {
             return Err(ConfigError::key(
                 "redis.max_reconnect_delay_ms",
@@ -585,7 +621,7 @@ impl Config {
         let w = &self.webhooks;
         let h = &self.history;
         let c = &self.console;
-        let ranges: [(&str, u64, u64, u64); 58] = [
+        let ranges: [(&str, u64, u64, u64); 62] = [
             ("server.drain_delay_ms", s.drain_delay_ms, 0, DAY_MS),
             (
                 "server.shutdown_timeout_ms",
@@ -674,6 +710,30 @@ impl Config {
                 u64::from(l.client_events_per_sec),
                 1,
                 1_000_000,
+            ),
+            (
+                "limits.upgrades_per_sec_per_ip",
+                u64::from(l.upgrades_per_sec_per_ip),
+                0,
+                1_000_000,
+            ),
+            (
+                "limits.admin_login_failures_per_min",
+                u64::from(l.admin_login_failures_per_min),
+                0,
+                1_000_000,
+            ),
+            (
+                "limits.connections_per_app",
+                u64::from(l.connections_per_app),
+                0,
+                2_147_483_647,
+            ),
+            (
+                "limits.triggers_per_sec_per_app",
+                u64::from(l.triggers_per_sec_per_app),
+                0,
+                2_147_483_647,
             ),
             (
                 "pusher.activity_timeout_secs",
@@ -849,6 +909,19 @@ impl Config {
         shown.redis.url = shown.redis.url.as_deref().map(redact_url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+const REDIS_SCHEMES: [&str; 4] = [
+    "redis://",
+    "rediss://",
+    "redis-cluster://",
+    "rediss-cluster://",
+];
+
+/// Whether a Redis URL asks for TLS.
+#[must_use]
+pub fn is_tls_redis_url(url: &str) -> bool {
+    url.starts_with("rediss://") || url.starts_with("rediss-cluster://")
 }
 
 /// Keys whose values are text however they look: `PUSHER_ADMIN_PASSWORD=0012345` is a password,

@@ -31,6 +31,7 @@ pub mod directory;
 pub mod domain;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod node;
 pub mod presence;

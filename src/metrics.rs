@@ -107,6 +107,7 @@ struct Inner {
     webhook_delivery: Histogram,
     webhook_queue_depth: IntGauge,
     console_logins: IntCounterVec,
+    limit_refusals: IntCounterVec,
     debug_records: IntCounterVec,
     max_app_labels: usize,
     labelled_apps: Mutex<HashSet<String>>,
@@ -297,6 +298,12 @@ impl Metrics {
                 "Web console login attempts by result (ok or failed).",
                 &["result"],
             ),
+            limit_refusals: counter(
+                &r,
+                "pushlite_limit_refusals_total",
+                "Requests, connections, joins and events refused by a limit or quota, by limit.",
+                &["limit"],
+            ),
             debug_records: counter(
                 &r,
                 "pushlite_console_debug_records_total",
@@ -343,6 +350,12 @@ impl Metrics {
             .connections_opened
             .with_label_values(&[app, protocol])
             .inc();
+    }
+
+    /// This node's connections of `slug`, for the quotas.
+    #[must_use]
+    pub fn app_connections(&self, slug: &str) -> i64 {
+        self.0.usage.connections(slug)
     }
 
     pub fn connection_closed(&self, slug: &str, protocol: &'static str, reason: CloseReason) {
@@ -443,6 +456,13 @@ impl Metrics {
     /// `result` is `ok` or `failed`.
     pub fn console_login(&self, result: &'static str) {
         self.0.console_logins.with_label_values(&[result]).inc();
+    }
+
+    pub fn limit_refused(&self, limit: crate::limits::Limit) {
+        self.0
+            .limit_refusals
+            .with_label_values(&[limit.label()])
+            .inc();
     }
 
     /// `outcome` is `sent` or `skipped`.

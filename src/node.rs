@@ -14,6 +14,7 @@ use crate::domain::event::Event;
 use crate::domain::history::{Keep, Position};
 use crate::domain::topic::{Topic, channel_of};
 use crate::hub::{ConnId, Hub};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::presence::PresenceStore;
 use crate::registry::AppRegistry;
@@ -43,6 +44,8 @@ pub struct NodeState {
     pub node: Arc<NodeInfo>,
     /// The console's debug stream.
     pub debug: Arc<Debug>,
+    /// Rate limits and quotas.
+    pub limits: Arc<Limits>,
 }
 
 /// Where an event came from, for the metrics and the debug stream.

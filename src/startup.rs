@@ -1,5 +1,6 @@
 //! Assembles a node from its configuration: the only place that picks concrete backends.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::directory::{LocalDirectory, NodeDirectory, RedisDirectory};
 use crate::http;
 use crate::http::server::{self, Timeouts};
 use crate::hub::{Hub, run_subscriptions};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::node::{NodeInfo, NodeState};
 use crate::presence::{LocalPresence, PresenceStore, RedisPresence, RedisPresenceConfig};
@@ -164,7 +166,10 @@ impl Server {
             ),
             None => None,
         };
+        let limits = Limits::new(&config.limits)
+            .map_err(|problem| ConfigError::key("limits.trusted_proxies", problem))?;
         let state = NodeState {
+            limits: Arc::new(limits),
             config: Arc::new(config),
             registry,
             database,
@@ -285,6 +290,23 @@ impl Server {
     }
 }
 
+/// The other nodes' connections per app, for the connection quotas.
+async fn gather_connections(state: &NodeState) {
+    match state.directory.reports().await {
+        Ok(reports) => {
+            let mut counts: HashMap<String, i64> = HashMap::new();
+            for report in reports.iter().filter(|r| r.id != state.node.id) {
+                for (slug, app) in &report.apps {
+                    *counts.entry(slug.clone()).or_default() += app.connections;
+                }
+            }
+            state.limits.set_elsewhere(counts);
+        }
+        // The last counts stay: a quota holds with slightly old figures.
+        Err(error) => tracing::debug!(%error, "node reports not read for the quotas"),
+    }
+}
+
 /// Stores this node's usage report on every heartbeat until shutdown, then removes it.
 fn spawn_heartbeat(state: NodeState) {
     let every = Duration::from_millis(state.config.stats.heartbeat_ms);
@@ -297,6 +319,9 @@ fn spawn_heartbeat(state: NodeState) {
                     let report = http::stats::node_report(&state);
                     if let Err(error) = state.directory.store(&report).await {
                         tracing::debug!(%error, "node report not stored");
+                    }
+                    if state.limits.wants_cluster_counts() {
+                        gather_connections(&state).await;
                     }
                 }
                 _ = closing.changed() => {

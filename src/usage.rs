@@ -143,6 +143,13 @@ impl Usage {
         self.with_app(slug, |app, _, _| app.connections += delta);
     }
 
+    /// This node's connections of `slug`.
+    #[must_use]
+    pub fn connections(&self, slug: &str) -> i64 {
+        let apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        apps.get(slug).map_or(0, |app| app.connections)
+    }
+
     pub fn published(&self, slug: &str) {
         self.with_app(slug, |app, second, unix| {
             app.published_total += 1;

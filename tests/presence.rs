@@ -188,6 +188,11 @@ async fn pusher_members_across_three_nodes() {
         answer["data"],
         json!({"type": "LimitReached", "error": "the maximum members per presence channel limit was reached", "status": 403})
     );
+    let refused = nodes[0].metrics().await;
+    assert_eq!(
+        refused.get("pushlite_limit_refusals_total{limit=\"presence_members\"}"),
+        Some(&1.0)
+    );
 
     // the users API and user_count, from any node
     let id = app["id"].to_string();

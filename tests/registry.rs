@@ -38,6 +38,8 @@ fn new_app(name: &str, slug: &str) -> NewApp {
         webhooks: Vec::new(),
         history_size: 0,
         history_ttl_secs: pushlite::domain::app::DEFAULT_HISTORY_TTL_SECS,
+        max_connections: None,
+        max_triggers_per_sec: None,
     }
 }
 

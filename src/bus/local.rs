@@ -20,6 +20,8 @@ pub struct LocalBus {
     metrics: Metrics,
     topics: Mutex<HashSet<String>>,
     histories: Mutex<Histories>,
+    /// Per key: the second counted and its total (one entry per key, so as many as apps).
+    tallies: Mutex<HashMap<String, (i64, u64)>>,
 }
 
 #[derive(Default)]
@@ -95,6 +97,7 @@ impl LocalBus {
             metrics,
             topics: Mutex::new(HashSet::new()),
             histories: Mutex::new(Histories::default()),
+            tallies: Mutex::new(HashMap::new()),
         }
     }
 
@@ -208,6 +211,21 @@ impl Bus for LocalBus {
     async fn publish_control(&self, control: &Control) -> Result<(), BusError> {
         self.sink.control(control.clone());
         Ok(())
+    }
+
+    async fn take(&self, key: &str, count: u64, max: u64) -> Result<bool, BusError> {
+        let second = chrono::Utc::now().timestamp();
+        let mut tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = tallies.entry(key.to_owned()).or_insert((second, 0));
+        if entry.0 != second {
+            *entry = (second, 0);
+        }
+        let total = entry.1.saturating_add(count);
+        if total > max {
+            return Ok(false);
+        }
+        entry.1 = total;
+        Ok(true)
     }
 
     fn ready(&self) -> Result<(), BusError> {

@@ -82,7 +82,10 @@ pub trait BusSink: Send + Sync + 'static {
 ///   task does), so the last call for a topic wins;
 /// - a node receives nothing for topics it has not subscribed;
 /// - `publish_control` reaches every node's sink, this node's included;
-/// - `ready` says whether `publish` can currently succeed with that guarantee.
+/// - `ready` says whether `publish` can currently succeed with that guarantee;
+/// - `take` adds `count` to a counter shared by every node for the current second of the
+///   wall clock, unless the total would pass `max`; it says whether it did. What rate limits
+///   across the cluster count with: a refused request costs nothing.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     async fn publish(
@@ -94,6 +97,7 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish_control(&self, control: &Control) -> Result<(), BusError>;
     async fn subscribe(&self, topics: &[String]) -> Result<(), BusError>;
     async fn unsubscribe(&self, topics: &[String]) -> Result<(), BusError>;
+    async fn take(&self, key: &str, count: u64, max: u64) -> Result<bool, BusError>;
     /// # Errors
     /// Why the bus cannot publish with its guarantee right now.
     fn ready(&self) -> Result<(), BusError>;

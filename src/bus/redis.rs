@@ -31,7 +31,7 @@ use fred::prelude::{
     Builder, Client, ClientLike, Config, EventInterface, KeysInterface, PubsubInterface,
     ReconnectPolicy,
 };
-use fred::types::config::Options;
+use fred::types::config::{Options, TlsConfig, TlsConnector, TlsHostMapping};
 use fred::types::scripts::Script;
 use fred::types::{ClusterHash, CustomCommand, Value as RedisValue};
 use serde::{Deserialize, Serialize};
@@ -53,6 +53,8 @@ const ENVELOPE_VERSION: u32 = 1;
 #[derive(Debug, Clone)]
 pub struct RedisBusConfig {
     pub url: String,
+    /// Extra certificate authorities for `rediss://` (PEM).
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Longest wait between reconnect attempts. Keep it below `resubscribe_grace`.
     pub max_reconnect_delay: Duration,
     /// How long publishing stays refused after a reconnect.
@@ -69,6 +71,7 @@ impl RedisBusConfig {
     pub fn from_config(redis: &crate::config::RedisConfig) -> Option<RedisBusConfig> {
         Some(RedisBusConfig {
             url: redis.url.clone()?,
+            tls_ca_file: redis.tls_ca_file.clone(),
             max_reconnect_delay: Duration::from_millis(redis.max_reconnect_delay_ms),
             resubscribe_grace: Duration::from_millis(redis.resubscribe_grace_ms),
             command_timeout: Duration::from_millis(redis.command_timeout_ms),
@@ -196,7 +199,15 @@ pub struct RedisBus {
 struct Scripts {
     publish: Script,
     read: Script,
+    take: Script,
 }
+
+/// `INCRBY` that gives a new counter a TTL in the same step (a crash between two commands
+/// cannot leave a counter that never expires) and takes back what passes the maximum.
+const TAKE_LUA: &str = "local n = redis.call('INCRBY', KEYS[1], ARGV[1]) \
+    if n == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], 2) end \
+    if n > tonumber(ARGV[2]) then redis.call('DECRBY', KEYS[1], ARGV[1]) return 0 end \
+    return 1";
 
 /// A history script after the functions both share (`history.lua`).
 fn history_script(body: &str) -> Script {
@@ -255,6 +266,7 @@ impl RedisBus {
             scripts: Scripts {
                 publish: history_script(include_str!("history_publish.lua")),
                 read: history_script(include_str!("history_read.lua")),
+                take: Script::from_lua(TAKE_LUA),
             },
             subscriber,
             sharded,
@@ -530,8 +542,17 @@ fn page_of(topic: &str, reply: RedisValue) -> Result<Page, BusError> {
 fn builder(config: &RedisBusConfig) -> Result<(Builder, bool), BusError> {
     let sharded =
         config.url.starts_with("redis-cluster://") || config.url.starts_with("rediss-cluster://");
-    let redis_config =
+    let mut redis_config =
         Config::from_url(&config.url).map_err(|e| BusError::Config(e.to_string()))?;
+    if crate::config::is_tls_redis_url(&config.url) {
+        // fred's default would read the system's CA bundle, which a minimal image lacks; and
+        // it would install no crypto provider of its own. Cluster nodes are dialled at the
+        // addresses they announce, so their certificates must name those addresses.
+        redis_config.tls = Some(TlsConfig {
+            connector: TlsConnector::from(tls_client_config(config.tls_ca_file.as_deref())?),
+            hostnames: TlsHostMapping::None,
+        });
+    }
     let max_delay = u32::try_from(config.max_reconnect_delay.as_millis()).unwrap_or(u32::MAX);
     let mut builder = Builder::from_config(redis_config);
     builder
@@ -557,6 +578,37 @@ fn builder(config: &RedisBusConfig) -> Result<(Builder, bool), BusError> {
             p.broadcast_channel_capacity = 1 << 14;
         });
     Ok((builder, sharded))
+}
+
+/// rustls with ring, Mozilla's roots and the certificates of `ca_file`.
+fn tls_client_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, BusError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let shown = path.display();
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| BusError::Config(format!("redis.tls_ca_file {shown}: {e}")))?;
+        let mut added = 0;
+        for cert in certs {
+            let cert =
+                cert.map_err(|e| BusError::Config(format!("redis.tls_ca_file {shown}: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| BusError::Config(format!("redis.tls_ca_file {shown}: {e}")))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(BusError::Config(format!(
+                "redis.tls_ca_file {shown}: no certificate in the file"
+            )));
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+        .map_err(|e| BusError::Config(format!("redis TLS: {e}")))
 }
 
 /// Publishes one control message and disconnects: for the command line, which changes the
@@ -726,6 +778,21 @@ impl Bus for RedisBus {
                 .await
                 .map_err(|e| unavailable(&e))
         }
+    }
+
+    async fn take(&self, key: &str, count: u64, max: u64) -> Result<bool, BusError> {
+        let second = chrono::Utc::now().timestamp();
+        let taken: i64 = self
+            .scripts
+            .take
+            .evalsha_with_reload(
+                &self.publisher,
+                vec![format!("pushlite:rate:{key}:{second}")],
+                vec![count.to_string(), max.to_string()],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(taken == 1)
     }
 
     fn ready(&self) -> Result<(), BusError> {

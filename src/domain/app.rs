@@ -32,6 +32,12 @@ pub struct App {
     pub history_size: i32,
     /// How long a channel's history outlives its latest event.
     pub history_ttl_secs: i32,
+    /// Connections at most across the cluster (0: none); `None` follows
+    /// `limits.connections_per_app`.
+    pub max_connections: Option<i32>,
+    /// HTTP-triggered events per second at most across the cluster (0: none); `None` follows
+    /// `limits.triggers_per_sec_per_app`.
+    pub max_triggers_per_sec: Option<i32>,
     pub inserted_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -81,6 +87,8 @@ pub struct NewApp {
     pub webhooks: Vec<Webhook>,
     pub history_size: i32,
     pub history_ttl_secs: i32,
+    pub max_connections: Option<i32>,
+    pub max_triggers_per_sec: Option<i32>,
 }
 
 /// Validated changes to an existing app. A new name always comes with its new slug.
@@ -94,6 +102,9 @@ pub struct AppChanges {
     pub webhooks: Option<Vec<Webhook>>,
     pub history_size: Option<i32>,
     pub history_ttl_secs: Option<i32>,
+    /// `Some(None)`: back to the global limit.
+    pub max_connections: Option<Option<i32>>,
+    pub max_triggers_per_sec: Option<Option<i32>>,
 }
 
 /// Field name → messages, rendered as Phoenix's `{"errors": {...}}`.
@@ -164,6 +175,8 @@ pub struct AppParams {
     webhooks: Option<Value>,
     history_size: Option<Value>,
     history_ttl_secs: Option<Value>,
+    max_connections: Option<Value>,
+    max_triggers_per_sec: Option<Value>,
 }
 
 impl AppParams {
@@ -178,6 +191,8 @@ impl AppParams {
             webhooks: map.remove("webhooks"),
             history_size: map.remove("history_size"),
             history_ttl_secs: map.remove("history_ttl_secs"),
+            max_connections: map.remove("max_connections"),
+            max_triggers_per_sec: map.remove("max_triggers_per_sec"),
         }
     }
 
@@ -225,6 +240,12 @@ impl AppParams {
             .map_or(Some(rules.default_history_ttl()), |v| {
                 cast_history_ttl(v, rules, &mut errors)
             });
+        let max_connections = self.max_connections.as_ref().map_or(Some(None), |v| {
+            cast_quota("max_connections", v, &mut errors)
+        });
+        let max_triggers_per_sec = self.max_triggers_per_sec.as_ref().map_or(Some(None), |v| {
+            cast_quota("max_triggers_per_sec", v, &mut errors)
+        });
         match (
             name,
             active,
@@ -243,6 +264,8 @@ impl AppParams {
             ) if errors.is_empty() => Ok(NewApp {
                 history_size: history_size.unwrap_or(0),
                 history_ttl_secs: history_ttl_secs.unwrap_or(DEFAULT_HISTORY_TTL_SECS),
+                max_connections: max_connections.flatten(),
+                max_triggers_per_sec: max_triggers_per_sec.flatten(),
                 name,
                 slug,
                 key: random_credential(),
@@ -296,6 +319,14 @@ impl AppParams {
                 .history_ttl_secs
                 .as_ref()
                 .and_then(|v| cast_history_ttl(v, rules, &mut errors)),
+            max_connections: self
+                .max_connections
+                .as_ref()
+                .and_then(|v| cast_quota("max_connections", v, &mut errors)),
+            max_triggers_per_sec: self
+                .max_triggers_per_sec
+                .as_ref()
+                .and_then(|v| cast_quota("max_triggers_per_sec", v, &mut errors)),
         };
         if errors.is_empty() {
             Ok(changes)
@@ -374,6 +405,30 @@ fn cast_int(value: &Value) -> Option<i64> {
         Value::Number(n) => n.as_i64(),
         Value::String(s) => s.trim().parse::<i64>().ok(),
         _ => None,
+    }
+}
+
+/// A per-app quota: `null` (or a form's empty string) for the global limit, 0 for none, or
+/// the limit.
+fn cast_quota(
+    field: &'static str,
+    value: &Value,
+    errors: &mut ValidationErrors,
+) -> Option<Option<i32>> {
+    match value {
+        Value::Null => return Some(None),
+        Value::String(s) if s.trim().is_empty() => return Some(None),
+        _ => {}
+    }
+    match cast_int(value).and_then(|n| i32::try_from(n).ok()) {
+        Some(n) if n >= 0 => Some(Some(n)),
+        _ => {
+            errors.add(
+                field,
+                "must be null (the global limit), 0 (no limit) or a positive integer",
+            );
+            None
+        }
     }
 }
 
@@ -519,6 +574,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn quota_settings() {
+        let app = params(json!({"name": "quota-app", "max_connections": 500}))
+            .into_new_app(RULES)
+            .expect("valid");
+        assert_eq!(
+            (app.max_connections, app.max_triggers_per_sec),
+            (Some(500), None)
+        );
+        let changes = params(json!({"max_connections": null, "max_triggers_per_sec": "0"}))
+            .into_changes(RULES)
+            .unwrap();
+        assert_eq!(
+            (changes.max_connections, changes.max_triggers_per_sec),
+            (Some(None), Some(Some(0)))
+        );
+        let err = params(json!({"max_connections": -1, "max_triggers_per_sec": "many"}))
+            .into_changes(RULES)
+            .unwrap_err();
+        assert!(
+            err.0.contains_key("max_connections") && err.0.contains_key("max_triggers_per_sec")
+        );
+        let untouched = params(json!({})).into_changes(RULES).unwrap();
+        assert_eq!(untouched.max_connections, None);
+    }
+
     fn params(v: Value) -> AppParams {
         match v {
             Value::Object(map) => AppParams::from_map(map),
@@ -592,6 +673,8 @@ mod tests {
             webhooks: Vec::new(),
             history_size: 0,
             history_ttl_secs: crate::domain::app::DEFAULT_HISTORY_TTL_SECS,
+            max_connections: None,
+            max_triggers_per_sec: None,
             inserted_at: Utc::now(),
             updated_at: Utc::now(),
         };

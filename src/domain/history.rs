@@ -171,6 +171,8 @@ mod tests {
             webhooks: Vec::new(),
             history_size: size,
             history_ttl_secs: ttl,
+            max_connections: None,
+            max_triggers_per_sec: None,
             inserted_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),
         }

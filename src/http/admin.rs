@@ -12,23 +12,40 @@ use serde_json::json;
 use super::auth::{basic_credentials, credentials_match};
 use super::body;
 use super::error::ApiError;
-use super::extract::Slug;
+use super::extract::{ClientIp, Slug};
 use crate::domain::app::{App, AppParams, random_credential};
+use crate::limits::Limit;
 use crate::node::NodeState;
 
 /// Middleware applied once to every admin route.
+/// An address that sent too many wrong credentials is refused before they are checked, so
+/// guessing stops there (`limits.admin_login_failures_per_min`).
 pub async fn require_admin(
     State(state): State<NodeState>,
+    ClientIp(ip): ClientIp,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    if let Err(wait) = state.limits.login_allowed(ip) {
+        state.metrics.limit_refused(Limit::AdminLogin);
+        return Err(ApiError::too_many(
+            "too many failed logins from this address; try later",
+            wait,
+        ));
+    }
     let admin = &state.config.admin;
-    let allowed = basic_credentials(request.headers()).is_some_and(|(user, password)| {
-        credentials_match((&user, &password), (&admin.username, &admin.password))
+    let given = basic_credentials(request.headers());
+    let allowed = given.as_ref().is_some_and(|(user, password)| {
+        credentials_match((user, password), (&admin.username, &admin.password))
     });
     if allowed {
         Ok(next.run(request).await)
     } else {
+        // A request without credentials is a browser asking for them, not a guess.
+        if given.is_some() {
+            state.limits.login_failed(ip);
+            tracing::warn!(%ip, "wrong admin credentials");
+        }
         Err(ApiError::Unauthorized("admin credentials required"))
     }
 }

@@ -32,6 +32,12 @@ pub enum ApiError {
     RequestTimeout(String),
     #[error("unsupported content type: use application/json or application/x-www-form-urlencoded")]
     UnsupportedMediaType,
+    /// Over a rate limit or quota: answered 429 with `Retry-After`.
+    #[error("{detail}")]
+    TooManyRequests {
+        detail: &'static str,
+        retry_after_secs: u64,
+    },
     /// A backend is down; the cause is logged, never sent.
     #[error("service unavailable: {0}")]
     Unavailable(String),
@@ -50,6 +56,7 @@ impl ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -99,11 +106,21 @@ impl IntoResponse for ApiError {
             }
             other => detail_response(status, &other.to_string()),
         };
-        if let ApiError::Unauthorized(_) = self {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"pushlite\""),
-            );
+        match self {
+            ApiError::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"pushlite\""),
+                );
+            }
+            ApiError::TooManyRequests {
+                retry_after_secs, ..
+            } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            _ => {}
         }
         response
     }

@@ -15,6 +15,7 @@ use super::error::ApiError;
 use super::extract::Slug;
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, RESERVED, Scope, check_name, event_name, is_reserved};
+use crate::limits::{Limit, RetryAfter};
 use crate::node::{NodeState, Source};
 
 /// Room for the other fields and for percent-encoding (up to three bytes per payload byte).
@@ -47,6 +48,34 @@ pub(super) async fn authenticate(
     Ok(app)
 }
 
+/// Counts `count` events of `app` triggered over HTTP against its rate, across the cluster.
+///
+/// # Errors
+/// 429 over the rate (the rest of the second); 503 when the count cannot be kept.
+pub(super) async fn admit(state: &NodeState, app: &App, count: usize) -> Result<(), ApiError> {
+    let max = state.limits.max_triggers_per_sec(app);
+    if max == 0 {
+        return Ok(());
+    }
+    let taken = state
+        .bus
+        .take(
+            &app.slug,
+            u64::try_from(count).unwrap_or(u64::MAX),
+            max.into(),
+        )
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    if !taken {
+        state.metrics.limit_refused(Limit::Triggers);
+        return Err(ApiError::too_many(
+            "the app is over its trigger rate (max_triggers_per_sec)",
+            RetryAfter(1),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn trigger(
     State(state): State<NodeState>,
     Slug(slug): Slug,
@@ -58,6 +87,7 @@ pub async fn trigger(
     let body = body.map_err(|r| ApiError::from_body(&r, body_limit(payload_limit)))?;
     let fields = body::object(&headers, &body)?;
     let event = parse_event(&slug, fields, payload_limit)?;
+    admit(&state, &app, 1).await?;
     let position = state
         .publish(&app, &event, Source::Http)
         .await

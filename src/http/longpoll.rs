@@ -10,6 +10,7 @@
 //! The session token travels as the `token` query parameter (phoenix.js up to 1.8.12, after any
 //! `token` connect parameter) or the `X-Phoenix-Longpoll-Token` header.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::extract::ClientIp;
+use crate::limits::{Limit, RetryAfter};
 use crate::node::NodeState;
 use crate::protocol::phoenix::Vsn;
 use crate::session::PhoenixConnect;
@@ -78,11 +81,12 @@ fn session(state: &NodeState, token: Option<&str>) -> Option<(String, Arc<PollSe
 /// `GET /socket/longpoll`: opens a session, or polls one.
 pub async fn poll(
     State(state): State<NodeState>,
+    ClientIp(ip): ClientIp,
     Query(params): Params,
     headers: HeaderMap,
 ) -> Response {
     match session_token(&params, &headers) {
-        None => open(state, &params, &headers),
+        None => open(state, ip, &params, &headers),
         Some(token) => match session(&state, Some(token)) {
             Some((token, session)) => wait(&state, &token, &session).await,
             None => status(410, None),
@@ -90,7 +94,12 @@ pub async fn poll(
     }
 }
 
-fn open(state: NodeState, params: &[(String, String)], headers: &HeaderMap) -> Response {
+fn open(
+    state: NodeState,
+    ip: IpAddr,
+    params: &[(String, String)],
+    headers: &HeaderMap,
+) -> Response {
     let unavailable = |why: &str| {
         // phoenix.js retries a body status of 500 with its reconnect backoff.
         answer(
@@ -100,6 +109,19 @@ fn open(state: NodeState, params: &[(String, String)], headers: &HeaderMap) -> R
     };
     if state.shutdown.is_closing() {
         return unavailable("this node is shutting down; reconnect");
+    }
+    // A session is a connection like a WebSocket's, and counts against the same budget.
+    if let Err(RetryAfter(secs)) = state.limits.upgrade(ip) {
+        state.metrics.limit_refused(Limit::Upgrades);
+        let mut response = answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({ "status": 500, "token": null, "messages": [],
+                    "error": "too many new connections from this address" }),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return response;
     }
     let Some(vsn) = Vsn::negotiate(param(params, "vsn")) else {
         return status(403, None);

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::Json;
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request, State};
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use percent_encoding::percent_decode_str;
@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
-use super::stats;
+use super::{events, stats};
 use crate::bus::Control;
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, RESERVED, check_name, is_reserved};
@@ -31,6 +31,8 @@ use crate::node::{NodeState, Source};
 pub struct PusherError {
     status: StatusCode,
     message: String,
+    /// Kept from a 429 of the shared limits.
+    retry_after: Option<HeaderValue>,
 }
 
 impl PusherError {
@@ -38,6 +40,7 @@ impl PusherError {
         PusherError {
             status,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -59,13 +62,21 @@ impl From<ApiError> for PusherError {
         } else {
             status.canonical_reason().unwrap_or("error").to_owned()
         };
-        PusherError { status, message }
+        PusherError {
+            status,
+            message,
+            retry_after: response.headers().get(header::RETRY_AFTER).cloned(),
+        }
     }
 }
 
 impl IntoResponse for PusherError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(value) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
     }
 }
 
@@ -477,6 +488,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
 pub async fn trigger(State(state): State<NodeState>, signed: Signed) -> Result<Json<Value>> {
     let app = &signed.app;
     let checked = check_trigger(&state, app, parse_json(&signed.body)?, true)?;
+    events::admit(&state, app, checked.events.len()).await?;
     publish(&state, app, &checked.events).await?;
     if !checked.info.any() {
         return Ok(Json(json!({})));
@@ -504,6 +516,8 @@ pub async fn batch(State(state): State<NodeState>, signed: Signed) -> Result<Jso
         .into_iter()
         .map(|trigger| check_trigger(&state, app, trigger, false))
         .collect::<Result<Vec<_>>>()?;
+    let count = checked.iter().map(|c| c.events.len()).sum();
+    events::admit(&state, app, count).await?;
     for c in &checked {
         publish(&state, app, &c.events).await?;
     }

@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -77,8 +79,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 metrics.accept_error();
                 if !is_connection_error(&error) {
@@ -94,6 +96,7 @@ pub async fn serve(
         }
         tokio::spawn(connection(
             tcp,
+            peer,
             app.clone(),
             timeouts,
             stop_rx.clone(),
@@ -233,6 +236,7 @@ impl AsyncWrite for TimedIo {
 
 async fn connection(
     tcp: TcpStream,
+    peer: SocketAddr,
     app: Router,
     timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
@@ -246,7 +250,9 @@ async fn connection(
     let service_clock = clock.clone();
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
         service_clock.set(BUSY);
-        let request = request.map(|body| Body::new(DeadlineBody::new(body, timeouts.body)));
+        let mut request = request.map(|body| Body::new(DeadlineBody::new(body, timeouts.body)));
+        // What the client-address limits start from.
+        request.extensions_mut().insert(ConnectInfo(peer));
         let clock = service_clock.clone();
         let app = app.clone();
         async move {

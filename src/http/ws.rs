@@ -1,6 +1,7 @@
 //! `GET /socket/websocket` (Phoenix Channels) and `GET /app/:key` (Pusher protocol 7).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::WebSocket;
@@ -8,9 +9,11 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
-use super::error::detail_response;
+use super::error::{ApiError, detail_response};
+use super::extract::ClientIp;
+use crate::limits::Limit;
 use crate::node::NodeState;
 use crate::protocol::phoenix::Vsn;
 use crate::session::{self, PhoenixConnect, PusherConnect};
@@ -26,6 +29,7 @@ const WRITE_BUFFER: usize = 8 * 1024;
 #[allow(clippy::result_large_err)]
 fn accept(
     state: &NodeState,
+    ip: IpAddr,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<(WebSocketUpgrade, HashMap<String, String>), Response> {
@@ -47,6 +51,12 @@ fn accept(
             "this node is shutting down; reconnect",
         ));
     }
+    if let Err(wait) = state.limits.upgrade(ip) {
+        state.metrics.limit_refused(Limit::Upgrades);
+        return Err(
+            ApiError::too_many("too many new connections from this address", wait).into_response(),
+        );
+    }
     let frame_limit = state.config.limits.ws_frame_bytes;
     let ws = ws
         .read_buffer_size(READ_BUFFER)
@@ -65,11 +75,12 @@ fn origin(headers: &HeaderMap) -> Option<String> {
 
 pub async fn upgrade(
     State(state): State<NodeState>,
+    ClientIp(ip): ClientIp,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let (ws, params) = match accept(&state, query, ws) {
+    let (ws, params) = match accept(&state, ip, query, ws) {
         Ok(accepted) => accepted,
         Err(response) => return response,
     };
@@ -92,12 +103,13 @@ pub async fn upgrade(
 /// upgrade itself happens on the open socket.
 pub async fn upgrade_pusher(
     State(state): State<NodeState>,
+    ClientIp(ip): ClientIp,
     key: Result<Path<String>, PathRejection>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let (ws, mut params) = match accept(&state, query, ws) {
+    let (ws, mut params) = match accept(&state, ip, query, ws) {
         Ok(accepted) => accepted,
         Err(response) => return response,
     };

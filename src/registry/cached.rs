@@ -248,6 +248,8 @@ mod tests {
                 webhooks: Vec::new(),
                 history_size: 0,
                 history_ttl_secs: crate::domain::app::DEFAULT_HISTORY_TTL_SECS,
+                max_connections: None,
+                max_triggers_per_sec: None,
             })
             .await
             .expect("insert");

@@ -32,6 +32,8 @@ struct Row {
     webhooks: String,
     history_size: i32,
     history_ttl_secs: i32,
+    max_connections: Option<i32>,
+    max_triggers_per_sec: Option<i32>,
     inserted_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -57,6 +59,8 @@ impl TryFrom<Row> for App {
             webhooks,
             history_size: r.history_size,
             history_ttl_secs: r.history_ttl_secs,
+            max_connections: r.max_connections,
+            max_triggers_per_sec: r.max_triggers_per_sec,
             inserted_at: r.inserted_at,
             updated_at: r.updated_at,
         })
@@ -145,8 +149,8 @@ impl AppRegistry for SqliteRegistry {
     async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {
         let now = Utc::now();
         let row: Row = sqlx::query_as(concat!(
-            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events, max_presence_members, webhooks, history_size, history_ttl_secs) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING ",
+            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events, max_presence_members, webhooks, history_size, history_ttl_secs, max_connections, max_triggers_per_sec) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) RETURNING ",
             columns!()
         ))
         .bind(app.name.clone())
@@ -161,6 +165,8 @@ impl AppRegistry for SqliteRegistry {
         .bind(super::webhooks_json(&app.webhooks))
         .bind(app.history_size)
         .bind(app.history_ttl_secs)
+        .bind(app.max_connections)
+        .bind(app.max_triggers_per_sec)
         .fetch_one(&self.pool)
         .await
         .map_err(write_error)?;
@@ -178,7 +184,10 @@ impl AppRegistry for SqliteRegistry {
              updated_at = ?6, client_events = COALESCE(?7, client_events), \
              max_presence_members = COALESCE(?8, max_presence_members), \
              webhooks = COALESCE(?9, webhooks), history_size = COALESCE(?10, history_size), \
-             history_ttl_secs = COALESCE(?11, history_ttl_secs) WHERE slug = ?1 RETURNING ",
+             history_ttl_secs = COALESCE(?11, history_ttl_secs), \
+             max_connections = CASE WHEN ?12 THEN ?13 ELSE max_connections END, \
+             max_triggers_per_sec = CASE WHEN ?14 THEN ?15 ELSE max_triggers_per_sec END \
+             WHERE slug = ?1 RETURNING ",
             columns!()
         ))
         .bind(slug.to_owned())
@@ -192,6 +201,10 @@ impl AppRegistry for SqliteRegistry {
         .bind(changes.webhooks.as_deref().map(super::webhooks_json))
         .bind(changes.history_size)
         .bind(changes.history_ttl_secs)
+        .bind(changes.max_connections.is_some())
+        .bind(changes.max_connections.flatten())
+        .bind(changes.max_triggers_per_sec.is_some())
+        .bind(changes.max_triggers_per_sec.flatten())
         .fetch_optional(&self.pool)
         .await
         .map_err(write_error)?;

@@ -26,6 +26,7 @@ use crate::domain::event::Event;
 use crate::domain::history::{Keep, Page, Position, Read};
 use crate::domain::topic::{Topic, app_of, channel_of};
 use crate::hub::{ConnId, Outbound, Stamp, Subscriber};
+use crate::limits::Limit;
 use crate::metrics::CloseReason;
 use crate::node::{self, NodeState};
 use crate::presence::{Member, PresenceError, Snapshot, TopicChange, TopicSnapshot};
@@ -100,6 +101,8 @@ pub(crate) enum Refusal {
     Limit,
     /// The presence channel holds its app's `max_presence_members` users already.
     Full,
+    /// The app holds its `max_connections` across the cluster already.
+    Quota,
     /// The registry or the bus is down.
     Unavailable,
 }
@@ -114,6 +117,7 @@ impl Refusal {
             Refusal::Unauthorized => "unauthorized",
             Refusal::Limit => "limit",
             Refusal::Full => "full",
+            Refusal::Quota => "quota",
             Refusal::Unavailable => "unavailable",
         }
     }
@@ -128,6 +132,7 @@ impl Refusal {
             Refusal::Unauthorized => "unauthorized",
             Refusal::Limit => "too many channels joined",
             Refusal::Full => "presence channel is full",
+            Refusal::Quota => "over connection quota",
             Refusal::Unavailable => "unavailable",
         }
     }
@@ -136,7 +141,7 @@ impl Refusal {
     fn app_known(self) -> bool {
         matches!(
             self,
-            Refusal::Origin | Refusal::Unauthorized | Refusal::Full
+            Refusal::Origin | Refusal::Unauthorized | Refusal::Full | Refusal::Quota
         )
     }
 }
@@ -425,6 +430,20 @@ impl Core {
         });
     }
 
+    /// Whether this connection may start counting for `app`: it does already, or the app's
+    /// connection quota has room. A refusal is counted.
+    pub fn connection_fits(&self, app: &App) -> bool {
+        if self.apps.contains_key(&app.slug) {
+            return true;
+        }
+        let local = self.state.metrics.app_connections(&app.slug);
+        let fits = self.state.limits.connection_fits(app, local);
+        if !fits {
+            self.state.metrics.limit_refused(Limit::Connections);
+        }
+        fits
+    }
+
     /// Counts one more reference of this connection to `slug`.
     pub fn hold_app(&mut self, slug: &str) {
         let count = self.apps.entry(slug.to_owned()).or_insert(0);
@@ -477,6 +496,9 @@ impl Core {
                     Err(refusal) => record.reason(refusal.reason()),
                 }
             });
+        }
+        if result == Err(Refusal::Full) {
+            self.state.metrics.limit_refused(Limit::PresenceMembers);
         }
         let topic = topic.filter(|_| result != Err(Refusal::Unmatched));
         let (app, kind) = topic.map_or((None, "none"), |t| (Some(t.app()), t.kind().label()));

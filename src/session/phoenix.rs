@@ -280,6 +280,9 @@ impl Phoenix {
             other => other?,
         };
         let publish = self.rights(core, &app, topic.kind(), topic.as_str())?;
+        if !core.connection_fits(&app) {
+            return Err(Refusal::Quota);
+        }
         let member = if topic.kind() == ChannelKind::Presence {
             Some(self.member(&app)?)
         } else {

@@ -48,6 +48,7 @@ struct PresenceMember {
 mod code {
     pub const APP_NOT_FOUND: u16 = 4001;
     pub const APP_DISABLED: u16 = 4003;
+    pub const OVER_QUOTA: u16 = 4004;
     pub const INVALID_VERSION: u16 = 4006;
     pub const UNSUPPORTED_VERSION: u16 = 4007;
     pub const NO_VERSION: u16 = 4008;
@@ -228,6 +229,11 @@ impl Pusher {
                     Refusal::Full => (
                         "LimitReached",
                         "the maximum members per presence channel limit was reached",
+                        403,
+                    ),
+                    Refusal::Quota => (
+                        "LimitReached",
+                        "the application is over its connection quota",
                         403,
                     ),
                     Refusal::Unavailable => {
@@ -518,6 +524,8 @@ impl Protocol for Pusher {
             Some((code::APP_DISABLED, "application is disabled"))
         } else if !app.origin_allowed(self.connect.origin.as_deref()) {
             Some((code::UNAUTHORIZED, "origin not allowed"))
+        } else if !core.connection_fits(&app) {
+            Some((code::OVER_QUOTA, "application is over its connection quota"))
         } else {
             None
         };

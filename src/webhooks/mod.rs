@@ -492,6 +492,8 @@ impl Reporter {
         for app in dropped {
             tracing::warn!(%app, "webhook event dropped: the queue is full (webhooks.max_queue)");
             self.metrics.webhook_sent(app, "dropped");
+            self.metrics
+                .limit_refused(crate::limits::Limit::WebhookQueue);
         }
     }
 }

@@ -42,6 +42,8 @@ impl NodeProcess {
             .env("PORT", port.to_string())
             .env("PUSHER_ADMIN_USERNAME", ADMIN.0)
             .env("PUSHER_ADMIN_PASSWORD", ADMIN.1)
+            // Every test client connects from 127.0.0.1: one address, many users.
+            .env("PUSHLITE_LIMITS__UPGRADES_PER_SEC_PER_IP", "0")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"))

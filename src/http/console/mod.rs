@@ -36,9 +36,10 @@ use tokio::sync::Semaphore;
 
 use super::auth::credentials_match;
 use super::error::{ApiError, detail_response};
-use super::extract::Slug;
+use super::extract::{ClientIp, Slug};
 use super::{admin, events, stats};
 use crate::config::{DEV_ADMIN_PASSWORD, DEV_ADMIN_USERNAME};
+use crate::limits::Limit;
 use crate::node::NodeState;
 use crate::registry::RegistryError;
 
@@ -435,6 +436,7 @@ const LOGIN_EXPIRED: &str =
 async fn login(
     State(state): State<NodeState>,
     Extension(gate): Extension<Arc<LoginGate>>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     form: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
@@ -444,6 +446,12 @@ async fn login(
     let expected = cookie(&headers, LOGIN_COOKIE, 64).unwrap_or_default();
     if expected.is_empty() || !same(&form.csrf, expected) {
         return login_form(&state, &headers, StatusCode::FORBIDDEN, LOGIN_EXPIRED);
+    }
+    // The admin API and the console share each address's budget of wrong passwords.
+    if let Err(wait) = state.limits.login_allowed(ip) {
+        state.metrics.limit_refused(Limit::AdminLogin);
+        return ApiError::too_many("too many failed logins from this address; try later", wait)
+            .into_response();
     }
     // A turn is held while checking and, for a failure, while its delay runs out, on a task
     // of its own: a client that hangs up cannot cut the delay short. Waiting for a turn is
@@ -465,7 +473,8 @@ async fn login(
         (&admin.username, &admin.password),
     ) {
         state.metrics.console_login("failed");
-        tracing::warn!("console login failed");
+        state.limits.login_failed(ip);
+        tracing::warn!(%ip, "console login failed");
         let delay = Duration::from_millis(state.config.console.login_delay_ms);
         let served = tokio::spawn(async move {
             tokio::time::sleep(delay).await;

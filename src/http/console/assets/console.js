@@ -290,6 +290,10 @@ function settingsForm(app, message, updated) {
     el("input", { id: "history_size", type: "number", min: "0", value: app.history_size }),
     el("label", { for: "history_ttl_secs" }, "History: seconds kept after the latest event"),
     el("input", { id: "history_ttl_secs", type: "number", min: "1", value: app.history_ttl_secs }),
+    el("label", { for: "max_connections" }, "Connections at most, cluster-wide (empty: the node's global limit; 0: none)"),
+    el("input", { id: "max_connections", type: "number", min: "0", value: app.max_connections ?? "" }),
+    el("label", { for: "max_triggers_per_sec" }, "HTTP events per second at most (empty: the global limit; 0: none)"),
+    el("input", { id: "max_triggers_per_sec", type: "number", min: "0", value: app.max_triggers_per_sec ?? "" }),
     el("label", { for: "webhooks" }, "Webhooks (JSON: [{\"url\": …, \"events\": [\"channel_occupied\", …]}])"),
     el("textarea", { id: "webhooks" }, JSON.stringify(app.webhooks.map(({ url, events }) => ({ url, events })), null, 1)),
     webhookStatus(app),
@@ -310,6 +314,8 @@ function settingsForm(app, message, updated) {
         max_presence_members: Number(form.querySelector("#max_presence_members").value),
         history_size: Number(form.querySelector("#history_size").value),
         history_ttl_secs: Number(form.querySelector("#history_ttl_secs").value),
+        max_connections: quota(form.querySelector("#max_connections").value),
+        max_triggers_per_sec: quota(form.querySelector("#max_triggers_per_sec").value),
         webhooks,
       } });
       updated(data);
@@ -319,6 +325,11 @@ function settingsForm(app, message, updated) {
     }
   });
   return form;
+}
+
+// An empty quota field follows the global limit (null).
+function quota(value) {
+  return value.trim() === "" ? null : Number(value);
 }
 
 function webhookStatus(app) {
