@@ -565,14 +565,6 @@ impl Config {
                 "must start with redis://, rediss://, redis-cluster:// or rediss-cluster://",
             ));
         }
-        if self.redis.tls_ca_file.is_some()
-            && !self.redis.url.as_deref().is_some_and(is_tls_redis_url)
-        {
-            return Err(ConfigError::key(
-                "redis.tls_ca_file",
-                "is only used with a rediss:// or rediss-cluster:// redis.url",
-            ));
-        }
         if self.admin.username.is_empty() || self.admin.password.is_empty() {
             return Err(ConfigError::key(
                 "admin",

@@ -113,6 +113,14 @@ impl Server {
                     )
                 }
                 Some(bus_config) => {
+                    // The Helm chart mounts one CA for Postgres and Redis alike.
+                    if bus_config.tls_ca_file.is_some()
+                        && !crate::config::is_tls_redis_url(&bus_config.url)
+                    {
+                        tracing::warn!(
+                            "redis.tls_ca_file is set but redis.url is not rediss://: unused"
+                        );
+                    }
                     let redis =
                         RedisBus::connect(&bus_config, sink.clone(), metrics.clone()).await?;
                     let directory = RedisDirectory::new(redis.client(), node_ttl);

@@ -75,3 +75,24 @@ seccompProfile:
 {{- define "pushlite.terminationGracePeriod" -}}
 {{- add .Values.pushlite.preStopSleepSeconds (div (add .Values.pushlite.shutdownTimeoutMs 999) 1000) 10 }}
 {{- end }}
+
+{{/*
+The private CA of Redis and Postgres (backendTls.caSecret), for the container and the pod.
+*/}}
+{{- define "pushlite.backendCaMount" -}}
+{{- if .Values.backendTls.caSecret }}
+volumeMounts:
+  - name: backend-ca
+    mountPath: /etc/pushlite/backend-ca
+    readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "pushlite.backendCaVolume" -}}
+{{- if .Values.backendTls.caSecret }}
+volumes:
+  - name: backend-ca
+    secret:
+      secretName: {{ .Values.backendTls.caSecret }}
+{{- end }}
+{{- end }}
