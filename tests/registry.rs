@@ -40,6 +40,7 @@ fn new_app(name: &str, slug: &str) -> NewApp {
         history_ttl_secs: pushlite::domain::app::DEFAULT_HISTORY_TTL_SECS,
         max_connections: None,
         max_triggers_per_sec: None,
+        webhook_max_queue: None,
     }
 }
 

@@ -6,11 +6,12 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::phx::{self, Vsn};
+use common::postgres::PostgresServer;
 use common::redis::free_port;
 use common::{TestApp, create_app, fresh_postgres_database, spawn_config, test_config};
 use pushlite::Server;
@@ -292,117 +293,27 @@ async fn nodes_deliver_through_a_redis_cluster_over_tls() {
     delivers_across(&nodes).await;
 }
 
-/// A throwaway Postgres with `ssl = on` whose `pg_hba.conf` admits TLS connections only.
-struct TlsPostgres {
-    port: u16,
-    data: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn pg_bin(name: &str) -> PathBuf {
-    if let Ok(out) = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "command -v {name} || ls /usr/lib/postgresql/*/bin/{name} | sort -V | tail -1"
-            ),
-        ])
-        .output()
-    {
-        let found = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        if !found.is_empty() {
-            return PathBuf::from(found.lines().next().unwrap_or_default());
-        }
+/// A Postgres with `ssl=on` whose `pg_hba.conf` admits TLS connections only.
+fn tls_postgres(certs: &Certs) -> PostgresServer {
+    let postgres =
+        PostgresServer::init("-c ssl=on -c ssl_cert_file=server.pem -c ssl_key_file=server.key");
+    // The server's key must belong to the server's user and be private to it.
+    for name in ["server.pem", "server.key"] {
+        std::fs::copy(certs.file(name), postgres.data.join(name)).expect("copy certificate");
     }
-    panic!("{name} is not installed (make test installs postgresql)");
-}
-
-/// Postgres refuses to run as root: run its tools as `postgres` when we are root.
-fn as_postgres(program: &Path) -> Command {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if root {
-        let mut command = Command::new("runuser");
-        command.args(["-u", "postgres", "--"]).arg(program);
-        command
-    } else {
-        Command::new(program)
-    }
-}
-
-impl TlsPostgres {
-    fn start(certs: &Certs) -> TlsPostgres {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
-            .expect("chmod");
-        let data = dir.path().join("data");
-        let status = as_postgres(&pg_bin("initdb"))
-            .arg("-D")
-            .arg(&data)
-            .args(["-A", "trust", "-U", "postgres", "--no-sync"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("initdb runs");
-        assert!(status.success(), "initdb failed");
-        // The server's key must belong to the server's user and be private to it.
-        for name in ["server.pem", "server.key"] {
-            std::fs::copy(certs.file(name), data.join(name)).expect("copy certificate");
-        }
-        let chown = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "chmod 600 {0}/server.key && if [ \"$(id -u)\" = 0 ]; then chown postgres {0}/server.pem {0}/server.key; fi",
-                data.display()
-            ))
-            .status()
-            .expect("chown runs");
-        assert!(chown.success());
-        std::fs::write(
-            data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n",
-        )
-        .expect("write pg_hba.conf");
-        let port = free_port();
-        let status = as_postgres(&pg_bin("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.path().join("log"))
-            .args(["-w", "start", "-o"])
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c ssl=on -c ssl_cert_file=server.pem -c ssl_key_file=server.key",
-                dir.path().display()
-            ))
-            .stdout(Stdio::null())
-            .status()
-            .expect("pg_ctl runs");
-        assert!(status.success(), "Postgres with TLS did not start");
-        TlsPostgres {
-            port,
-            data,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, query: &str) -> String {
-        format!(
-            "postgres://postgres@localhost:{}/postgres?{query}",
-            self.port
-        )
-    }
-}
-
-impl Drop for TlsPostgres {
-    fn drop(&mut self) {
-        let _ = as_postgres(&pg_bin("pg_ctl"))
-            .arg("-D")
-            .arg(&self.data)
-            .args(["-m", "immediate", "stop"])
-            .stdout(Stdio::null())
-            .status();
-    }
+    std::fs::set_permissions(
+        postgres.data.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    postgres.own(&["server.pem", "server.key"]);
+    std::fs::write(
+        postgres.data.join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n",
+    )
+    .expect("write pg_hba.conf");
+    postgres.start();
+    postgres
 }
 
 async fn admin_list(node: &TestApp) -> Value {
@@ -418,7 +329,7 @@ async fn admin_list(node: &TestApp) -> Value {
 #[tokio::test]
 async fn the_registry_runs_on_a_postgres_that_admits_only_tls() {
     let certs = Certs::make();
-    let postgres = TlsPostgres::start(&certs);
+    let postgres = tls_postgres(&certs);
     let ca = certs.file("ca.pem");
 
     // verify-full: the CA signed the certificate, and it names the host dialled

@@ -848,3 +848,95 @@ async fn member_edges_out_of_order_follow_the_presence_version() {
     store.member(&edge(false, second, 7), false).await.unwrap();
     assert!(settle().await.is_empty());
 }
+
+/// An app's share of the queue: with its receiver down, an app whose `webhook_max_queue` is 3
+/// gets 3 of its 5 events queued (the other 2 refused and counted) while an app on the global
+/// share (10) gets all 5; once the receivers are up, exactly the queued events arrive, and the
+/// first app's share is free again.
+async fn quota_keeps_one_app_from_filling_the_queue(nodes: &[TestApp]) {
+    let node = &nodes[0];
+    let (small_port, other_port) = (free_port(), free_port());
+    let small = create_app(
+        node,
+        json!({ "name": unique("small"), "webhook_max_queue": 3 }),
+    )
+    .await;
+    assert_eq!(small["webhook_max_queue"], 3, "{small}");
+    let other = create_app(node, json!({ "name": unique("other") })).await;
+    assert_eq!(other["webhook_max_queue"], Value::Null, "{other}");
+    for (app, port) in [(&small, small_port), (&other, other_port)] {
+        let url = format!("http://127.0.0.1:{port}/pusher/webhooks");
+        let updated = set_hooks(node, app, hooks(&url, &["channel_occupied"])).await;
+        assert_eq!(updated.status(), 200);
+    }
+    let refusals = |node| metric(node, &["pushlite_limit_refusals_total", "webhook_queue"]);
+    let before = refusals(node).await;
+    let mut clients = Vec::new();
+    for app in [&small, &other] {
+        let mut client = pusher::connect(node.addr, app["key"].as_str().unwrap()).await;
+        for i in 0..5 {
+            client.subscribed(&format!("feed-{i}"), None).await;
+        }
+        clients.push(client);
+    }
+    let small_slug = small["slug"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(
+        node,
+        &[
+            "pushlite_webhooks_sent_total",
+            small_slug,
+            "result=\"dropped\"",
+        ],
+    )
+    .await
+        < 2.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the small app's events were not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(refusals(node).await - before, 2.0);
+    let mut small_receiver = Receiver::start(small_port, &small).await;
+    let mut other_receiver = Receiver::start(other_port, &other).await;
+    let got = small_receiver
+        .until(Duration::from_secs(15), |e| e.len() >= 3)
+        .await;
+    let extra = small_receiver.quiet(Duration::from_millis(1500)).await;
+    assert_eq!(got.len() + extra.len(), 3, "{got:?} {extra:?}");
+    let all = other_receiver
+        .until(Duration::from_secs(15), |e| e.len() >= 5)
+        .await;
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert_eq!(refusals(node).await - before, 2.0);
+    // Delivered events leave the app's count: a new one is queued and delivered.
+    clients[0].subscribed("feed-late", None).await;
+    let late = small_receiver
+        .until(Duration::from_secs(15), |e| {
+            count(e, "channel_occupied", "feed-late") == 1
+        })
+        .await;
+    assert_eq!(late.len(), 1, "{late:?}");
+}
+
+#[tokio::test]
+async fn an_apps_webhook_quota_holds_on_redis() {
+    let redis = RedisServer::start().await;
+    let nodes = nodes(1, &redis.url(), |config| {
+        config.webhooks.max_queue_per_app = 10;
+    })
+    .await;
+    quota_keeps_one_app_from_filling_the_queue(&nodes).await;
+}
+
+#[tokio::test]
+async fn an_apps_webhook_quota_holds_in_embedded_mode() {
+    let node = spawn_app_with(Db::Sqlite, |config| {
+        adjust(config);
+        config.webhooks.max_queue_per_app = 10;
+    })
+    .await;
+    quota_keeps_one_app_from_filling_the_queue(std::slice::from_ref(&node)).await;
+}

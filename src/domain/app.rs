@@ -38,6 +38,9 @@ pub struct App {
     /// HTTP-triggered events per second at most across the cluster (0: none); `None` follows
     /// `limits.triggers_per_sec_per_app`.
     pub max_triggers_per_sec: Option<i32>,
+    /// Webhook events at most queued or waiting to retry for this app, cluster-wide (0: only
+    /// `webhooks.max_queue` applies); `None` follows `webhooks.max_queue_per_app`.
+    pub webhook_max_queue: Option<i32>,
     pub inserted_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -89,6 +92,7 @@ pub struct NewApp {
     pub history_ttl_secs: i32,
     pub max_connections: Option<i32>,
     pub max_triggers_per_sec: Option<i32>,
+    pub webhook_max_queue: Option<i32>,
 }
 
 /// Validated changes to an existing app. A new name always comes with its new slug.
@@ -105,6 +109,7 @@ pub struct AppChanges {
     /// `Some(None)`: back to the global limit.
     pub max_connections: Option<Option<i32>>,
     pub max_triggers_per_sec: Option<Option<i32>>,
+    pub webhook_max_queue: Option<Option<i32>>,
 }
 
 /// Field name → messages, rendered as Phoenix's `{"errors": {...}}`.
@@ -177,6 +182,7 @@ pub struct AppParams {
     history_ttl_secs: Option<Value>,
     max_connections: Option<Value>,
     max_triggers_per_sec: Option<Value>,
+    webhook_max_queue: Option<Value>,
 }
 
 impl AppParams {
@@ -193,6 +199,7 @@ impl AppParams {
             history_ttl_secs: map.remove("history_ttl_secs"),
             max_connections: map.remove("max_connections"),
             max_triggers_per_sec: map.remove("max_triggers_per_sec"),
+            webhook_max_queue: map.remove("webhook_max_queue"),
         }
     }
 
@@ -246,6 +253,9 @@ impl AppParams {
         let max_triggers_per_sec = self.max_triggers_per_sec.as_ref().map_or(Some(None), |v| {
             cast_quota("max_triggers_per_sec", v, &mut errors)
         });
+        let webhook_max_queue = self.webhook_max_queue.as_ref().map_or(Some(None), |v| {
+            cast_quota("webhook_max_queue", v, &mut errors)
+        });
         match (
             name,
             active,
@@ -266,6 +276,7 @@ impl AppParams {
                 history_ttl_secs: history_ttl_secs.unwrap_or(DEFAULT_HISTORY_TTL_SECS),
                 max_connections: max_connections.flatten(),
                 max_triggers_per_sec: max_triggers_per_sec.flatten(),
+                webhook_max_queue: webhook_max_queue.flatten(),
                 name,
                 slug,
                 key: random_credential(),
@@ -327,6 +338,10 @@ impl AppParams {
                 .max_triggers_per_sec
                 .as_ref()
                 .and_then(|v| cast_quota("max_triggers_per_sec", v, &mut errors)),
+            webhook_max_queue: self
+                .webhook_max_queue
+                .as_ref()
+                .and_then(|v| cast_quota("webhook_max_queue", v, &mut errors)),
         };
         if errors.is_empty() {
             Ok(changes)
@@ -675,6 +690,7 @@ mod tests {
             history_ttl_secs: crate::domain::app::DEFAULT_HISTORY_TTL_SECS,
             max_connections: None,
             max_triggers_per_sec: None,
+            webhook_max_queue: None,
             inserted_at: Utc::now(),
             updated_at: Utc::now(),
         };

@@ -173,6 +173,7 @@ mod tests {
             history_ttl_secs: ttl,
             max_connections: None,
             max_triggers_per_sec: None,
+            webhook_max_queue: None,
             inserted_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),
         }

@@ -110,7 +110,7 @@ fn required<'a>(fields: &'a Map<String, Value>, name: &str) -> Result<&'a str, A
 }
 
 /// Validates the article's fields and builds the event it describes.
-pub(super) fn parse_event(
+pub(crate) fn parse_event(
     slug: &str,
     fields: Map<String, Value>,
     payload_limit: usize,

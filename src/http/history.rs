@@ -18,15 +18,15 @@ const DEFAULT_LIMIT: u32 = 100;
 
 /// What the query asks.
 #[derive(Debug, PartialEq)]
-struct Query {
+pub(crate) struct Query {
     /// The channel (`public`, `cache-prices`) or its full topic (`public:foo-app`).
-    topic: String,
+    pub(crate) topic: String,
     since: Option<u64>,
     epoch: Option<String>,
     limit: Option<u32>,
 }
 
-fn parse(query: Option<&str>) -> Result<Query, ApiError> {
+pub(crate) fn parse(query: Option<&str>) -> Result<Query, ApiError> {
     let bad = |message: &str| ApiError::Unprocessable(message.to_owned());
     let (mut topic, mut since, mut epoch, mut limit) = (None, None, None, None);
     for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
@@ -67,7 +67,7 @@ fn parse(query: Option<&str>) -> Result<Query, ApiError> {
 }
 
 /// The topic a query names in app `slug`: a channel name, or a full topic of that app.
-fn topic_of(name: &str, slug: &str) -> Result<Topic, ApiError> {
+pub(crate) fn topic_of(name: &str, slug: &str) -> Result<Topic, ApiError> {
     let invalid = || {
         ApiError::Unprocessable(
             "`topic` must be a channel of this app: `public`, `cache-prices`, or `public:<app slug>`"

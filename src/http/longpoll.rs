@@ -181,6 +181,16 @@ async fn wait(state: &NodeState, token: &str, session: &PollSession) -> Response
     )
 }
 
+/// The frames of a LongPoll body: one per non-empty line of an `application/x-ndjson` body
+/// (phoenix.js batches them so), else the whole body.
+pub(crate) fn frames(body: &str, ndjson: bool) -> Vec<&str> {
+    if ndjson {
+        body.lines().filter(|l| !l.is_empty()).collect()
+    } else {
+        vec![body]
+    }
+}
+
 /// `POST /socket/longpoll`: the client's frames, one per line.
 pub async fn send(
     State(state): State<NodeState>,
@@ -195,11 +205,7 @@ pub async fn send(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-ndjson"));
-    let frames: Vec<&str> = if ndjson {
-        body.lines().filter(|l| !l.is_empty()).collect()
-    } else {
-        vec![body.as_str()]
-    };
+    let frames = frames(&body, ndjson);
     if frames.len() > state.config.longpoll.max_frames {
         return answer(
             StatusCode::OK,

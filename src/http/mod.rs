@@ -2,14 +2,14 @@
 
 mod admin;
 mod auth;
-mod body;
+pub(crate) mod body;
 mod console;
 mod error;
-mod events;
+pub(crate) mod events;
 mod extract;
-mod history;
-mod longpoll;
-mod pusher_api;
+pub(crate) mod history;
+pub(crate) mod longpoll;
+pub(crate) mod pusher_api;
 pub mod server;
 pub mod stats;
 mod ws;

@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use super::error::ApiError;
 use super::{events, stats};
 use crate::bus::Control;
+use crate::config::Config;
 use crate::domain::app::App;
 use crate::domain::event::{Data, Event, RESERVED, check_name, is_reserved};
 use crate::domain::history::{Read, is_cache};
@@ -95,7 +96,7 @@ pub fn body_limit(config: &crate::config::Config) -> usize {
 }
 
 /// The decoded query parameters; a repeated name is refused.
-fn query_params(uri: &Uri) -> Result<Vec<(String, String)>> {
+pub(crate) fn query_params(uri: &Uri) -> Result<Vec<(String, String)>> {
     let mut params: Vec<(String, String)> = Vec::new();
     for pair in uri.query().unwrap_or_default().split('&') {
         if pair.is_empty() {
@@ -119,7 +120,7 @@ fn query_params(uri: &Uri) -> Result<Vec<(String, String)>> {
     Ok(params)
 }
 
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -248,7 +249,7 @@ impl FromRequest<NodeState> for Signed {
 
 /// One event to trigger, as the SDKs send it.
 #[derive(Debug, Deserialize)]
-struct Trigger {
+pub(crate) struct Trigger {
     name: Option<String>,
     data: Option<Box<RawValue>>,
     channel: Option<String>,
@@ -259,7 +260,7 @@ struct Trigger {
 
 /// Which channel attributes a caller asked for.
 #[derive(Debug, Default, Clone, Copy)]
-struct Info {
+pub(crate) struct Info {
     user_count: bool,
     subscription_count: bool,
     /// A cache channel's last event: one channel's info only.
@@ -268,7 +269,7 @@ struct Info {
 
 impl Info {
     /// The attributes of several channels (a trigger's, a channel list's).
-    fn parse(info: Option<&str>) -> Result<Info> {
+    pub(crate) fn parse(info: Option<&str>) -> Result<Info> {
         let parsed = Info::parse_one(info)?;
         if parsed.cache {
             return Err(PusherError::bad_request(
@@ -279,7 +280,7 @@ impl Info {
     }
 
     /// The attributes of one channel.
-    fn parse_one(info: Option<&str>) -> Result<Info> {
+    pub(crate) fn parse_one(info: Option<&str>) -> Result<Info> {
         let mut parsed = Info::default();
         for attribute in info.unwrap_or_default().split(',').map(str::trim) {
             match attribute {
@@ -339,12 +340,17 @@ fn is_socket_id(id: &str) -> bool {
 }
 
 /// A validated trigger: its events (one per channel) and the info it asked for.
-struct Checked {
+pub(crate) struct Checked {
     events: Vec<Event>,
     info: Info,
 }
 
-fn check_trigger(state: &NodeState, app: &App, trigger: Trigger, many: bool) -> Result<Checked> {
+pub(crate) fn check_trigger(
+    config: &Config,
+    app: &App,
+    trigger: Trigger,
+    many: bool,
+) -> Result<Checked> {
     let name = trigger
         .name
         .ok_or_else(|| PusherError::bad_request("name is required"))?;
@@ -355,7 +361,7 @@ fn check_trigger(state: &NodeState, app: &App, trigger: Trigger, many: bool) -> 
     let data = trigger
         .data
         .ok_or_else(|| PusherError::bad_request("data is required"))?;
-    let limit = state.config.limits.event_payload_bytes;
+    let limit = config.limits.event_payload_bytes;
     let size = if data.get().starts_with('"') {
         serde_json::from_str::<String>(data.get()).map_or(data.get().len(), |s| s.len())
     } else {
@@ -381,7 +387,7 @@ fn check_trigger(state: &NodeState, app: &App, trigger: Trigger, many: bool) -> 
             ));
         }
     };
-    let max = state.config.pusher.max_trigger_channels;
+    let max = config.pusher.max_trigger_channels;
     if channels.is_empty() || channels.len() > max {
         return Err(PusherError::bad_request(format!(
             "between 1 and {max} channels per event"
@@ -479,7 +485,7 @@ async fn channel_info(state: &NodeState, app: &App, checked: &[&Checked]) -> Res
     Ok(Value::Object(channels))
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
     serde_json::from_slice(body)
         .map_err(|e| PusherError::bad_request(format!("invalid JSON body: {e}")))
 }
@@ -487,7 +493,7 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
 /// `POST /apps/:app_id/events`.
 pub async fn trigger(State(state): State<NodeState>, signed: Signed) -> Result<Json<Value>> {
     let app = &signed.app;
-    let checked = check_trigger(&state, app, parse_json(&signed.body)?, true)?;
+    let checked = check_trigger(&state.config, app, parse_json(&signed.body)?, true)?;
     events::admit(&state, app, checked.events.len()).await?;
     publish(&state, app, &checked.events).await?;
     if !checked.info.any() {
@@ -498,8 +504,8 @@ pub async fn trigger(State(state): State<NodeState>, signed: Signed) -> Result<J
 }
 
 #[derive(Deserialize)]
-struct Batch {
-    batch: Vec<Trigger>,
+pub(crate) struct Batch {
+    pub(crate) batch: Vec<Trigger>,
 }
 
 /// `POST /apps/:app_id/batch_events`: every event is checked before any is published.
@@ -514,7 +520,7 @@ pub async fn batch(State(state): State<NodeState>, signed: Signed) -> Result<Jso
     }
     let checked = batch
         .into_iter()
-        .map(|trigger| check_trigger(&state, app, trigger, false))
+        .map(|trigger| check_trigger(&state.config, app, trigger, false))
         .collect::<Result<Vec<_>>>()?;
     let count = checked.iter().map(|c| c.events.len()).sum();
     events::admit(&state, app, count).await?;

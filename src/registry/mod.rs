@@ -7,7 +7,7 @@
 /// The `apps` columns in [`App`] order, as a literal for `concat!`.
 macro_rules! columns {
     () => {
-        "id, name, slug, key, secret, active, client_events, allowed_origins, max_presence_members, webhooks, history_size, history_ttl_secs, max_connections, max_triggers_per_sec, inserted_at, updated_at"
+        "id, name, slug, key, secret, active, client_events, allowed_origins, max_presence_members, webhooks, history_size, history_ttl_secs, max_connections, max_triggers_per_sec, webhook_max_queue, inserted_at, updated_at"
     };
 }
 

@@ -33,6 +33,7 @@ struct Row {
     history_ttl_secs: i32,
     max_connections: Option<i32>,
     max_triggers_per_sec: Option<i32>,
+    webhook_max_queue: Option<i32>,
     inserted_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -58,6 +59,7 @@ impl TryFrom<Row> for App {
             history_ttl_secs: r.history_ttl_secs,
             max_connections: r.max_connections,
             max_triggers_per_sec: r.max_triggers_per_sec,
+            webhook_max_queue: r.webhook_max_queue,
             inserted_at: r.inserted_at,
             updated_at: r.updated_at,
         })
@@ -137,8 +139,8 @@ impl AppRegistry for PgRegistry {
     async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {
         let now = Utc::now();
         let row: Row = sqlx::query_as(concat!(
-            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events, max_presence_members, webhooks, history_size, history_ttl_secs, max_connections, max_triggers_per_sec) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING ",
+            "INSERT INTO apps (name, slug, key, secret, active, allowed_origins, inserted_at, updated_at, client_events, max_presence_members, webhooks, history_size, history_ttl_secs, max_connections, max_triggers_per_sec, webhook_max_queue) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING ",
             columns!()
         ))
         .bind(app.name.clone())
@@ -155,6 +157,7 @@ impl AppRegistry for PgRegistry {
         .bind(app.history_ttl_secs)
         .bind(app.max_connections)
         .bind(app.max_triggers_per_sec)
+        .bind(app.webhook_max_queue)
         .fetch_one(&self.pool)
         .await
         .map_err(write_error)?;
@@ -174,7 +177,8 @@ impl AppRegistry for PgRegistry {
              webhooks = COALESCE($9, webhooks), history_size = COALESCE($10, history_size), \
              history_ttl_secs = COALESCE($11, history_ttl_secs), \
              max_connections = CASE WHEN $12 THEN $13 ELSE max_connections END, \
-             max_triggers_per_sec = CASE WHEN $14 THEN $15 ELSE max_triggers_per_sec END \
+             max_triggers_per_sec = CASE WHEN $14 THEN $15 ELSE max_triggers_per_sec END, \
+             webhook_max_queue = CASE WHEN $16 THEN $17 ELSE webhook_max_queue END \
              WHERE slug = $1 RETURNING ",
             columns!()
         ))
@@ -193,6 +197,8 @@ impl AppRegistry for PgRegistry {
         .bind(changes.max_connections.flatten())
         .bind(changes.max_triggers_per_sec.is_some())
         .bind(changes.max_triggers_per_sec.flatten())
+        .bind(changes.webhook_max_queue.is_some())
+        .bind(changes.webhook_max_queue.flatten())
         .fetch_optional(&self.pool)
         .await
         .map_err(write_error)?;

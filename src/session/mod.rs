@@ -4,8 +4,8 @@
 //! WebSocket, or a LongPoll session's pair of queues ([`crate::http::longpoll`]).
 
 pub mod longpoll;
-mod phoenix;
-mod pusher;
+pub(crate) mod phoenix;
+pub(crate) mod pusher;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

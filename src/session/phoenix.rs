@@ -516,14 +516,14 @@ struct Grant {
 /// What a join asks of the topic's history: its params `since` (recover what was missed after
 /// a position) and `history` (the last N events).
 #[derive(Debug, Default, PartialEq)]
-struct Wish {
+pub(crate) struct Wish {
     since: Option<Position>,
     last: Option<u32>,
 }
 
 impl Wish {
     /// Reads the join params; anything else in them is the app's and is ignored.
-    fn parse(params: &Value) -> Result<Wish, &'static str> {
+    pub(crate) fn parse(params: &Value) -> Result<Wish, &'static str> {
         const SINCE: &str = "since must be {\"offset\": <an integer from 0>, \"epoch\": <the epoch a join reply gave>}";
         let Value::Object(params) = params else {
             return Ok(Wish::default());

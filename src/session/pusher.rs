@@ -472,7 +472,9 @@ impl Pusher {
 }
 
 /// A presence subscription's member, from its `channel_data`.
-fn parse_member(channel_data: &str) -> Result<(String, Option<Box<RawValue>>), &'static str> {
+pub(crate) fn parse_member(
+    channel_data: &str,
+) -> Result<(String, Option<Box<RawValue>>), &'static str> {
     let data: ChannelData = serde_json::from_str(channel_data)
         .map_err(|_| "channel_data must be a JSON object with a user_id")?;
     let user_id = data.user_id.into_string();

@@ -24,9 +24,13 @@ struct State {
     leaving: HashMap<(String, String), (Instant, bool)>,
     queue: VecDeque<Job>,
     retries: Vec<Retry>,
-    /// Taken and not yet done.
-    taken: HashSet<String>,
+    /// Taken and not yet done: id → app.
+    taken: HashMap<String, String>,
     statuses: HashMap<(String, String), Status>,
+    /// App → how many of its events may be queued, taken or wait to retry (absent: no quota).
+    quotas: HashMap<String, usize>,
+    /// App → how many of its events are queued, taken or waiting to retry.
+    counts: HashMap<String, usize>,
     next: u64,
 }
 
@@ -61,6 +65,12 @@ impl LocalWebhookStore {
             dropped.push(app.to_owned());
             return;
         }
+        let count = state.counts.get(app).copied().unwrap_or(0);
+        if state.quotas.get(app).is_some_and(|&quota| count >= quota) {
+            dropped.push(app.to_owned());
+            return;
+        }
+        state.counts.insert(app.to_owned(), count + 1);
         state.next += 1;
         let now = chrono::Utc::now().timestamp_millis();
         let id = format!("{now}-{}", state.next);
@@ -203,7 +213,7 @@ impl WebhookStore for LocalWebhookStore {
                     let count = max.min(state.queue.len());
                     let jobs: Vec<Job> = state.queue.drain(..count).collect();
                     for job in &jobs {
-                        state.taken.insert(job.id.clone());
+                        state.taken.insert(job.id.clone(), job.app.clone());
                     }
                     return Ok(jobs);
                 }
@@ -216,14 +226,37 @@ impl WebhookStore for LocalWebhookStore {
 
     async fn done(&self, ids: &[String], retries: &[Retry]) -> Result<(), WebhookError> {
         let mut state = self.state();
+        // As on Redis: a retry counts for its app again, a finished event no more.
+        for retry in retries {
+            *state.counts.entry(retry.job.app.clone()).or_default() += 1;
+        }
         for id in ids {
-            state.taken.remove(id);
+            if let Some(app) = state.taken.remove(id)
+                && let Some(count) = state.counts.get_mut(&app)
+            {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    state.counts.remove(&app);
+                }
+            }
         }
         state.retries.extend(retries.iter().cloned());
         Ok(())
     }
 
     async fn keep(&self, _ids: &[String]) -> Result<(), WebhookError> {
+        Ok(())
+    }
+
+    async fn set_quota(&self, app: &str, max: u64) -> Result<(), WebhookError> {
+        let mut state = self.state();
+        if max == 0 {
+            state.quotas.remove(app);
+        } else {
+            state
+                .quotas
+                .insert(app.to_owned(), usize::try_from(max).unwrap_or(usize::MAX));
+        }
         Ok(())
     }
 

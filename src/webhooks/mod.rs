@@ -161,8 +161,9 @@ pub enum WebhookError {
 ///   waits out the leave delay, and a join meanwhile cancels both;
 /// - each of these is queued once per transition, whichever node reports it, and atomically
 ///   with the decision;
-/// - the queue holds at most `max_queue` events (queued and waiting to retry); past it new
-///   events are refused and their apps returned as [`Dropped`];
+/// - the queue holds at most `max_queue` events (queued and waiting to retry), and at most its
+///   quota ([`WebhookStore::set_quota`]) of one app's; past either, new events are refused and
+///   their apps returned as [`Dropped`];
 /// - `take` hands out queued events; one taken and not marked `done` is handed out again (to
 ///   another node when its taker stops touching it with `keep` for `claim_idle`). `done`
 ///   schedules the retries and removes the events in one step; `fire_due` moves retries whose
@@ -182,6 +183,9 @@ pub trait WebhookStore: Send + Sync + 'static {
     async fn member(&self, edge: &MemberEdge, wants: bool) -> Result<Dropped, WebhookError>;
     /// Queues an event of `app` as is (a client event).
     async fn enqueue(&self, app: &str, event: &str) -> Result<Dropped, WebhookError>;
+    /// How many events of `app` may be queued or wait to retry at once, from now on (0: no
+    /// quota of its own). Nodes set it from the app's settings before they report for it.
+    async fn set_quota(&self, app: &str, max: u64) -> Result<(), WebhookError>;
     /// Queues the leaves whose delay has passed and the retries whose time has come.
     async fn fire_due(&self) -> Result<Dropped, WebhookError>;
     /// Up to `max` events, waiting at most `wait` for the first.
@@ -206,10 +210,12 @@ pub trait WebhookStore: Send + Sync + 'static {
 /// [`Webhooks::occupancy`]): it can never be dropped, and a flap between two reads is no change.
 enum Report {
     Member(MemberEdge),
-    /// An event queued as it is (a client event, a cache miss).
+    /// An event queued as it is (a client event, a cache miss), with the app's own
+    /// `webhook_max_queue`.
     Client {
         app: String,
         event: String,
+        own_quota: Option<i32>,
     },
     Reassert {
         announce: bool,
@@ -233,10 +239,12 @@ pub struct Webhooks {
 impl Webhooks {
     /// Starts the task that hands reports to the store in order.
     #[must_use]
+    /// `max_queue_per_app` is the quota of apps that do not set `webhook_max_queue`.
     pub fn start(
         store: Arc<dyn WebhookStore>,
         registry: Arc<dyn AppRegistry>,
         metrics: Metrics,
+        max_queue_per_app: u64,
     ) -> Arc<Webhooks> {
         let (reports, rx) = mpsc::channel(REPORT_BACKLOG);
         let webhooks = Arc::new(Webhooks {
@@ -252,6 +260,8 @@ impl Webhooks {
             metrics,
             occupancy: webhooks.occupancy.clone(),
             reported: HashSet::new(),
+            max_queue_per_app,
+            quotas: HashMap::new(),
         };
         tokio::spawn(reporter.run(rx, webhooks.occupancy_changed.clone()));
         webhooks
@@ -327,6 +337,7 @@ impl Webhooks {
         self.send(Report::Client {
             app: app.slug.clone(),
             event: body.to_string(),
+            own_quota: app.webhook_max_queue,
         });
     }
 }
@@ -345,6 +356,7 @@ impl Webhooks {
         self.send(Report::Client {
             app: app.slug.clone(),
             event: body.to_string(),
+            own_quota: app.webhook_max_queue,
         });
     }
 }
@@ -390,6 +402,9 @@ struct Reporter {
     occupancy: Arc<Mutex<HashMap<String, bool>>>,
     /// The topics this node told the store it holds.
     reported: HashSet<String>,
+    max_queue_per_app: u64,
+    /// The quota this node last handed to the store, per app.
+    quotas: HashMap<String, u64>,
 }
 
 impl Reporter {
@@ -417,12 +432,19 @@ impl Reporter {
                 let dropped = retry(|| store.member(&edge, wants)).await;
                 self.count(&dropped);
             }
-            Report::Client { app, event } => {
+            Report::Client {
+                app,
+                event,
+                own_quota,
+            } => {
+                self.set_quota(&app, own_quota).await;
                 let store = &self.store;
                 let dropped = retry(|| store.enqueue(&app, &event)).await;
                 self.count(&dropped);
             }
             Report::Reassert { announce } => {
+                // Redis forgot the quotas too.
+                self.quotas.clear();
                 self.flush_occupancy().await;
                 for topic in self.reported.clone() {
                     let wants = announce && self.topic_wants(&topic).await;
@@ -468,7 +490,7 @@ impl Reporter {
         }
     }
 
-    async fn topic_wants(&self, topic: &str) -> bool {
+    async fn topic_wants(&mut self, topic: &str) -> bool {
         match app_of(topic) {
             Some(slug) => self.wants(slug, &OCCUPANCY).await,
             None => false,
@@ -478,9 +500,13 @@ impl Reporter {
     /// Whether `slug`'s app has a webhook wanting one of `kinds`. An app the registry cannot
     /// answer for is taken as wanting them: an event too many is filtered at delivery, one too
     /// few is lost.
-    async fn wants(&self, slug: &str, kinds: &[Kind]) -> bool {
+    async fn wants(&mut self, slug: &str, kinds: &[Kind]) -> bool {
         match self.registry.by_slug(slug).await {
-            Ok(app) => app.is_some_and(|app| app.active && any_wants(&app.webhooks, kinds)),
+            Ok(Some(app)) => {
+                self.set_quota(&app.slug, app.webhook_max_queue).await;
+                app.active && any_wants(&app.webhooks, kinds)
+            }
+            Ok(None) => false,
             Err(error) => {
                 tracing::warn!(%error, %slug, "webhooks: registry unavailable; reporting anyway");
                 true
@@ -488,9 +514,21 @@ impl Reporter {
         }
     }
 
+    /// Hands an app's webhook quota (its own `webhook_max_queue`, else the global one; 0 is
+    /// none) to the store when it is not what this node last handed it.
+    async fn set_quota(&mut self, slug: &str, own: Option<i32>) {
+        let max = own.map_or(self.max_queue_per_app, |v| u64::try_from(v).unwrap_or(0));
+        if self.quotas.get(slug) == Some(&max) {
+            return;
+        }
+        let store = &self.store;
+        retry(|| store.set_quota(slug, max)).await;
+        self.quotas.insert(slug.to_owned(), max);
+    }
+
     fn count(&self, dropped: &Dropped) {
         for app in dropped {
-            tracing::warn!(%app, "webhook event dropped: the queue is full (webhooks.max_queue)");
+            tracing::warn!(%app, "webhook event dropped: the queue is full (webhooks.max_queue, or the app's webhook_max_queue)");
             self.metrics.webhook_sent(app, "dropped");
             self.metrics
                 .limit_refused(crate::limits::Limit::WebhookQueue);

@@ -328,6 +328,16 @@ impl WebhookStore for RedisWebhookStore {
         self.eval(&self.scripts.enqueue, args).await.map(dropped)
     }
 
+    async fn set_quota(&self, app: &str, max: u64) -> Result<(), WebhookError> {
+        let key = format!("{PREFIX}caps");
+        let done: Result<i64, _> = if max == 0 {
+            self.client.hdel(key, app).await
+        } else {
+            self.client.hset(key, (app, max.to_string())).await
+        };
+        done.map(drop).map_err(|e| unavailable(&e))
+    }
+
     async fn fire_due(&self) -> Result<Dropped, WebhookError> {
         // A removed member's last edge outlives any report still on its way.
         let forget = (self.config.leave_delay * 20).max(Duration::from_secs(60));

@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 pub mod phx;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod pusher;

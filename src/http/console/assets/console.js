@@ -294,6 +294,8 @@ function settingsForm(app, message, updated) {
     el("input", { id: "max_connections", type: "number", min: "0", value: app.max_connections ?? "" }),
     el("label", { for: "max_triggers_per_sec" }, "HTTP events per second at most (empty: the global limit; 0: none)"),
     el("input", { id: "max_triggers_per_sec", type: "number", min: "0", value: app.max_triggers_per_sec ?? "" }),
+    el("label", { for: "webhook_max_queue" }, "Webhook events queued at most (empty: the global share; 0: only the whole queue's limit)"),
+    el("input", { id: "webhook_max_queue", type: "number", min: "0", value: app.webhook_max_queue ?? "" }),
     el("label", { for: "webhooks" }, "Webhooks (JSON: [{\"url\": …, \"events\": [\"channel_occupied\", …]}])"),
     el("textarea", { id: "webhooks" }, JSON.stringify(app.webhooks.map(({ url, events }) => ({ url, events })), null, 1)),
     webhookStatus(app),
@@ -316,6 +318,7 @@ function settingsForm(app, message, updated) {
         history_ttl_secs: Number(form.querySelector("#history_ttl_secs").value),
         max_connections: quota(form.querySelector("#max_connections").value),
         max_triggers_per_sec: quota(form.querySelector("#max_triggers_per_sec").value),
+        webhook_max_queue: quota(form.querySelector("#webhook_max_queue").value),
         webhooks,
       } });
       updated(data);
