@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::phx::{self, Client, Vsn};
-use common::redis::{RedisServer, cli};
+use common::redis::{RedisServer, cli, form_cluster};
 use common::{TestApp, create_app, fresh_postgres_database, redis_url, test_config};
 use serde_json::{Value, json};
 
@@ -345,28 +345,8 @@ async fn redis_cluster_uses_sharded_pubsub() {
             .await,
         );
     }
-    let addrs: Vec<String> = servers
-        .iter()
-        .map(|s| format!("127.0.0.1:{}", s.port))
-        .collect();
-    let mut create = vec!["--cluster", "create"];
-    create.extend(addrs.iter().map(String::as_str));
-    create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-    cli(servers[0].port, &create).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut formed = true;
-        for s in &servers {
-            formed &= cli(s.port, &["cluster", "info"])
-                .await
-                .contains("cluster_state:ok");
-        }
-        if formed {
-            break;
-        }
-        assert!(Instant::now() < deadline, "cluster did not form");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+    let addrs = form_cluster(&[], &ports).await;
     let url = format!(
         "redis-cluster://{}?node={}&node={}",
         addrs[0], addrs[1], addrs[2]

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::phx::{self, Vsn};
-use common::pusher::{self, signed_query};
+use common::pusher;
 use common::{TestApp, create_app, fresh_postgres_database, redis_url, spawn_config, test_config};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -167,21 +167,8 @@ async fn seed_trigger(node: &TestApp, app: &Value) -> reqwest::Response {
 }
 
 async fn pusher_trigger(node: &TestApp, app: &Value, channels: &[&str]) -> reqwest::Response {
-    let path = format!("/apps/{}/events", app["id"]);
     let body = json!({"name": "e", "channels": channels, "data": "{}"}).to_string();
-    let query = signed_query(
-        app["key"].as_str().unwrap(),
-        app["secret"].as_str().unwrap(),
-        "POST",
-        &path,
-        &[],
-        body.as_bytes(),
-        chrono::Utc::now().timestamp(),
-    );
-    node.http
-        .post(node.url(&format!("{path}?{query}")))
-        .header("content-type", "application/json")
-        .body(body)
+    pusher::signed_trigger(&node.http, &node.base, app, body)
         .send()
         .await
         .expect("trigger")

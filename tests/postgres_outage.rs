@@ -49,18 +49,9 @@ async fn cached_apps_survive_a_database_outage() {
             .json(&json!({"topic": "t", "event": "e", "scope": "public", "payload": {"n": 1}}))
             .send()
     };
-    let key = app["key"].as_str().unwrap().to_owned();
-    let secret = app["secret"].as_str().unwrap().to_owned();
-    let events = format!("/apps/{}/events", app["id"]);
     let pusher_trigger = || {
         let body = json!({"name": "p", "channel": "pusher-room", "data": "{\"n\":2}"}).to_string();
-        let now = chrono::Utc::now().timestamp();
-        let query = pusher::signed_query(&key, &secret, "POST", &events, &[], body.as_bytes(), now);
-        node.http
-            .post(node.url(&format!("{events}?{query}")))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
+        pusher::signed_trigger(&node.http, &node.base, &app, body).send()
     };
     // the node has the app cached once it served it, by slug and by key
     assert_eq!(trigger().await.unwrap().status(), 200);
@@ -68,7 +59,7 @@ async fn cached_apps_survive_a_database_outage() {
 
     proxy.cut();
     // Pusher connections and HTTP API calls of a cached app too
-    let mut pusher_client = pusher::connect(node.addr, &key).await;
+    let mut pusher_client = pusher::connect(node.addr, app["key"].as_str().unwrap()).await;
     pusher_client.subscribed("pusher-room", None).await;
     assert_eq!(pusher_trigger().await.unwrap().status(), 200);
     assert_eq!(pusher_client.recv_event("p").await["data"], "{\"n\":2}");

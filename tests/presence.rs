@@ -103,25 +103,11 @@ async fn api_get(
 /// Triggers `event` on `channel` through the HTTP API of `addr`, retrying while the node
 /// answers 503 (a bus settling after a Redis restart).
 async fn trigger(addr: std::net::SocketAddr, app: &Value, channel: &str, event: &str) {
-    let (key, secret) = creds(app);
-    let id = app["id"].to_string();
-    let path = format!("/apps/{id}/events");
     let body = json!({"name": event, "channel": channel, "data": "{}"}).to_string();
+    let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let query = signed_query(
-            &key,
-            &secret,
-            "POST",
-            &path,
-            &[],
-            body.as_bytes(),
-            chrono::Utc::now().timestamp(),
-        );
-        let response = reqwest::Client::new()
-            .post(format!("http://{addr}{path}?{query}"))
-            .header("content-type", "application/json")
-            .body(body.clone())
+        let response = pusher::signed_trigger(&http, &format!("http://{addr}"), app, body.clone())
             .send()
             .await
             .expect("trigger");

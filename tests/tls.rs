@@ -5,14 +5,15 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::phx::{self, Vsn};
 use common::postgres::PostgresServer;
-use common::redis::free_port;
+use common::redis::{cli_with, form_cluster, free_port};
 use common::{TestApp, create_app, fresh_postgres_database, spawn_config, test_config};
 use pushlite::Server;
 use serde_json::{Value, json};
@@ -105,22 +106,14 @@ impl Certs {
     }
 }
 
+/// `redis-cli`'s options to speak TLS to a server whose certificate `ca` signed.
+fn tls_options(ca: &Path) -> [&OsStr; 3] {
+    [OsStr::new("--tls"), OsStr::new("--cacert"), ca.as_os_str()]
+}
+
 /// `redis-cli` over TLS.
 async fn tls_cli(certs: &Certs, port: u16, args: &[&str]) -> String {
-    let out = tokio::process::Command::new("redis-cli")
-        .arg("--tls")
-        .arg("--cacert")
-        .arg(certs.file("ca.pem"))
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .kill_on_drop(true)
-        .output();
-    // `--cluster create` waits for the cluster to form without end.
-    let out = tokio::time::timeout(Duration::from_secs(30), out)
-        .await
-        .expect("redis-cli answers within 30 s")
-        .expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    cli_with(&tls_options(&certs.file("ca.pem")), port, args).await
 }
 
 /// A `redis-server` with its plain port closed: only TLS clients get in.
@@ -263,28 +256,8 @@ async fn nodes_deliver_through_a_redis_cluster_over_tls() {
         .await;
         servers.push(server);
     }
-    let addrs: Vec<String> = servers
-        .iter()
-        .map(|s| format!("127.0.0.1:{}", s.port))
-        .collect();
-    let mut create = vec!["--cluster", "create"];
-    create.extend(addrs.iter().map(String::as_str));
-    create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-    tls_cli(&certs, servers[0].port, &create).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut formed = true;
-        for s in &servers {
-            formed &= tls_cli(&certs, s.port, &["cluster", "info"])
-                .await
-                .contains("cluster_state:ok");
-        }
-        if formed {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the TLS cluster did not form");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+    let addrs = form_cluster(&tls_options(&certs.file("ca.pem")), &ports).await;
     let url = format!(
         "rediss-cluster://{}?node={}&node={}",
         addrs[0], addrs[1], addrs[2]

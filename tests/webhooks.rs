@@ -410,22 +410,8 @@ async fn cache_misses_reach_the_app_server() {
         3,
         "name, channel and _id: {miss}"
     );
-    let path = format!("/apps/{}/events", app["id"]);
     let body = r#"{"name":"quote","channel":"cache-quotes","data":"{}"}"#;
-    let query = pusher::signed_query(
-        app["key"].as_str().unwrap(),
-        app["secret"].as_str().unwrap(),
-        "POST",
-        &path,
-        &[],
-        body.as_bytes(),
-        chrono::Utc::now().timestamp(),
-    );
-    let triggered = node
-        .http
-        .post(node.url(&format!("{path}?{query}")))
-        .header("content-type", "application/json")
-        .body(body)
+    let triggered = pusher::signed_trigger(&node.http, &node.base, &app, body.to_owned())
         .send()
         .await
         .expect("trigger");

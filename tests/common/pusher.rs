@@ -187,3 +187,26 @@ pub fn signed_query(
         .collect::<Vec<_>>()
         .join("&")
 }
+
+/// A signed `POST /apps/:app_id/events` of `body` (a trigger as the SDKs send it) for `app`
+/// (as the admin API answered it), to the node at `base` (`http://host:port`).
+pub fn signed_trigger(
+    http: &reqwest::Client,
+    base: &str,
+    app: &Value,
+    body: String,
+) -> reqwest::RequestBuilder {
+    let path = format!("/apps/{}/events", app["id"]);
+    let query = signed_query(
+        app["key"].as_str().expect("an app's key"),
+        app["secret"].as_str().expect("an app's secret"),
+        "POST",
+        &path,
+        &[],
+        body.as_bytes(),
+        chrono::Utc::now().timestamp(),
+    );
+    http.post(format!("{base}{path}?{query}"))
+        .header("content-type", "application/json")
+        .body(body)
+}

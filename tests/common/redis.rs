@@ -1,6 +1,7 @@
 //! Throwaway `redis-server` processes for tests that must kill, freeze or cluster Redis.
 //! Everything here awaits: nothing blocks the test's runtime, which also runs the nodes.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,14 +15,50 @@ pub fn free_port() -> u16 {
 
 /// `redis-cli -p PORT args…`, stdout as text.
 pub async fn cli(port: u16, args: &[&str]) -> String {
+    cli_with(&[], port, args).await
+}
+
+/// `redis-cli OPTIONS… -p PORT args…` (options such as `--tls --cacert ca.pem`), stdout as
+/// text.
+pub async fn cli_with(options: &[&OsStr], port: u16, args: &[&str]) -> String {
     let out = tokio::process::Command::new("redis-cli")
+        .args(options)
         .arg("-p")
         .arg(port.to_string())
         .args(args)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    // `--cluster create` waits for the cluster to form without end.
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
         .await
+        .expect("redis-cli answers within 30 s")
         .expect("redis-cli runs");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Joins the `redis-server`s on `ports` (started with `--cluster-enabled yes`) into a cluster
+/// of masters without replicas, waits until each reports it healthy, and returns their
+/// addresses. `options` go to every `redis-cli` (see [`cli_with`]).
+pub async fn form_cluster(options: &[&OsStr], ports: &[u16]) -> Vec<String> {
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut create = vec!["--cluster", "create"];
+    create.extend(addrs.iter().map(String::as_str));
+    create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    cli_with(options, ports[0], &create).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut formed = true;
+        for &port in ports {
+            formed &= cli_with(options, port, &["cluster", "info"])
+                .await
+                .contains("cluster_state:ok");
+        }
+        if formed {
+            return addrs;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not form");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 pub struct RedisServer {
