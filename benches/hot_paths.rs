@@ -14,10 +14,11 @@ use pushlite::hub::{Hub, Subscriber, run_subscriptions};
 use pushlite::metrics::Metrics;
 use pushlite::protocol::Wire;
 use pushlite::protocol::phoenix::{Vsn, encode_raw};
+use pushlite::queue;
 use pushlite::registry::{AppCache, AppRegistry, SqliteRegistry};
 use pushlite::webhooks::{LocalWebhookStore, Webhooks};
 use serde_json::value::RawValue;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 fn payload() -> Box<RawValue> {
     let text = format!(r#"{{"name":"Akita","message":"{}"}}"#, "x".repeat(160));
@@ -79,7 +80,7 @@ fn dispatch(c: &mut Criterion) {
     let mut receivers = Vec::with_capacity(SUBSCRIBERS);
     runtime.block_on(async {
         for conn in 0..SUBSCRIBERS {
-            let (tx, rx) = mpsc::channel(16);
+            let (tx, rx) = queue::bounded(16);
             let wire = match conn % 3 {
                 0 => Wire::Phoenix(Vsn::V2),
                 1 => Wire::Phoenix(Vsn::V1),
@@ -114,7 +115,7 @@ fn dispatch(c: &mut Criterion) {
                     hub.deliver(&event);
                     total += started.elapsed();
                     for rx in &mut receivers {
-                        while rx.try_recv().is_ok() {}
+                        while rx.try_recv().is_some() {}
                     }
                 }
                 total

@@ -21,6 +21,7 @@ use crate::domain::topic::{app_of, channel_of};
 use crate::metrics::Metrics;
 use crate::presence::{TopicChange, TopicSnapshot};
 use crate::protocol::{Wire, phoenix, pusher};
+use crate::queue::{self, TrySendError};
 use crate::webhooks::Webhooks;
 
 /// Identifies one WebSocket connection on this node.
@@ -58,7 +59,7 @@ pub struct Stamp {
 #[derive(Clone)]
 pub struct Subscriber {
     pub wire: Wire,
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: queue::Sender<Outbound>,
     /// Notified when the connection must go: its queue overflowed.
     pub kill: Arc<Notify>,
 }
@@ -223,7 +224,7 @@ impl Hub {
     fn tell_all(&self, topic: &str, message: impl Fn() -> Outbound) {
         let topics = self.topics();
         for subscriber in topics.get(topic).into_iter().flat_map(HashMap::values) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = subscriber.tx.try_send(message()) {
+            if let Err(TrySendError::Full) = subscriber.tx.try_send(message()) {
                 subscriber.kill.notify_one();
             }
         }
@@ -259,12 +260,12 @@ impl Hub {
             };
             match subscriber.tx.try_send(outbound) {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(TrySendError::Full) => {
                     slow += 1;
                     subscriber.kill.notify_one();
                 }
                 // The session is ending and will leave on its own.
-                Err(mpsc::error::TrySendError::Closed(_)) => closed += 1,
+                Err(TrySendError::Closed) => closed += 1,
             }
         }
         drop(topics);

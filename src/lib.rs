@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod protocol;
+pub mod queue;
 pub mod registry;
 pub mod session;
 pub mod shutdown;

@@ -31,6 +31,7 @@ use crate::metrics::CloseReason;
 use crate::node::{self, NodeState};
 use crate::presence::{Member, PresenceError, Snapshot, TopicChange, TopicSnapshot};
 use crate::protocol::Wire;
+use crate::queue;
 
 pub use phoenix::Connect as PhoenixConnect;
 pub use pusher::Connect as PusherConnect;
@@ -706,7 +707,7 @@ fn run<P: Protocol>(
     state: NodeState,
 ) -> impl Future<Output = ()> + Send {
     let id = state.next_conn_id();
-    let (tx, rx) = mpsc::channel(state.config.limits.outbound_queue);
+    let (tx, rx) = queue::bounded(state.config.limits.outbound_queue);
     let kill = Arc::new(Notify::new());
     let core = Core {
         id,
@@ -739,7 +740,7 @@ fn run<P: Protocol>(
 fn serve<P: Protocol>(
     mut core: Core,
     mut protocol: P,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: queue::Receiver<Outbound>,
     mut stream: Source,
     kill: Arc<Notify>,
 ) -> impl Future<Output = ()> + Send {
@@ -788,19 +789,15 @@ fn serve<P: Protocol>(
                         deadline_timer = None;
                         guarded(Box::pin(protocol.on_deadline(&mut core)), killed.as_mut(), shutting_down.as_mut()).await
                     }
-                    outbound = rx.recv() => match outbound {
-                        // The session holds a sender itself, so the queue never closes first.
-                        None => Err(Close::Gone),
-                        Some(outbound) => {
-                            let write_timeout = core.write_timeout;
-                            let batch = tokio::time::timeout(
-                                write_timeout,
-                                write_batch(&mut protocol, &mut core, outbound, &mut rx),
-                            );
-                            let batch = async { batch.await.unwrap_or(Err(Close::SlowConsumer)) };
-                            guarded(batch, killed.as_mut(), shutting_down.as_mut()).await
-                        }
-                    },
+                    outbound = rx.recv() => {
+                        let write_timeout = core.write_timeout;
+                        let batch = tokio::time::timeout(
+                            write_timeout,
+                            write_batch(&mut protocol, &mut core, outbound, &mut rx),
+                        );
+                        let batch = async { batch.await.unwrap_or(Err(Close::SlowConsumer)) };
+                        guarded(batch, killed.as_mut(), shutting_down.as_mut()).await
+                    }
                     frame = stream.next() => {
                         idle_timer.as_mut().reset(Instant::now() + protocol.idle_after());
                         protocol.on_activity();
@@ -878,7 +875,7 @@ async fn write_batch<P: Protocol>(
     protocol: &mut P,
     core: &mut Core,
     first: Outbound,
-    rx: &mut mpsc::Receiver<Outbound>,
+    rx: &mut queue::Receiver<Outbound>,
 ) -> Result<(), Close> {
     let mut next = Some(first);
     let mut taken = 0;
@@ -914,7 +911,7 @@ async fn write_batch<P: Protocol>(
         }
         taken += 1;
         if taken < FLUSH_BATCH {
-            next = rx.try_recv().ok();
+            next = rx.try_recv();
         }
     }
     core.sink.flush().await.map_err(|_| Close::Gone)

@@ -1,0 +1,175 @@
+//! A connection's outbound queue: bounded, with many senders (the hub, the session's own
+//! fetches) and one receiver (the session).
+//!
+//! Not tokio's `mpsc`: its channel holds at least one block of 32 slots for its whole life and
+//! keeps up to four after a burst, so every socket carried about 1.5 KiB for its queue while
+//! idle, and about 6 KiB for good once a burst had backed it up (the chaos soak's survivors
+//! ended above their starting memory by that much after Redis thawed). This one holds a few
+//! slots once used and gives back what a burst took as soon as it is drained.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
+
+/// Slots a drained queue keeps; more are given back.
+const KEEP: usize = 4;
+
+/// Why [`Sender::try_send`] did not queue the item (it is dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrySendError {
+    /// The queue holds its capacity.
+    Full,
+    /// The receiver is gone.
+    Closed,
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    waker: AtomicWaker,
+    capacity: usize,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    closed: bool,
+}
+
+impl<T> Shared<T> {
+    fn state(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The sending side; clones share the queue.
+pub struct Sender<T>(Arc<Shared<T>>);
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        Sender(self.0.clone())
+    }
+}
+
+/// The receiving side. Dropping it closes the queue and drops what it holds.
+pub struct Receiver<T>(Arc<Shared<T>>);
+
+/// A queue of at most `capacity` items.
+#[must_use]
+pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            closed: false,
+        }),
+        waker: AtomicWaker::new(),
+        capacity,
+    });
+    (Sender(shared.clone()), Receiver(shared))
+}
+
+impl<T> Sender<T> {
+    /// Queues `item` without waiting.
+    ///
+    /// # Errors
+    /// The queue is full or its receiver gone; `item` is dropped.
+    pub fn try_send(&self, item: T) -> Result<(), TrySendError> {
+        {
+            let mut state = self.0.state();
+            if state.closed {
+                return Err(TrySendError::Closed);
+            }
+            if state.items.len() >= self.0.capacity {
+                return Err(TrySendError::Full);
+            }
+            state.items.push_back(item);
+        }
+        self.0.waker.wake();
+        Ok(())
+    }
+}
+
+impl<T> Receiver<T> {
+    /// The next item, if one is queued.
+    pub fn try_recv(&mut self) -> Option<T> {
+        let mut state = self.0.state();
+        let item = state.items.pop_front();
+        if state.items.is_empty() && state.items.capacity() > KEEP {
+            state.items.shrink_to(KEEP);
+        }
+        item
+    }
+
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<T> {
+        if let Some(item) = self.try_recv() {
+            return Poll::Ready(item);
+        }
+        self.0.waker.register(cx.waker());
+        // An item queued between the first look and the registration woke nobody.
+        self.try_recv().map_or(Poll::Pending, Poll::Ready)
+    }
+
+    /// Waits for the next item. The receiver holds no sender, so this waits for as long as
+    /// nothing is sent; dropping the future loses nothing.
+    pub async fn recv(&mut self) -> T {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let items = {
+            let mut state = self.0.state();
+            state.closed = true;
+            std::mem::take(&mut state.items)
+        };
+        // Dropped outside the lock: an item may own more than memory.
+        drop(items);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bounded_in_order_and_closed_by_the_receiver() {
+        let (tx, mut rx) = bounded(2);
+        assert_eq!(tx.try_send(1), Ok(()));
+        assert_eq!(tx.clone().try_send(2), Ok(()));
+        assert_eq!(tx.try_send(3), Err(TrySendError::Full));
+        assert_eq!(rx.try_recv(), Some(1));
+        assert_eq!(tx.try_send(4), Ok(()));
+        assert_eq!(
+            (rx.try_recv(), rx.try_recv(), rx.try_recv()),
+            (Some(2), Some(4), None)
+        );
+        drop(rx);
+        assert_eq!(tx.try_send(5), Err(TrySendError::Closed));
+    }
+
+    #[test]
+    fn a_drained_queue_gives_back_what_a_burst_took() {
+        let (tx, mut rx) = bounded(1024);
+        for i in 0..1000 {
+            tx.try_send(i).unwrap();
+        }
+        assert!(rx.0.state().items.capacity() >= 1000);
+        while rx.try_recv().is_some() {}
+        assert!(rx.0.state().items.capacity() <= KEEP);
+    }
+
+    #[tokio::test]
+    async fn recv_wakes_on_a_send_from_another_task() {
+        let (tx, mut rx) = bounded(8);
+        let sender = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            tx.try_send("hello").unwrap();
+            tx
+        });
+        let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(got, Ok("hello"));
+        let _tx = sender.await.unwrap();
+    }
+}
