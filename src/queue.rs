@@ -1,5 +1,9 @@
 //! A connection's outbound queue: bounded, with many senders (the hub, the session's own
-//! fetches) and one receiver (the session).
+//! fetches) and one receiver (the session). It also carries the connection's alarm: the queue
+//! overflowed (a slow consumer), or the node is closing sockets. Both wake the session through
+//! the queue's one waker, so a session waits on one thing and nothing it polls is shared with
+//! other connections (tokio's `Notify` under a watch channel takes a lock every session shares
+//! on every poll).
 //!
 //! Not tokio's `mpsc`: its channel holds at least one block of 32 slots for its whole life and
 //! keeps up to four after a burst, so every socket carried about 1.5 KiB for its queue while
@@ -8,13 +12,15 @@
 //! slots once used and gives back what a burst took as soon as it is drained.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
-/// Slots a drained queue keeps; more are given back.
-const KEEP: usize = 4;
+/// Slots a drained queue keeps; more are given back. One: a socket that gets an event at a time
+/// never reallocates, and an idle one holds 48 bytes for its queue.
+const KEEP: usize = 1;
 
 /// Why [`Sender::try_send`] did not queue the item (it is dropped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,9 +31,20 @@ pub enum TrySendError {
     Closed,
 }
 
+/// Why the receiving side must stop, whatever it is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alarm {
+    /// The queue was full when an item came: the receiver fell behind.
+    Overflow = 1,
+    /// The node is shutting down.
+    Shutdown = 2,
+}
+
 struct Shared<T> {
     state: Mutex<State<T>>,
     waker: AtomicWaker,
+    /// The raised [`Alarm`], or 0.
+    alarm: AtomicU8,
     capacity: usize,
 }
 
@@ -39,6 +56,56 @@ struct State<T> {
 impl<T> Shared<T> {
     fn state(&self) -> MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The part of a queue that does not depend on its items: its alarm and its waker.
+trait Ring: Send + Sync {
+    fn raise(&self, alarm: Alarm);
+    fn poll_alarm(&self, cx: &mut Context<'_>) -> Poll<Alarm>;
+}
+
+impl<T: Send> Ring for Shared<T> {
+    fn raise(&self, alarm: Alarm) {
+        // The first alarm stands: a session told to go for falling behind keeps that reason.
+        let _ = self
+            .alarm
+            .compare_exchange(0, alarm as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.waker.wake();
+    }
+
+    fn poll_alarm(&self, cx: &mut Context<'_>) -> Poll<Alarm> {
+        let raised = |alarm: u8| match alarm {
+            1 => Some(Alarm::Overflow),
+            2 => Some(Alarm::Shutdown),
+            _ => None,
+        };
+        if let Some(alarm) = raised(self.alarm.load(Ordering::Acquire)) {
+            return Poll::Ready(alarm);
+        }
+        self.waker.register(cx.waker());
+        raised(self.alarm.load(Ordering::Acquire)).map_or(Poll::Pending, Poll::Ready)
+    }
+}
+
+/// A queue's alarm without its items: to raise it from elsewhere (the node's shutdown), or to
+/// watch it while the receiver is busy.
+#[derive(Clone)]
+pub struct Bell(Arc<dyn Ring>);
+
+impl Bell {
+    pub fn raise(&self, alarm: Alarm) {
+        self.0.raise(alarm);
+    }
+
+    /// Ready once an alarm is raised; registers the waker the receiver also uses.
+    pub fn poll_alarm(&self, cx: &mut Context<'_>) -> Poll<Alarm> {
+        self.0.poll_alarm(cx)
+    }
+
+    /// Waits for an alarm.
+    pub async fn alarmed(&self) -> Alarm {
+        std::future::poll_fn(|cx| self.poll_alarm(cx)).await
     }
 }
 
@@ -63,16 +130,18 @@ pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
             closed: false,
         }),
         waker: AtomicWaker::new(),
+        alarm: AtomicU8::new(0),
         capacity,
     });
     (Sender(shared.clone()), Receiver(shared))
 }
 
-impl<T> Sender<T> {
+impl<T: Send> Sender<T> {
     /// Queues `item` without waiting.
     ///
     /// # Errors
-    /// The queue is full or its receiver gone; `item` is dropped.
+    /// The queue is full or its receiver gone; `item` is dropped. A full queue raises
+    /// [`Alarm::Overflow`].
     pub fn try_send(&self, item: T) -> Result<(), TrySendError> {
         {
             let mut state = self.0.state();
@@ -80,12 +149,22 @@ impl<T> Sender<T> {
                 return Err(TrySendError::Closed);
             }
             if state.items.len() >= self.0.capacity {
+                drop(state);
+                self.0.raise(Alarm::Overflow);
                 return Err(TrySendError::Full);
             }
             state.items.push_back(item);
         }
         self.0.waker.wake();
         Ok(())
+    }
+}
+
+impl<T: Send + 'static> Receiver<T> {
+    /// The queue's alarm, for others to raise or for the receiver to watch while busy.
+    #[must_use]
+    pub fn bell(&self) -> Bell {
+        Bell(self.0.clone())
     }
 }
 
@@ -100,7 +179,8 @@ impl<T> Receiver<T> {
         item
     }
 
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<T> {
+    /// The next item, registering the waker when there is none.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<T> {
         if let Some(item) = self.try_recv() {
             return Poll::Ready(item);
         }
@@ -147,6 +227,25 @@ mod tests {
         );
         drop(rx);
         assert_eq!(tx.try_send(5), Err(TrySendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn an_overflow_or_a_shutdown_raises_the_alarm_once() {
+        let (tx, rx) = bounded(1);
+        let bell = rx.bell();
+        let pending = std::future::poll_fn(|cx| Poll::Ready(bell.poll_alarm(cx))).await;
+        assert!(pending.is_pending());
+        let waiting = tokio::spawn({
+            let bell = bell.clone();
+            async move { bell.alarmed().await }
+        });
+        tx.try_send(1).unwrap();
+        assert_eq!(tx.try_send(2), Err(TrySendError::Full));
+        let raised = tokio::time::timeout(Duration::from_secs(5), waiting).await;
+        assert_eq!(raised.unwrap().unwrap(), Alarm::Overflow);
+        // The first reason stands.
+        bell.raise(Alarm::Shutdown);
+        assert_eq!(bell.alarmed().await, Alarm::Overflow);
     }
 
     #[test]

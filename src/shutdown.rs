@@ -5,23 +5,33 @@
 //! clients reconnect elsewhere; in-flight HTTP requests finish; the process exits once every
 //! session has ended or the shutdown timeout has passed.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{Notify, watch};
 
+use crate::hub::ConnId;
+use crate::queue::{Alarm, Bell};
+
 pub struct Shutdown {
     draining: AtomicBool,
+    /// For the few long-lived tasks that are not sessions (the heartbeat, console streams).
     closing: watch::Sender<bool>,
-    sessions: AtomicUsize,
+    /// Every live session's alarm. A session waits on its own queue only; closing rings each
+    /// bell once, instead of every session polling one shared signal on every wake-up.
+    sessions: Mutex<HashMap<ConnId, Bell>>,
     ended: Notify,
 }
 
 /// Counts one live session; dropping it ends the count.
-pub struct SessionGuard<'a>(&'a Shutdown);
+pub struct SessionGuard<'a>(&'a Shutdown, ConnId);
 
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
-        if self.0.sessions.fetch_sub(1, Ordering::SeqCst) == 1 {
+        let mut sessions = self.0.sessions();
+        sessions.remove(&self.1);
+        if sessions.is_empty() {
             self.0.ended.notify_waiters();
         }
     }
@@ -32,7 +42,7 @@ impl Default for Shutdown {
         Shutdown {
             draining: AtomicBool::new(false),
             closing: watch::Sender::new(false),
-            sessions: AtomicUsize::new(0),
+            sessions: Mutex::default(),
             ended: Notify::new(),
         }
     }
@@ -48,9 +58,18 @@ impl Shutdown {
         self.draining.load(Ordering::SeqCst)
     }
 
+    fn sessions(&self) -> MutexGuard<'_, HashMap<ConnId, Bell>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Refuses new upgrades and tells every session to close.
     pub fn close_sessions(&self) {
+        let sessions = self.sessions();
+        // Set under the lock: a session registering after this sees it and closes at once.
         self.closing.send_replace(true);
+        for bell in sessions.values() {
+            bell.raise(Alarm::Shutdown);
+        }
     }
 
     #[must_use]
@@ -63,15 +82,21 @@ impl Shutdown {
         self.closing.subscribe()
     }
 
+    /// Counts a session as live until the guard drops; `bell` is raised when the node closes
+    /// sessions (at once, if it already has).
     #[must_use]
-    pub fn session_started(&self) -> SessionGuard<'_> {
-        self.sessions.fetch_add(1, Ordering::SeqCst);
-        SessionGuard(self)
+    pub fn session_started(&self, id: ConnId, bell: Bell) -> SessionGuard<'_> {
+        let mut sessions = self.sessions();
+        if self.is_closing() {
+            bell.raise(Alarm::Shutdown);
+        }
+        sessions.insert(id, bell);
+        SessionGuard(self, id)
     }
 
     #[must_use]
     pub fn live_sessions(&self) -> usize {
-        self.sessions.load(Ordering::SeqCst)
+        self.sessions().len()
     }
 
     /// Resolves when no session is left.

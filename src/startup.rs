@@ -19,7 +19,7 @@ use crate::http::server::{self, Timeouts};
 use crate::hub::{Hub, run_subscriptions};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
-use crate::node::{NodeInfo, NodeState};
+use crate::node::{NodeInfo, NodeState, Parts};
 use crate::presence::{LocalPresence, PresenceStore, RedisPresence, RedisPresenceConfig};
 use crate::registry::{self, AppCache, AppRegistry, CachedRegistry, RegistryError};
 use crate::shutdown::Shutdown;
@@ -182,7 +182,7 @@ impl Server {
         };
         let limits = Limits::new(&config.limits)
             .map_err(|problem| ConfigError::key("limits.trusted_proxies", problem))?;
-        let state = NodeState {
+        let state = NodeState::new(Parts {
             limits: Arc::new(limits),
             config: Arc::new(config),
             registry,
@@ -199,7 +199,7 @@ impl Server {
             longpolls: Arc::default(),
             node,
             debug,
-        };
+        });
         spawn_heartbeat(state.clone());
         Ok(Server {
             listener,

@@ -20,9 +20,9 @@ use crate::session::{self, PhoenixConnect, PusherConnect};
 
 /// Per-socket buffers. tungstenite's defaults (128 KiB each) would make idle sockets expensive.
 /// The read buffer is only the initial allocation: a larger frame makes it grow (up to the
-/// frame limit). Phoenix traffic from clients is mostly 50-byte heartbeats, so 512 bytes keep
-/// an idle socket near 7 KiB in all.
-const READ_BUFFER: usize = 512;
+/// frame limit). What clients send is mostly heartbeats of 50 to 100 bytes, so 256 bytes read
+/// each in one call.
+const READ_BUFFER: usize = 256;
 const WRITE_BUFFER: usize = 8 * 1024;
 
 /// The checks both endpoints share; the upgrade and the query on success.

@@ -6,17 +6,18 @@
 pub mod longpoll;
 pub(crate) mod phoenix;
 pub(crate) mod pusher;
+mod small;
 
-use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Notify, mpsc};
+use sync_wrapper::SyncWrapper;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::bus::BusError;
@@ -31,7 +32,8 @@ use crate::metrics::CloseReason;
 use crate::node::{self, NodeState};
 use crate::presence::{Member, PresenceError, Snapshot, TopicChange, TopicSnapshot};
 use crate::protocol::Wire;
-use crate::queue;
+use crate::queue::{self, Alarm, Bell};
+use small::SmallMap;
 
 pub use phoenix::Connect as PhoenixConnect;
 pub use pusher::Connect as PusherConnect;
@@ -190,25 +192,37 @@ impl RateLimit {
 #[derive(Debug)]
 pub(crate) struct Gone;
 
-/// Where a session's frames go.
-pub(crate) enum Sink {
-    Socket(SplitSink<WebSocket, Message>),
-    /// A LongPoll session's outbound queue, which polls drain.
-    Poll(mpsc::Sender<Message>),
+/// A session's transport: a WebSocket, or a LongPoll session's pair of queues.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "nearly every session is a WebSocket; boxing it would add an allocation to each"
+)]
+pub(crate) enum Transport {
+    Socket(SyncWrapper<WebSocket>),
+    Poll {
+        /// Frames for the client, which its polls drain.
+        outbound: mpsc::Sender<Message>,
+        /// The frames of its POSTs, and a ping per poll to show the client is there.
+        inbound: mpsc::Receiver<Message>,
+    },
 }
 
-impl Sink {
+impl Transport {
     async fn feed(&mut self, message: Message) -> Result<(), Gone> {
         match self {
-            Sink::Socket(sink) => sink.feed(message).await.map_err(|_| Gone),
-            Sink::Poll(queue) => queue.send(message).await.map_err(|_| Gone),
+            Transport::Socket(socket) => socket.get_mut().feed(message).await.map_err(|_| Gone),
+            // Boxed: tokio's send future would make up most of every connection's task, for
+            // the sake of the LongPoll sessions only.
+            Transport::Poll { outbound, .. } => {
+                Box::pin(outbound.send(message)).await.map_err(|_| Gone)
+            }
         }
     }
 
     async fn flush(&mut self) -> Result<(), Gone> {
         match self {
-            Sink::Socket(sink) => sink.flush().await.map_err(|_| Gone),
-            Sink::Poll(_) => Ok(()),
+            Transport::Socket(socket) => socket.get_mut().flush().await.map_err(|_| Gone),
+            Transport::Poll { .. } => Ok(()),
         }
     }
 
@@ -216,21 +230,16 @@ impl Sink {
         self.feed(message).await?;
         self.flush().await
     }
-}
 
-/// Where a session's client frames come from.
-pub(crate) enum Source {
-    Socket(SplitStream<WebSocket>),
-    /// A LongPoll session's inbound queue: the frames of its POSTs, and a ping per poll.
-    Poll(mpsc::Receiver<Message>),
-}
-
-impl Source {
-    async fn next(&mut self) -> Option<Result<Message, axum::Error>> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, axum::Error>>> {
         match self {
-            Source::Socket(stream) => stream.next().await,
-            Source::Poll(queue) => queue.recv().await.map(Ok),
+            Transport::Socket(socket) => socket.get_mut().poll_next_unpin(cx),
+            Transport::Poll { inbound, .. } => inbound.poll_recv(cx).map(|m| m.map(Ok)),
         }
+    }
+
+    async fn next(&mut self) -> Option<Result<Message, axum::Error>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 }
 
@@ -244,29 +253,29 @@ pub(crate) struct Core {
     subscriber: Subscriber,
     /// The `protocol` label of the connection metrics.
     label: &'static str,
-    sink: Sink,
+    transport: Transport,
     /// How long one write (or one batch of queued frames) may block.
     write_timeout: Duration,
     /// References per app slug (joined topics; a Pusher connection also holds one for its
     /// app while it is open), for the per-app connection metrics.
-    apps: HashMap<String, usize>,
+    apps: SmallMap<usize>,
     /// Topics this connection is registered for in the hub, joined or still joining: all of
     /// them are left when the connection ends, whatever step of a join it ended in.
-    in_hub: HashSet<String>,
+    in_hub: SmallMap<()>,
     /// This connection's presence entries: topic → entry.
-    presence: HashMap<String, String>,
+    presence: SmallMap<String>,
     /// Makes each presence entry of this connection unique, even on a channel it re-joins.
     presence_seq: u32,
     /// Per topic whose history this connection was sent, the newest position it holds:
     /// broadcasts at or before it, queued while the history was read, are not sent again.
-    floors: HashMap<String, Position>,
+    floors: SmallMap<Position>,
 }
 
 impl Core {
     pub async fn send(&mut self, text: String) -> Result<(), Close> {
         match tokio::time::timeout(
             self.write_timeout,
-            self.sink.send(Message::Text(text.into())),
+            self.transport.send(Message::Text(text.into())),
         )
         .await
         {
@@ -277,7 +286,7 @@ impl Core {
 
     /// Registers for a topic's events; returns once the bus delivers the topic to this node.
     pub async fn enter(&mut self, topic: &str) -> Result<(), BusError> {
-        self.in_hub.insert(topic.to_owned());
+        self.in_hub.insert(topic.to_owned(), ());
         let entered = self
             .state
             .hub
@@ -312,7 +321,7 @@ impl Core {
     fn sequence(&mut self, stamp: &Stamp) -> Sequence {
         // A channel this connection has left (or that is waiting to be rejoined) gets nothing:
         // a client must not move its position past events it has not been sent.
-        if !self.in_hub.contains(&stamp.topic) {
+        if !self.in_hub.contains_key(&stamp.topic) {
             return Sequence::Seen;
         }
         let Some(floor) = self.floors.get_mut(&stamp.topic) else {
@@ -334,12 +343,12 @@ impl Core {
 
     /// Sends several frames with one flush.
     pub async fn send_all(&mut self, frames: Vec<String>) -> Result<(), Close> {
-        let sink = &mut self.sink;
+        let transport = &mut self.transport;
         let sending = async {
             for frame in frames {
-                sink.feed(Message::Text(frame.into())).await?;
+                transport.feed(Message::Text(frame.into())).await?;
             }
-            sink.flush().await
+            transport.flush().await
         };
         match tokio::time::timeout(self.write_timeout, sending).await {
             Ok(sent) => sent.map_err(|_| Close::Gone),
@@ -447,7 +456,7 @@ impl Core {
 
     /// Counts one more reference of this connection to `slug`.
     pub fn hold_app(&mut self, slug: &str) {
-        let count = self.apps.entry(slug.to_owned()).or_insert(0);
+        let count = self.apps.get_or_insert_with(slug, || 0);
         *count += 1;
         if *count == 1 {
             self.state.metrics.connection_opened(slug, self.label);
@@ -596,27 +605,102 @@ pub(crate) trait Protocol: Send {
     fn farewell(&self, close: &Close) -> (Option<String>, Option<CloseFrame>);
 }
 
-/// Runs `work` unless the connection must end first: its queue overflowed (`killed`) or the
-/// node is closing sockets. Whatever `work` is blocked on (a write to a client that does not
-/// read, a registry lookup) never holds the socket open past either.
-async fn guarded(
-    work: impl Future<Output = Result<(), Close>>,
-    killed: Pin<&mut impl Future<Output = ()>>,
-    shutting_down: Pin<&mut impl Future<Output = ()>>,
-) -> Result<(), Close> {
-    tokio::select! {
-        done = work => done,
-        () = killed => Err(Close::SlowConsumer),
-        () = shutting_down => Err(Close::Shutdown),
+pin_project_lite::pin_project! {
+    /// Runs `work` unless the connection must end first: its queue overflowed or the node is
+    /// closing sockets. Whatever `work` is blocked on (a write to a client that does not read,
+    /// a registry lookup) never holds the socket open past either. A hand-written future: an
+    /// `async fn` would store `work` twice, and this sits in every connection's task.
+    struct Guarded<'a, F> {
+        #[pin]
+        work: F,
+        bell: &'a Bell,
     }
 }
 
-/// Completes when `timer` does; never when there is none.
-async fn fire(timer: &mut Option<Pin<Box<Sleep>>>) {
-    match timer {
-        Some(timer) => timer.as_mut().await,
-        None => std::future::pending().await,
+fn guarded<F: Future>(work: F, bell: &Bell) -> Guarded<'_, F> {
+    Guarded { work, bell }
+}
+
+impl<F: Future<Output: Outcome>> Future for Guarded<'_, F> {
+    type Output = Result<(), Close>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(alarm) = this.bell.poll_alarm(cx) {
+            return Poll::Ready(Err(Close::from(alarm)));
+        }
+        this.work.poll(cx).map(Outcome::outcome)
     }
+}
+
+/// What guarded work ends in.
+trait Outcome {
+    fn outcome(self) -> Result<(), Close>;
+}
+
+impl Outcome for Result<(), Close> {
+    fn outcome(self) -> Result<(), Close> {
+        self
+    }
+}
+
+/// Work under the write timeout: running out of it makes the client a slow consumer.
+impl Outcome for Result<Result<(), Close>, tokio::time::error::Elapsed> {
+    fn outcome(self) -> Result<(), Close> {
+        self.unwrap_or(Err(Close::SlowConsumer))
+    }
+}
+
+impl From<Alarm> for Close {
+    fn from(alarm: Alarm) -> Close {
+        match alarm {
+            Alarm::Overflow => Close::SlowConsumer,
+            Alarm::Shutdown => Close::Shutdown,
+        }
+    }
+}
+
+/// What woke a session.
+enum Wake {
+    Alarm(Alarm),
+    Outbound(Outbound),
+    Client(Option<Result<Message, axum::Error>>),
+    Idle,
+    Deadline,
+}
+
+/// What the session waits on, all polled in place: no future is built per wake-up, and an idle
+/// session holds only its timers and its queue. Client frames and outbound messages take turns
+/// at going first (`inbound_first`), so neither a busy channel nor a chatty client starves the
+/// other.
+fn poll_wake(
+    cx: &mut Context<'_>,
+    (bell, rx, transport): (&Bell, &mut queue::Receiver<Outbound>, &mut Transport),
+    idle: Pin<&mut Sleep>,
+    deadline: Option<Pin<&mut Sleep>>,
+    inbound_first: bool,
+) -> Poll<Wake> {
+    if let Poll::Ready(alarm) = bell.poll_alarm(cx) {
+        return Poll::Ready(Wake::Alarm(alarm));
+    }
+    if inbound_first && let Poll::Ready(frame) = transport.poll_next(cx) {
+        return Poll::Ready(Wake::Client(frame));
+    }
+    if let Poll::Ready(outbound) = rx.poll_recv(cx) {
+        return Poll::Ready(Wake::Outbound(outbound));
+    }
+    if !inbound_first && let Poll::Ready(frame) = transport.poll_next(cx) {
+        return Poll::Ready(Wake::Client(frame));
+    }
+    if idle.poll(cx).is_ready() {
+        return Poll::Ready(Wake::Idle);
+    }
+    if let Some(deadline) = deadline
+        && deadline.poll(cx).is_ready()
+    {
+        return Poll::Ready(Wake::Deadline);
+    }
+    Poll::Pending
 }
 
 /// The instant a Unix timestamp (seconds) falls on.
@@ -655,8 +739,7 @@ pub fn run_phoenix(
     let wire = Wire::Phoenix(connect.vsn);
     let origin = connect.origin.clone();
     let protocol = phoenix::Phoenix::new(connect, &state, None);
-    let (sink, stream) = socket.split();
-    let transport = (Sink::Socket(sink), Source::Socket(stream), wire.label());
+    let transport = (Transport::Socket(SyncWrapper::new(socket)), wire.label());
     run(transport, wire, origin, protocol, state)
 }
 
@@ -673,7 +756,7 @@ pub fn run_phoenix_poll(
     // No heartbeats over LongPoll: a session without polls ends after the session timeout.
     let idle = Duration::from_millis(state.config.longpoll.session_timeout_ms);
     let protocol = phoenix::Phoenix::new(connect, &state, Some(idle));
-    let transport = (Sink::Poll(outbound), Source::Poll(inbound), LONGPOLL_LABEL);
+    let transport = (Transport::Poll { outbound, inbound }, LONGPOLL_LABEL);
     run(transport, wire, origin, protocol, state)
 }
 
@@ -688,10 +771,8 @@ pub fn run_pusher(
 ) -> impl Future<Output = ()> + Send {
     let origin = connect.origin.clone();
     let protocol = pusher::Pusher::new(connect, &state);
-    let (sink, stream) = socket.split();
     let transport = (
-        Sink::Socket(sink),
-        Source::Socket(stream),
+        Transport::Socket(SyncWrapper::new(socket)),
         Wire::Pusher.label(),
     );
     run(transport, Wire::Pusher, origin, protocol, state)
@@ -700,7 +781,7 @@ pub fn run_pusher(
 /// Builds the connection's state, then returns the future that owns it (see [`run_phoenix`]
 /// for why this is not an `async fn`).
 fn run<P: Protocol>(
-    (sink, stream, label): (Sink, Source, &'static str),
+    (transport, label): (Transport, &'static str),
     wire: Wire,
     origin: Option<String>,
     protocol: P,
@@ -708,31 +789,29 @@ fn run<P: Protocol>(
 ) -> impl Future<Output = ()> + Send {
     let id = state.next_conn_id();
     let (tx, rx) = queue::bounded(state.config.limits.outbound_queue);
-    let kill = Arc::new(Notify::new());
     let core = Core {
         id,
-        subscriber: Subscriber {
-            wire,
-            tx,
-            kill: kill.clone(),
-        },
+        subscriber: Subscriber { wire, tx },
         label,
         origin,
         write_timeout: Duration::from_secs(state.config.limits.write_timeout_secs),
         client_events: RateLimit::new(state.config.limits.client_events_per_sec),
         state,
-        apps: HashMap::new(),
-        in_hub: HashSet::new(),
-        presence: HashMap::new(),
+        apps: SmallMap::new(),
+        in_hub: SmallMap::new(),
+        presence: SmallMap::new(),
         presence_seq: 0,
-        floors: HashMap::new(),
-        sink,
+        floors: SmallMap::new(),
+        transport,
     };
-    serve(core, protocol, rx, stream, kill)
+    serve(core, protocol, rx)
 }
 
 /// The connection's loop, over the state [`run`] built. An `async move` block rather than an
 /// `async fn`: it owns its captures in place instead of moving arguments into new locals.
+/// Work that is rare (the greeting, a heartbeat of the server's, a token's expiry, the close
+/// handshake) is boxed, so that every idle connection's task carries only what its hot path
+/// needs.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn would store its arguments twice (rust-lang/rust#62958)"
@@ -741,32 +820,21 @@ fn serve<P: Protocol>(
     mut core: Core,
     mut protocol: P,
     mut rx: queue::Receiver<Outbound>,
-    mut stream: Source,
-    kill: Arc<Notify>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let id = core.id;
+        let bell = rx.bell();
         let shutdown = core.state.shutdown.clone();
-        let _live = shutdown.session_started();
-        let mut closing = shutdown.closing();
-        // These futures live as long as the loop: re-creating them per message would register
-        // and deregister a timer, and a waiter on the watch channel every session shares, for
-        // every frame sent.
+        let _live = shutdown.session_started(id, bell.clone());
+        // Lives as long as the loop: re-creating it per message would register and deregister
+        // a timer for every frame.
         let idle_timer = sleep_until(Instant::now() + protocol.idle_after());
+        tokio::pin!(idle_timer);
         // Boxed and only while armed: most sockets never use a token.
         let mut deadline_timer: Option<Pin<Box<Sleep>>> = None;
         let mut armed: Option<i64> = None;
-        let killed = kill.notified();
-        let shutting_down = async move {
-            let _ = closing.wait_for(|closing| *closing).await;
-        };
-        tokio::pin!(idle_timer, killed, shutting_down);
-        let started = guarded(
-            Box::pin(protocol.start(&mut core)),
-            killed.as_mut(),
-            shutting_down.as_mut(),
-        )
-        .await;
+        let started = guarded(Box::pin(protocol.start(&mut core)), &bell).await;
+        let mut inbound_first = false;
         let outcome = match started {
             Err(close) => close,
             Ok(()) => loop {
@@ -774,32 +842,42 @@ fn serve<P: Protocol>(
                     armed = protocol.deadline();
                     deadline_timer = armed.map(|at| Box::pin(sleep_until(instant_at(at))));
                 }
-                let result = tokio::select! {
-                    () = &mut killed => Err(Close::SlowConsumer),
-                    () = &mut idle_timer => match protocol.on_idle() {
+                inbound_first = !inbound_first;
+                let wake = std::future::poll_fn(|cx| {
+                    poll_wake(
+                        cx,
+                        (&bell, &mut rx, &mut core.transport),
+                        idle_timer.as_mut(),
+                        deadline_timer.as_mut().map(Pin::as_mut),
+                        inbound_first,
+                    )
+                })
+                .await;
+                let result = match wake {
+                    Wake::Alarm(alarm) => Err(Close::from(alarm)),
+                    Wake::Idle => match protocol.on_idle() {
                         Err(close) => Err(close),
                         Ok((frame, wait)) => {
                             idle_timer.as_mut().reset(Instant::now() + wait);
-                            guarded(core.send(frame), killed.as_mut(), shutting_down.as_mut()).await
+                            guarded(Box::pin(core.send(frame)), &bell).await
                         }
                     },
-                    () = &mut shutting_down => Err(Close::Shutdown),
-                    () = fire(&mut deadline_timer) => {
+                    Wake::Deadline => {
                         armed = None;
                         deadline_timer = None;
-                        guarded(Box::pin(protocol.on_deadline(&mut core)), killed.as_mut(), shutting_down.as_mut()).await
+                        guarded(Box::pin(protocol.on_deadline(&mut core)), &bell).await
                     }
-                    outbound = rx.recv() => {
-                        let write_timeout = core.write_timeout;
+                    Wake::Outbound(outbound) => {
                         let batch = tokio::time::timeout(
-                            write_timeout,
+                            core.write_timeout,
                             write_batch(&mut protocol, &mut core, outbound, &mut rx),
                         );
-                        let batch = async { batch.await.unwrap_or(Err(Close::SlowConsumer)) };
-                        guarded(batch, killed.as_mut(), shutting_down.as_mut()).await
+                        guarded(batch, &bell).await
                     }
-                    frame = stream.next() => {
-                        idle_timer.as_mut().reset(Instant::now() + protocol.idle_after());
+                    Wake::Client(frame) => {
+                        idle_timer
+                            .as_mut()
+                            .reset(Instant::now() + protocol.idle_after());
                         protocol.on_activity();
                         match frame {
                             None => Err(Close::Gone),
@@ -808,9 +886,11 @@ fn serve<P: Protocol>(
                                 // Boxed: handling a client frame (a join waits on the registry
                                 // and the bus) is the largest state of this future, which every
                                 // idle socket would otherwise carry inline.
-                                guarded(Box::pin(protocol.on_text(&mut core, &text)), killed.as_mut(), shutting_down.as_mut()).await
+                                guarded(Box::pin(protocol.on_text(&mut core, &text)), &bell).await
                             }
-                            Some(Ok(Message::Binary(_))) => Err(Close::Unsupported("binary frames are not supported".to_owned())),
+                            Some(Ok(Message::Binary(_))) => Err(Close::Unsupported(
+                                "binary frames are not supported".to_owned(),
+                            )),
                             Some(Ok(Message::Close(_))) => Err(Close::Gone),
                             // tungstenite answers pings itself; both count as activity.
                             Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
@@ -834,29 +914,9 @@ fn serve<P: Protocol>(
         }
         let (last, frame) = protocol.farewell(&outcome);
         if let Some(frame) = frame {
-            // A stalled client may never take the close frame; do not wait for it for long. Then
-            // read (and drop) what the client still sends until its close reply: closing with
-            // unread bytes makes the kernel reset the connection, and the client would lose the
-            // close frame, and with it the reason.
-            let sink = &mut core.sink;
-            let closing = async {
-                if let Some(last) = last {
-                    sink.send(Message::Text(last.into())).await.ok()?;
-                }
-                sink.send(Message::Close(Some(frame))).await.ok()?;
-                if let Source::Poll(_) = stream {
-                    return Some(());
-                }
-                while let Some(Ok(message)) = stream.next().await {
-                    if let Message::Close(_) = message {
-                        break;
-                    }
-                }
-                Some(())
-            };
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+            Box::pin(say_goodbye(&mut core.transport, last, frame)).await;
         }
-        for topic in &core.in_hub {
+        for topic in core.in_hub.keys() {
             core.state.hub.leave(topic, id);
         }
         for (topic, entry) in &core.presence {
@@ -867,6 +927,29 @@ fn serve<P: Protocol>(
             core.disconnected(app, reason);
         }
     }
+}
+
+/// Sends the last frame and the close frame. A stalled client may never take the close frame;
+/// do not wait for it for long. Then reads (and drops) what the client still sends until its
+/// close reply: closing with unread bytes makes the kernel reset the connection, and the client
+/// would lose the close frame, and with it the reason.
+async fn say_goodbye(transport: &mut Transport, last: Option<String>, frame: CloseFrame) {
+    let closing = async {
+        if let Some(last) = last {
+            transport.send(Message::Text(last.into())).await.ok()?;
+        }
+        transport.send(Message::Close(Some(frame))).await.ok()?;
+        if let Transport::Poll { .. } = transport {
+            return Some(());
+        }
+        while let Some(Ok(message)) = transport.next().await {
+            if let Message::Close(_) = message {
+                break;
+            }
+        }
+        Some(())
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
 }
 
 /// Writes this outbound message and whatever else is queued (up to a batch), then flushes
@@ -904,7 +987,7 @@ async fn write_batch<P: Protocol>(
             Outbound::Terminate => return Err(Close::Terminated),
         };
         if let Some(frame) = frame {
-            core.sink
+            core.transport
                 .feed(Message::Text(frame))
                 .await
                 .map_err(|_| Close::Gone)?;
@@ -914,5 +997,5 @@ async fn write_batch<P: Protocol>(
             next = rx.try_recv();
         }
     }
-    core.sink.flush().await.map_err(|_| Close::Gone)
+    core.transport.flush().await.map_err(|_| Close::Gone)
 }

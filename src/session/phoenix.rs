@@ -1,7 +1,7 @@
 //! The Phoenix Channels side of a session: `phx_join` / `phx_leave`, heartbeats, client events
 //! and join tokens.
 
-use std::collections::HashMap;
+use super::small::SmallMap;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Utf8Bytes, close_code};
@@ -57,7 +57,7 @@ pub(super) struct Phoenix {
     vsn: Vsn,
     token: Option<String>,
     idle: Duration,
-    channels: HashMap<String, Channel>,
+    channels: SmallMap<Channel>,
     /// The connect token's `exp`, once a channel needing it has been joined: those channels
     /// close when it passes.
     token_expiry: Option<i64>,
@@ -71,7 +71,7 @@ impl Phoenix {
             token: connect.token,
             idle: idle
                 .unwrap_or_else(|| Duration::from_secs(state.config.limits.idle_timeout_secs)),
-            channels: HashMap::new(),
+            channels: SmallMap::new(),
             token_expiry: None,
         }
     }

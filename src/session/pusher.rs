@@ -1,7 +1,7 @@
 //! The Pusher protocol 7 side of a session: one app per connection (named by its key in the
 //! URL), `pusher:subscribe` with HMAC auth, sign-in, client events and the ping/pong keepalive.
 
-use std::collections::HashMap;
+use super::small::SmallMap;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Utf8Bytes, close_code};
@@ -66,7 +66,7 @@ pub(super) struct Pusher {
     activity: Duration,
     pong_wait: Duration,
     awaiting_pong: bool,
-    channels: HashMap<String, Subscription>,
+    channels: SmallMap<Subscription>,
     /// The id of the user this connection signed in as, once it has.
     user: Option<String>,
 }
@@ -80,7 +80,7 @@ impl Pusher {
             activity: Duration::from_secs(state.config.pusher.activity_timeout_secs),
             pong_wait: Duration::from_secs(state.config.pusher.pong_timeout_secs),
             awaiting_pong: false,
-            channels: HashMap::new(),
+            channels: SmallMap::new(),
             user: None,
         }
     }

@@ -8,7 +8,8 @@
 //! deliveries per second, losses and duplicates, errors, connect time and the server's RSS.
 //!
 //! ```sh
-//! cargo bench --bench loadgen -- [--peers] [--only pushlite-pusher,soketi] [--scenario all|fanout|topics|idle|trigger|cross-node|history] [--quick]
+//! cargo build --release --bin pushlite
+//! cargo run --release -p pushlite-loadgen -- [--pushlite target/release/pushlite] [--peers] [--only pushlite-pusher,soketi] [--scenario all|fanout|topics|idle|trigger|cross-node|history] [--quick]
 //! ```
 //! Results: `target/bench/results.json` and `target/bench/results.md`.
 
@@ -16,8 +17,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
@@ -37,6 +38,8 @@ const ADMIN: (&str, &str) = ("bench-admin", "bench-admin-password");
 const PEER_APP: (&str, &str, &str) = ("app-id", "app-key", "app-secret");
 /// Client sockets are spread over these source addresses so many fit in the port range.
 const SOURCES: u8 = 8;
+/// The pushlite binary under test (`--pushlite`), set once by `main`.
+static PUSHLITE: OnceLock<PathBuf> = OnceLock::new();
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ScenarioArg {
@@ -69,6 +72,12 @@ struct Args {
     /// Subscribers of the fan-out scenario.
     #[arg(long)]
     fanout_subscribers: Option<usize>,
+    /// The fan-out scenario's trigger rates (events/s), one step each, until one falls behind.
+    #[arg(long, value_delimiter = ',')]
+    fanout_rates: Vec<f64>,
+    /// Sockets of the idle-memory scenario.
+    #[arg(long)]
+    idle_connections: Option<usize>,
     /// Subscribers on node B in the cross-node scenario.
     #[arg(long)]
     cross_subscribers: Option<usize>,
@@ -79,9 +88,9 @@ struct Args {
     /// directory. Needs a TrueType font (Debian: fonts-dejavu-core).
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// Accepted for `cargo bench`, which passes it.
-    #[arg(long, hide = true)]
-    bench: bool,
+    /// The pushlite binary to measure (a release build).
+    #[arg(long, default_value = "target/release/pushlite")]
+    pushlite: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -181,7 +190,7 @@ impl Server {
         let child = match peer {
             Peer::Pushlite | Peer::PushlitePusher => {
                 let db = shared_db.map_or_else(|| dir.path().join("bench.db"), Path::to_path_buf);
-                let mut command = Command::new(env!("CARGO_BIN_EXE_pushlite"));
+                let mut command = Command::new(PUSHLITE.get().expect("set by main"));
                 command
                     .arg("serve")
                     .env_clear()
@@ -782,6 +791,7 @@ fn latency_json(h: &Histogram<u64>) -> Value {
 
 struct Sizes {
     fanout_subscribers: usize,
+    fanout_rates: Vec<f64>,
     topics: usize,
     per_topic: usize,
     idle: usize,
@@ -815,7 +825,7 @@ async fn fanout(peer: Peer, sizes: &Sizes, http: &reqwest::Client) -> Value {
     let mut seq = 0;
     let mut all_accepted = vec![Vec::new()];
     let mut ranges = Vec::new();
-    for rate in [2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0] {
+    for &rate in &sizes.fanout_rates {
         let before = subs.received.load(Ordering::Relaxed);
         let started = Instant::now();
         let (accepted, failures, _) = drive(http, &server, seq, rate, sizes.step, 64).await;
@@ -1212,10 +1222,22 @@ fn markdown(results: &Value, peers: &[Peer]) -> String {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let _ = args.bench;
+    let binary = std::fs::canonicalize(&args.pushlite).unwrap_or_else(|e| {
+        panic!(
+            "no pushlite binary at {} ({e}): cargo build --release --bin pushlite",
+            args.pushlite.display()
+        )
+    });
+    let version = std::process::Command::new(&binary)
+        .arg("--version")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let _ = PUSHLITE.set(binary);
     let sizes = if args.quick {
         Sizes {
             fanout_subscribers: 1000,
+            fanout_rates: Vec::new(),
             topics: 100,
             per_topic: 10,
             idle: 2000,
@@ -1225,6 +1247,7 @@ async fn main() {
     } else {
         Sizes {
             fanout_subscribers: 10_000,
+            fanout_rates: Vec::new(),
             topics: 1000,
             per_topic: 10,
             idle: 15_000,
@@ -1235,6 +1258,14 @@ async fn main() {
     let mut sizes = sizes;
     if let Some(n) = args.fanout_subscribers {
         sizes.fanout_subscribers = n;
+    }
+    sizes.fanout_rates = if args.fanout_rates.is_empty() {
+        vec![2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0]
+    } else {
+        args.fanout_rates.clone()
+    };
+    if let Some(n) = args.idle_connections {
+        sizes.idle = n;
     }
     if let Some(n) = args.cross_subscribers {
         sizes.cross_subscribers = n;
@@ -1299,7 +1330,7 @@ async fn main() {
     let record = json!({
         "date": chrono::Utc::now().to_rfc3339(),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
-        "pushlite": env!("CARGO_PKG_VERSION"),
+        "pushlite": version,
         "sockudo": if peers.contains(&Peer::Sockudo) { "5.2.0" } else { "not run" },
         "soketi": if peers.contains(&Peer::Soketi) { "1.6.1" } else { "not run" },
         "cpus": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),

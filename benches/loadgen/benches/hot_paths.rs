@@ -18,7 +18,6 @@ use pushlite::queue;
 use pushlite::registry::{AppCache, AppRegistry, SqliteRegistry};
 use pushlite::webhooks::{LocalWebhookStore, Webhooks};
 use serde_json::value::RawValue;
-use tokio::sync::Notify;
 
 fn payload() -> Box<RawValue> {
     let text = format!(r#"{{"name":"Akita","message":"{}"}}"#, "x".repeat(160));
@@ -86,11 +85,7 @@ fn dispatch(c: &mut Criterion) {
                 1 => Wire::Phoenix(Vsn::V1),
                 _ => Wire::Pusher,
             };
-            let subscriber = Subscriber {
-                wire,
-                tx,
-                kill: Arc::new(Notify::new()),
-            };
+            let subscriber = Subscriber { wire, tx };
             hub.join("public:foo-app", conn as u64, subscriber)
                 .await
                 .expect("join");
