@@ -171,14 +171,19 @@ pub fn longpoll_body(data: &[u8]) {
     }
 }
 
-/// A trigger of the seed API: a JSON or form body (the first byte picks) and its fields.
-pub fn event_body(data: &[u8]) {
-    let (variant, rest) = split_first(data);
-    let content_type = if variant & 1 == 1 {
+/// The body type a leading byte picks: form when odd, JSON when even.
+fn body_type(variant: u8) -> &'static str {
+    if variant & 1 == 1 {
         "application/x-www-form-urlencoded"
     } else {
         "application/json"
-    };
+    }
+}
+
+/// A trigger of the seed API: a JSON or form body (the first byte picks) and its fields.
+pub fn event_body(data: &[u8]) {
+    let (variant, rest) = split_first(data);
+    let content_type = body_type(variant);
     if let Ok(fields) = body::object(&headers(content_type), rest) {
         let _ = events::parse_event(SLUG, fields, 10_000);
     }
@@ -188,11 +193,7 @@ pub fn event_body(data: &[u8]) {
 /// app and for changes to one.
 pub fn admin_body(data: &[u8]) {
     let (variant, rest) = split_first(data);
-    let content_type = if variant & 1 == 1 {
-        "application/x-www-form-urlencoded"
-    } else {
-        "application/json"
-    };
+    let content_type = body_type(variant);
     let Ok(map) = body::app_object(&headers(content_type), rest) else {
         return;
     };

@@ -102,11 +102,6 @@ impl Bell {
     pub fn poll_alarm(&self, cx: &mut Context<'_>) -> Poll<Alarm> {
         self.0.poll_alarm(cx)
     }
-
-    /// Waits for an alarm.
-    pub async fn alarmed(&self) -> Alarm {
-        std::future::poll_fn(|cx| self.poll_alarm(cx)).await
-    }
 }
 
 /// The sending side; clones share the queue.
@@ -237,7 +232,7 @@ mod tests {
         assert!(pending.is_pending());
         let waiting = tokio::spawn({
             let bell = bell.clone();
-            async move { bell.alarmed().await }
+            async move { std::future::poll_fn(|cx| bell.poll_alarm(cx)).await }
         });
         tx.try_send(1).unwrap();
         assert_eq!(tx.try_send(2), Err(TrySendError::Full));
@@ -245,7 +240,8 @@ mod tests {
         assert_eq!(raised.unwrap().unwrap(), Alarm::Overflow);
         // The first reason stands.
         bell.raise(Alarm::Shutdown);
-        assert_eq!(bell.alarmed().await, Alarm::Overflow);
+        let first = std::future::poll_fn(|cx| bell.poll_alarm(cx)).await;
+        assert_eq!(first, Alarm::Overflow);
     }
 
     #[test]

@@ -1242,10 +1242,15 @@ async fn main() {
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         .unwrap_or_default();
     let _ = PUSHLITE.set(binary);
+    let fanout_rates = if args.fanout_rates.is_empty() {
+        vec![2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0]
+    } else {
+        args.fanout_rates.clone()
+    };
     let sizes = if args.quick {
         Sizes {
             fanout_subscribers: 1000,
-            fanout_rates: Vec::new(),
+            fanout_rates: fanout_rates.clone(),
             topics: 100,
             per_topic: 10,
             idle: 2000,
@@ -1255,7 +1260,7 @@ async fn main() {
     } else {
         Sizes {
             fanout_subscribers: 10_000,
-            fanout_rates: Vec::new(),
+            fanout_rates,
             topics: 1000,
             per_topic: 10,
             idle: 15_000,
@@ -1267,11 +1272,6 @@ async fn main() {
     if let Some(n) = args.fanout_subscribers {
         sizes.fanout_subscribers = n;
     }
-    sizes.fanout_rates = if args.fanout_rates.is_empty() {
-        vec![2.0, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0]
-    } else {
-        args.fanout_rates.clone()
-    };
     if let Some(n) = args.idle_connections {
         sizes.idle = n;
     }
