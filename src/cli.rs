@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -277,26 +278,25 @@ async fn open(config: &Config) -> Result<std::sync::Arc<dyn AppRegistry>, CliErr
 async fn seed(registry: &dyn AppRegistry) -> Result<(), CliError> {
     let app = match registry.by_slug(TEST_APP_SLUG).await? {
         Some(app) => app,
-        None => {
-            registry
-                .insert(&NewApp {
-                    name: "Test App".to_owned(),
-                    slug: TEST_APP_SLUG.to_owned(),
-                    key: "test-app-fake-key".to_owned(),
-                    secret: "test-app-fake-secret".to_owned(),
-                    active: true,
-                    client_events: true,
-                    allowed_origins: Vec::new(),
-                    max_presence_members: crate::domain::app::DEFAULT_PRESENCE_MEMBERS,
-                    webhooks: Vec::new(),
-                    history_size: 0,
-                    history_ttl_secs: crate::domain::app::DEFAULT_HISTORY_TTL_SECS,
-                    max_connections: None,
-                    max_triggers_per_sec: None,
-                    webhook_max_queue: None,
-                })
-                .await?
-        }
+        None => registry
+            .insert(&NewApp {
+                name: "Test App".to_owned(),
+                slug: TEST_APP_SLUG.to_owned(),
+                key: "test-app-fake-key".to_owned(),
+                secret: "test-app-fake-secret".to_owned(),
+                active: true,
+                client_events: true,
+                allowed_origins: Vec::new(),
+                max_presence_members: crate::domain::app::DEFAULT_PRESENCE_MEMBERS,
+                webhooks: Vec::new(),
+                history_size: 0,
+                history_ttl_secs: crate::domain::app::DEFAULT_HISTORY_TTL_SECS,
+                max_connections: None,
+                max_triggers_per_sec: None,
+                webhook_max_queue: None,
+            })
+            .await
+            .map(Arc::new)?,
     };
     println!("{}", json!({ "data": app }));
     Ok(())

@@ -55,7 +55,6 @@ impl BusSink for NodeSink {
                 tokio::spawn(async move {
                     match registry.by_slug(&slug).await {
                         Ok(Some(app)) if app.active => {
-                            let app = Arc::new(app);
                             for topic in &topics {
                                 hub.recheck_topic(topic, &app);
                             }

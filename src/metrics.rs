@@ -103,6 +103,7 @@ struct Inner {
     bus_subscriptions: IntGauge,
     bus_reconnects: IntCounter,
     bus_messages_received: IntCounter,
+    bus_bytes_received: IntCounter,
     webhooks_sent: IntCounterVec,
     webhook_delivery: Histogram,
     webhook_queue_depth: IntGauge,
@@ -261,6 +262,14 @@ impl Metrics {
                 IntCounter::new(
                     "pushlite_bus_messages_received_total",
                     "Messages this node's bus subscriber received.",
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            bus_bytes_received: register(
+                &r,
+                IntCounter::new(
+                    "pushlite_bus_bytes_received_total",
+                    "Bytes (channel name and payload) of the Redis pub/sub messages this node received.",
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
@@ -435,6 +444,10 @@ impl Metrics {
 
     pub fn bus_received(&self) {
         self.0.bus_messages_received.inc();
+    }
+
+    pub fn bus_bytes_received(&self, bytes: usize) {
+        self.0.bus_bytes_received.inc_by(bytes as u64);
     }
 
     /// `result` is `ok`, `error` or `dropped`.

@@ -39,9 +39,13 @@ async fn trigger(node: &TestApp, app: &Value, payload: Value) -> reqwest::Status
 
 /// `pushlite_bus_messages_received_total` of a node.
 async fn bus_received(node: &TestApp) -> f64 {
+    metric(node, "pushlite_bus_messages_received_total").await
+}
+
+async fn metric(node: &TestApp, name: &str) -> f64 {
     node.metrics()
         .await
-        .get("pushlite_bus_messages_received_total")
+        .get(name)
         .copied()
         .expect("the metric is exposed")
 }
@@ -126,8 +130,19 @@ async fn a_node_subscribes_only_to_topics_joined_on_it() {
     }
     // and node B's subscriber connection receives nothing more for the topic
     let received_by_b = bus_received(&nodes[1]).await;
-    assert_eq!(trigger(&nodes[0], &one, json!({"n": 2})).await, 200);
-    assert_eq!(a.recv().await.payload, json!({"n": 2}));
+    let bytes_of_a = metric(&nodes[0], "pushlite_bus_bytes_received_total").await;
+    let padding = "x".repeat(1000);
+    assert_eq!(
+        trigger(&nodes[0], &one, json!({"n": 2, "pad": padding})).await,
+        200
+    );
+    assert_eq!(a.recv().await.payload, json!({"n": 2, "pad": padding}));
+    // the channel name and the envelope, payload included, counted once
+    let bytes = metric(&nodes[0], "pushlite_bus_bytes_received_total").await - bytes_of_a;
+    assert!(
+        (1000.0..1500.0).contains(&bytes),
+        "{bytes} bytes for one event"
+    );
     assert!(c.try_recv(Duration::from_millis(300)).await.is_none());
     assert_eq!(
         bus_received(&nodes[1]).await,

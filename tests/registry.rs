@@ -102,9 +102,9 @@ async fn insert_and_look_up(db: Db) {
     assert_eq!(created.allowed_origins, vec!["https://a.example"]);
     assert_eq!(created.inserted_at, created.updated_at);
     let by_slug = registry.by_slug("foo-app").await.unwrap().unwrap();
-    assert_eq!(by_slug, created);
+    assert_eq!(*by_slug, created);
     let by_key = registry.by_key(&created.key).await.unwrap().unwrap();
-    assert_eq!(by_key, created);
+    assert_eq!(*by_key, created);
     assert!(registry.by_slug("nope").await.unwrap().is_none());
     assert!(registry.by_key("nope").await.unwrap().is_none());
     registry
@@ -256,7 +256,10 @@ async fn survives_reconnect(db: Db) {
         .await
         .unwrap();
     let reopened = open(&url).await;
-    assert_eq!(reopened.by_slug("foo-app").await.unwrap(), Some(created));
+    assert_eq!(
+        reopened.by_slug("foo-app").await.unwrap(),
+        Some(std::sync::Arc::new(created))
+    );
 }
 
 async fn migrations_are_idempotent(db: Db) {

@@ -313,6 +313,9 @@ impl RedisBus {
                 match messages.recv().await {
                     Ok(message) => {
                         metrics.bus_received();
+                        metrics.bus_bytes_received(
+                            message.channel.len() + message.value.as_bytes().map_or(0, <[u8]>::len),
+                        );
                         handle_message(&*sink, &message.channel, message.value);
                     }
                     Err(RecvError::Lagged(lost)) => {

@@ -1,5 +1,7 @@
 //! The admin Apps API under `/api/admin/apps`, behind the admin credentials.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
@@ -54,7 +56,7 @@ fn data(app: &App) -> Json<serde_json::Value> {
     Json(json!({ "data": app }))
 }
 
-async fn find(state: &NodeState, slug: &str) -> Result<App, ApiError> {
+async fn find(state: &NodeState, slug: &str) -> Result<Arc<App>, ApiError> {
     state
         .database
         .by_slug(slug)

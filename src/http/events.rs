@@ -1,6 +1,8 @@
 //! `POST /api/apps/:app_slug/events`: an app's server triggers an event, authenticated with the
 //! app's `key:secret` over HTTP Basic.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -32,7 +34,7 @@ pub(super) async fn authenticate(
     state: &NodeState,
     slug: &str,
     headers: &HeaderMap,
-) -> Result<App, ApiError> {
+) -> Result<Arc<App>, ApiError> {
     let Some((key, secret)) = basic_credentials(headers) else {
         return Err(ApiError::Unauthorized("app key and secret required"));
     };

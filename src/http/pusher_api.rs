@@ -5,6 +5,7 @@
 //! parameters, 401 for a bad signature, 403 for a disabled app, 413 for size.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{FromRequest, FromRequestParts, RawPathParams, Request, State};
@@ -134,7 +135,7 @@ async fn authenticate(
     uri: &Uri,
     app_id: Option<&str>,
     body: &[u8],
-) -> Result<(App, Vec<(String, String)>)> {
+) -> Result<(Arc<App>, Vec<(String, String)>)> {
     let params = query_params(uri)?;
     let required = |name: &str| {
         param(&params, name)
@@ -197,7 +198,7 @@ async fn authenticate(
 /// A request whose Pusher signature checked out: its app, query parameters, path parameters
 /// and body. Every handler of this module takes one, so none runs unsigned.
 pub struct Signed {
-    app: App,
+    app: Arc<App>,
     params: Vec<(String, String)>,
     path: Vec<(String, String)>,
     body: Bytes,

@@ -21,7 +21,8 @@ use crate::domain::app::{App, AppChanges, NewApp};
 /// The shared cache, also held by the bus sink to apply invalidations.
 #[derive(Clone)]
 pub struct AppCache {
-    apps: Cache<String, App>,
+    /// Shared with every connection that holds the app: one copy per app, not per socket.
+    apps: Cache<String, Arc<App>>,
     /// Key → slug. Only a hint: a key lookup reads the app through the slug cache (which
     /// invalidations keep right) and checks the key, so a stale hint costs a database read,
     /// never a wrong answer.
@@ -60,7 +61,7 @@ impl AppCache {
 
     /// Caches `app`, loaded after [`AppCache::generation`] read `seen`, unless an invalidation
     /// came in between.
-    fn insert_if_current(&self, slug: &str, app: App, seen: u64) {
+    fn insert_if_current(&self, slug: &str, app: Arc<App>, seen: u64) {
         let generation = self.generation();
         if *generation == seen {
             self.apps.insert(slug.to_owned(), app);
@@ -94,7 +95,7 @@ impl AppRegistry for CachedRegistry {
         self.inner.list().await
     }
 
-    async fn by_slug(&self, slug: &str) -> Result<Option<App>, RegistryError> {
+    async fn by_slug(&self, slug: &str) -> Result<Option<Arc<App>>, RegistryError> {
         if let Some(app) = self.cache.apps.get(slug) {
             return Ok(Some(app));
         }
@@ -106,7 +107,7 @@ impl AppRegistry for CachedRegistry {
         Ok(found)
     }
 
-    async fn by_key(&self, key: &str) -> Result<Option<App>, RegistryError> {
+    async fn by_key(&self, key: &str) -> Result<Option<Arc<App>>, RegistryError> {
         if let Some(slug) = self.cache.slugs.get(key)
             && let Some(app) = self.cache.apps.get(&slug)
             && app.key == key
@@ -184,7 +185,7 @@ mod tests {
         async fn list(&self) -> Result<Vec<App>, RegistryError> {
             self.inner.list().await
         }
-        async fn by_slug(&self, slug: &str) -> Result<Option<App>, RegistryError> {
+        async fn by_slug(&self, slug: &str) -> Result<Option<Arc<App>>, RegistryError> {
             let found = self.inner.by_slug(slug).await;
             if let Some(loaded) = self.loaded.lock().await.take() {
                 let _ = loaded.send(());
@@ -194,7 +195,7 @@ mod tests {
             }
             found
         }
-        async fn by_key(&self, key: &str) -> Result<Option<App>, RegistryError> {
+        async fn by_key(&self, key: &str) -> Result<Option<Arc<App>>, RegistryError> {
             self.key_lookups
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.inner.by_key(key).await
@@ -278,6 +279,20 @@ mod tests {
             assert_eq!(app.secret, "old-secret");
         }
         assert_eq!(lookups(), 1);
+        // every connection of the app holds the one cached copy
+        let (by_key, by_slug) = (
+            registry
+                .by_key("key")
+                .await
+                .expect("lookup")
+                .expect("found"),
+            registry
+                .by_slug("foo-app")
+                .await
+                .expect("lookup")
+                .expect("found"),
+        );
+        assert!(Arc::ptr_eq(&by_key, &by_slug));
         registry
             .rotate_secret("foo-app", "new-secret")
             .await

@@ -67,8 +67,8 @@ pub trait AppRegistry: Send + Sync + 'static {
     /// Checks the database answers.
     async fn ping(&self) -> Result<(), RegistryError>;
     async fn list(&self) -> Result<Vec<App>, RegistryError>;
-    async fn by_slug(&self, slug: &str) -> Result<Option<App>, RegistryError>;
-    async fn by_key(&self, key: &str) -> Result<Option<App>, RegistryError>;
+    async fn by_slug(&self, slug: &str) -> Result<Option<Arc<App>>, RegistryError>;
+    async fn by_key(&self, key: &str) -> Result<Option<Arc<App>>, RegistryError>;
     async fn insert(&self, app: &NewApp) -> Result<App, RegistryError>;
     /// `None` when no app has this slug.
     async fn update(&self, slug: &str, changes: &AppChanges) -> Result<Option<App>, RegistryError>;

@@ -1,6 +1,7 @@
 //! [`AppRegistry`] on Postgres: `allowed_origins` is a `TEXT[]`, timestamps are `TIMESTAMPTZ`.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -114,7 +115,7 @@ impl AppRegistry for PgRegistry {
         rows.into_iter().map(App::try_from).collect()
     }
 
-    async fn by_slug(&self, slug: &str) -> Result<Option<App>, RegistryError> {
+    async fn by_slug(&self, slug: &str) -> Result<Option<Arc<App>>, RegistryError> {
         if !is_valid_slug(slug) {
             return Ok(None);
         }
@@ -123,9 +124,10 @@ impl AppRegistry for PgRegistry {
             slug,
         )
         .await
+        .map(|app| app.map(Arc::new))
     }
 
-    async fn by_key(&self, key: &str) -> Result<Option<App>, RegistryError> {
+    async fn by_key(&self, key: &str) -> Result<Option<Arc<App>>, RegistryError> {
         if !is_valid_key(key) {
             return Ok(None);
         }
@@ -134,6 +136,7 @@ impl AppRegistry for PgRegistry {
             key,
         )
         .await
+        .map(|app| app.map(Arc::new))
     }
 
     async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {

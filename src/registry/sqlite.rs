@@ -2,6 +2,7 @@
 //! `TEXT` column, timestamps are RFC 3339 text.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -126,7 +127,7 @@ impl AppRegistry for SqliteRegistry {
         rows.into_iter().map(App::try_from).collect()
     }
 
-    async fn by_slug(&self, slug: &str) -> Result<Option<App>, RegistryError> {
+    async fn by_slug(&self, slug: &str) -> Result<Option<Arc<App>>, RegistryError> {
         if !is_valid_slug(slug) {
             return Ok(None);
         }
@@ -135,9 +136,10 @@ impl AppRegistry for SqliteRegistry {
             slug,
         )
         .await
+        .map(|app| app.map(Arc::new))
     }
 
-    async fn by_key(&self, key: &str) -> Result<Option<App>, RegistryError> {
+    async fn by_key(&self, key: &str) -> Result<Option<Arc<App>>, RegistryError> {
         if !is_valid_key(key) {
             return Ok(None);
         }
@@ -146,6 +148,7 @@ impl AppRegistry for SqliteRegistry {
             key,
         )
         .await
+        .map(|app| app.map(Arc::new))
     }
 
     async fn insert(&self, app: &NewApp) -> Result<App, RegistryError> {

@@ -46,11 +46,11 @@ impl AppRegistry for TimedRegistry {
         self.bounded(self.inner.list()).await
     }
 
-    async fn by_slug(&self, slug: &str) -> Result<Option<App>, RegistryError> {
+    async fn by_slug(&self, slug: &str) -> Result<Option<Arc<App>>, RegistryError> {
         self.bounded(self.inner.by_slug(slug)).await
     }
 
-    async fn by_key(&self, key: &str) -> Result<Option<App>, RegistryError> {
+    async fn by_key(&self, key: &str) -> Result<Option<Arc<App>>, RegistryError> {
         self.bounded(self.inner.by_key(key)).await
     }
 

@@ -522,7 +522,7 @@ impl Core {
     }
 
     /// Looks up the active app of a topic.
-    pub async fn active_app(&self, slug: &str) -> Result<App, Refusal> {
+    pub async fn active_app(&self, slug: &str) -> Result<Arc<App>, Refusal> {
         match self.state.registry.by_slug(slug).await {
             Ok(Some(app)) if app.active => Ok(app),
             Ok(_) => Err(Refusal::NotFound),

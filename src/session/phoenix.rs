@@ -2,6 +2,7 @@
 //! and join tokens.
 
 use super::small::SmallMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Utf8Bytes, close_code};
@@ -510,7 +511,7 @@ struct Grant {
     /// What the topic keeps in its history, if anything.
     keep: Option<Keep>,
     /// The app row the rights were decided on.
-    app: App,
+    app: Arc<App>,
 }
 
 /// What a join asks of the topic's history: its params `since` (recover what was missed after

@@ -2,6 +2,7 @@
 //! URL), `pusher:subscribe` with HMAC auth, sign-in, client events and the ping/pong keepalive.
 
 use super::small::SmallMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Utf8Bytes, close_code};
@@ -61,7 +62,7 @@ mod code {
 
 pub(super) struct Pusher {
     connect: Connect,
-    app: Option<App>,
+    app: Option<Arc<App>>,
     socket_id: String,
     activity: Duration,
     pong_wait: Duration,
@@ -86,7 +87,7 @@ impl Pusher {
     }
 
     fn app(&self) -> Result<&App, Close> {
-        self.app.as_ref().ok_or(Close::Gone)
+        self.app.as_deref().ok_or(Close::Gone)
     }
 
     fn topic(&self, channel: &str) -> Result<Topic, ChannelNameError> {
@@ -409,7 +410,7 @@ impl Pusher {
     }
 
     /// Whether the connection still holds under the app as it is now.
-    fn recheck(&mut self, core: &Core, app: &App) -> Result<(), Close> {
+    fn recheck(&mut self, core: &Core, app: &Arc<App>) -> Result<(), Close> {
         let Some(current) = &self.app else {
             return Ok(());
         };

@@ -107,6 +107,11 @@ impl RedisServer {
         }
     }
 
+    /// The process id while it runs, for reading its CPU time.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9`: no goodbye to clients, every subscription forgotten.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
