@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::bench::{App, env_or};
 use common::process::NodeProcess;
 use common::pusher::signed_query;
 use common::redis::{RedisServer, form_cluster};
@@ -44,13 +45,6 @@ const TOPICS: usize = 1000;
 /// Events per `batch_events` request (Pusher's own limit).
 const BATCH: usize = 10;
 const STEP: Duration = Duration::from_secs(10);
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn now_micros() -> u64 {
     SystemTime::now()
@@ -183,14 +177,6 @@ fn clock_ticks() -> f64 {
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
             .unwrap_or(100.0)
     })
-}
-
-#[derive(Clone)]
-struct App {
-    id: String,
-    slug: String,
-    key: String,
-    secret: String,
 }
 
 /// What the subscribers of one run saw.
@@ -458,16 +444,7 @@ async fn run(
     let created = nodes[0]
         .create_app(&format!("scale-{}", uuid::Uuid::new_v4().simple()))
         .await;
-    let field = |name: &str| match &created[name] {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
-    };
-    let app = App {
-        id: field("id"),
-        slug: field("slug"),
-        key: field("key"),
-        secret: field("secret"),
-    };
+    let app = App::from_created(&created);
     let tally = Arc::new(Tally {
         delivered: (0..count).map(|_| AtomicU64::new(0)).collect(),
         ..Tally::default()

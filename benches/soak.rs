@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::bench::{App, env_or};
 use common::phx::{self, Vsn};
 use common::postgres::PostgresServer;
 use common::process::NodeProcess;
@@ -41,13 +42,6 @@ const CHANNELS: usize = 20;
 /// How long a connect, join or subscribe may take before the client tries the next node.
 const STEP: Duration = Duration::from_secs(5);
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn channel_name(index: usize) -> String {
     if index == 0 {
         "public".to_owned()
@@ -60,15 +54,6 @@ fn channel_name(index: usize) -> String {
 enum Protocol {
     Phoenix(Vsn),
     Pusher,
-}
-
-/// The app every client and trigger uses.
-#[derive(Clone)]
-struct App {
-    id: String,
-    slug: String,
-    key: String,
-    secret: String,
 }
 
 /// One subscriber's record, shared with the checker.
@@ -409,12 +394,7 @@ async fn main() {
 
     let created = nodes[0].create_app("Chaos soak").await;
     assert!(created["slug"].is_string(), "app not created: {created}");
-    let app = App {
-        id: created["id"].to_string(),
-        slug: created["slug"].as_str().expect("slug").to_owned(),
-        key: created["key"].as_str().expect("key").to_owned(),
-        secret: created["secret"].as_str().expect("secret").to_owned(),
-    };
+    let app = App::from_created(&created);
     let hook_url = format!("http://{hook_addr}/hook");
     let update = reqwest::Client::new()
         .put(nodes[0].url(&format!("/api/admin/apps/{}", app.slug)))

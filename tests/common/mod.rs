@@ -5,6 +5,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod bench;
 pub mod phx;
 pub mod postgres;
 pub mod process;
