@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::bench::{App, env_or};
 use common::process::NodeProcess;
-use common::pusher::signed_query;
+use common::pusher::signed_post;
 use common::redis::{RedisServer, form_cluster};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -329,20 +329,14 @@ async fn drive(
             .collect();
         let size = events.len() as u64;
         let body = json!({ "batch": events }).to_string();
-        let path = format!("/apps/{}/batch_events", app.id);
-        let query = signed_query(
+        let request = signed_post(
+            http,
+            &format!("http://{}", nodes[b % nodes.len()]),
             &app.key,
             &app.secret,
-            "POST",
-            &path,
-            &[],
-            body.as_bytes(),
-            chrono::Utc::now().timestamp(),
+            &format!("/apps/{}/batch_events", app.id),
+            body,
         );
-        let request = http
-            .post(format!("http://{}{path}?{query}", nodes[b % nodes.len()]))
-            .header("content-type", "application/json")
-            .body(body);
         let permit = limit.clone().acquire_owned().await.expect("semaphore");
         handles.push(tokio::spawn(async move {
             let ok = request.send().await.is_ok_and(|r| r.status().is_success());

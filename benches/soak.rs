@@ -25,7 +25,7 @@ use common::bench::{App, env_or};
 use common::phx::{self, Vsn};
 use common::postgres::PostgresServer;
 use common::process::NodeProcess;
-use common::pusher::signed_query;
+use common::pusher::signed_post;
 use common::redis::RedisServer;
 use futures_util::{SinkExt, StreamExt};
 use pushlite::domain::signature;
@@ -242,22 +242,17 @@ async fn trigger(
             .basic_auth(&app.key, Some(&app.secret))
             .json(&json!({"topic": "soak", "event": "tick", "scope": "public", "payload": {"seq": seq}}))
     } else {
-        let path = format!("/apps/{}/events", app.id);
         let body = json!({"name": "tick", "channel": channel_name(channel), "data": json!({"seq": seq}).to_string()})
             .to_string();
-        let now = chrono::Utc::now().timestamp();
-        let query = signed_query(
+        let path = format!("/apps/{}/events", app.id);
+        signed_post(
+            http,
+            &format!("http://{node}"),
             &app.key,
             &app.secret,
-            "POST",
             &path,
-            &[],
-            body.as_bytes(),
-            now,
-        );
-        http.post(format!("http://{node}{path}?{query}"))
-            .header("content-type", "application/json")
-            .body(body)
+            body,
+        )
     };
     let response = request.send().await.ok()?;
     Some(response.status().as_u16())

@@ -196,12 +196,31 @@ pub fn signed_trigger(
     app: &Value,
     body: String,
 ) -> reqwest::RequestBuilder {
-    let path = format!("/apps/{}/events", app["id"]);
-    let query = signed_query(
+    signed_post(
+        http,
+        base,
         app["key"].as_str().expect("an app's key"),
         app["secret"].as_str().expect("an app's secret"),
+        &format!("/apps/{}/events", app["id"]),
+        body,
+    )
+}
+
+/// A `POST` of the JSON `body` to `path` (such as `/apps/1/batch_events`) on the node at `base`,
+/// signed with `key` and `secret` as the Pusher HTTP API wants.
+pub fn signed_post(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    secret: &str,
+    path: &str,
+    body: String,
+) -> reqwest::RequestBuilder {
+    let query = signed_query(
+        key,
+        secret,
         "POST",
-        &path,
+        path,
         &[],
         body.as_bytes(),
         chrono::Utc::now().timestamp(),
